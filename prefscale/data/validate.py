@@ -1,0 +1,225 @@
+"""Split raw battles into clean rows and rejects, each reject carrying a reason code.
+
+Every input row ends up in exactly one of the two outputs (clean + rejected = input), so
+nothing is ever dropped silently. Checks run per row in plain Python: the JSON cells must be
+parsed anyway, and this keeps each rule readable and each reason exact.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from prefscale.data import schema as S
+from prefscale.data.kaggle_json import TurnsDecodeError, decode_turns, encode_turns, turns_text
+
+# Reason codes, in the order rows are checked. Documented in README.md.
+REASONS = {
+    "missing_value": "id or a text cell is null",
+    "wrong_type": "a value has the wrong type (id not an integer, text not a string, label not a number)",
+    "unparseable_json": "a text cell is not valid JSON",
+    "bad_turns": "a text cell is JSON but not a non-empty list of strings or nulls",
+    "turn_mismatch": "prompt, response_a and response_b have different turn counts",
+    "empty_text": "prompt and both responses are all empty",
+    "too_long": "the battle's text is over the size limit",
+    "bad_label": "labels are partly missing, outside [0, 1] or do not sum to 1",
+    "duplicate_id": "an earlier clean row has the same id",
+}
+LABEL_TOLERANCE = 1e-3
+
+
+@dataclass
+class ValidationOptions:
+    lenient_json: bool = False  # salvage broken JSON as one raw turn, flagged 'json_salvaged'
+    max_chars: int = 200_000  # total characters of prompt + responses
+
+
+@dataclass
+class ValidationStats:
+    rows: int = 0
+    clean: int = 0
+    rejected: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    flags: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "clean": self.clean,
+            "rejected": self.rejected,
+            "reasons": dict(sorted(self.reasons.items())),
+            "flags": dict(sorted(self.flags.items())),
+            "seconds": round(self.seconds, 3),
+            "rows_per_s": round(self.rows / self.seconds, 1) if self.seconds else None,
+        }
+
+
+class Rejected(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _coerce_id(value: Any) -> int:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        raise Rejected("missing_value", "id is null")
+    if isinstance(value, bool):
+        raise Rejected("wrong_type", f"id must be an integer, got {value!r}")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        number = int(value.strip())
+    else:
+        raise Rejected("wrong_type", f"id must be an integer, got {str(value)[:40]!r}")
+    if not -(2**63) <= number < 2**63:
+        raise Rejected("wrong_type", f"id {number} does not fit in int64")
+    return number
+
+
+def _coerce_number(column: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return None if isinstance(value, float) and math.isnan(value) else float(value)
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise Rejected("wrong_type", f"{column} must be a number, got {str(value)[:40]!r}")
+
+
+def _check_distribution(columns: tuple[str, ...], values: list[float | None]) -> tuple[float, ...] | None:
+    if all(v is None for v in values):
+        return None
+    if any(v is None for v in values):
+        raise Rejected("bad_label", f"{', '.join(columns)} are partly missing: {values}")
+    if any(not 0.0 <= v <= 1.0 for v in values):
+        raise Rejected("bad_label", f"{', '.join(columns)} must lie in [0, 1], got {values}")
+    total = sum(values)
+    if abs(total - 1.0) > LABEL_TOLERANCE:
+        raise Rejected("bad_label", f"{', '.join(columns)} must sum to 1 (one-hot or probabilities), got {values}")
+    return tuple(v / total for v in values)
+
+
+def _text(column: str, value: Any, lenient: bool, flags: list[str]) -> tuple[list[str | None], str]:
+    if value is None:
+        raise Rejected("missing_value", f"{column} is null")
+    if not isinstance(value, str):
+        raise Rejected("wrong_type", f"{column} must be a string, got {type(value).__name__}")
+    try:
+        return decode_turns(value), value
+    except TurnsDecodeError as exc:
+        if lenient and exc.reason == "unparseable_json":
+            flags.append(f"json_salvaged:{column}")
+            return [value], encode_turns([value])
+        raise Rejected(exc.reason, f"{column}: {exc}") from None
+
+
+def check_row(row: dict[str, Any], options: ValidationOptions) -> dict[str, Any]:
+    """Return the clean core fields of one raw row, or raise Rejected."""
+    battle_id = _coerce_id(row.get(S.ID))
+    flags: list[str] = []
+    turns, cells = {}, {}
+    for column in S.TEXT_COLUMNS:
+        turns[column], cells[column] = _text(column, row.get(column), options.lenient_json, flags)
+    if any(f.startswith("json_salvaged") for f in flags):
+        # A salvaged cell is one raw turn; fold the others to one turn each so they still align.
+        for column in S.TEXT_COLUMNS:
+            if len(turns[column]) != 1:
+                turns[column] = ["\n\n".join(turns_text(turns[column]))]
+                cells[column] = encode_turns(turns[column])
+    counts = {c: len(turns[c]) for c in S.TEXT_COLUMNS}
+    if len(set(counts.values())) != 1:
+        raise Rejected("turn_mismatch", f"turn counts differ: {counts}")
+    texts = {c: turns_text(turns[c]) for c in S.TEXT_COLUMNS}
+    if not any(t.strip() for c in S.TEXT_COLUMNS for t in texts[c]):
+        raise Rejected("empty_text", "prompt and both responses are empty")
+    size = sum(len(cells[c]) for c in S.TEXT_COLUMNS)
+    if size > options.max_chars:
+        raise Rejected("too_long", f"{size} characters > limit {options.max_chars}; raise data.max_chars to keep it")
+    for column in (S.MODEL_A, S.MODEL_B):
+        if row.get(column) is not None and not isinstance(row[column], str):
+            raise Rejected("wrong_type", f"{column} must be a string, got {type(row[column]).__name__}")
+    hard = _check_distribution(S.LABEL_COLUMNS, [_coerce_number(c, row.get(c)) for c in S.LABEL_COLUMNS])
+    soft = _check_distribution(S.SOFT_LABEL_COLUMNS, [_coerce_number(c, row.get(c)) for c in S.SOFT_LABEL_COLUMNS])
+    if soft is not None:
+        flags.append("soft_label")
+    label = soft if soft is not None else hard
+    a_text, b_text = "".join(texts[S.RESPONSE_A]).strip(), "".join(texts[S.RESPONSE_B]).strip()
+    flags += [name for name, on in (("empty_a", not a_text), ("empty_b", not b_text), ("identical", a_text == b_text)) if on]
+    return {
+        S.ID: battle_id,
+        **cells,
+        S.MODEL_A: row.get(S.MODEL_A),
+        S.MODEL_B: row.get(S.MODEL_B),
+        **dict(zip(S.LABEL_COLUMNS, label or (None, None, None), strict=True)),
+        S.FLAGS: ",".join(flags) or None,
+    }
+
+
+class Validator:
+    """Validates a stream of raw batches; remembers ids across batches to catch duplicates."""
+
+    def __init__(self, options: ValidationOptions | None = None) -> None:
+        self.options = options or ValidationOptions()
+        self.stats = ValidationStats()
+        self._seen_ids: set[int] = set()
+
+    def validate_batch(self, batch: pa.RecordBatch) -> tuple[pa.Table, pa.Table]:
+        """Return (clean, rejects); rejects keep every original column plus reason and detail."""
+        started = time.perf_counter()
+        rows = batch.to_pylist()
+        clean_rows, clean_index, reject_index, reasons, details = [], [], [], [], []
+        for index, row in enumerate(rows):
+            try:
+                clean = check_row(row, self.options)
+                if clean[S.ID] in self._seen_ids:
+                    raise Rejected("duplicate_id", f"id {clean[S.ID]} already seen")
+            except Rejected as rejected:
+                reject_index.append(index)
+                reasons.append(rejected.reason)
+                details.append(rejected.detail[:500])
+                continue
+            self._seen_ids.add(clean[S.ID])
+            clean_rows.append(clean)
+            clean_index.append(index)
+        clean_table = self._clean_table(batch, clean_rows, clean_index)
+        rejects = pa.Table.from_batches([batch.take(pa.array(reject_index, pa.int64()))]).append_column(
+            S.REJECT_REASON, pa.array(reasons, pa.string())
+        ).append_column(S.REJECT_DETAIL, pa.array(details, pa.string()))
+        self._count(clean_table, reasons, len(rows), time.perf_counter() - started)
+        return clean_table, rejects
+
+    def _clean_table(self, batch: pa.RecordBatch, rows: list[dict], index: list[int]) -> pa.Table:
+        core = pa.Table.from_pylist(rows, schema=S.BATTLE_SCHEMA)
+        extras = [n for n in batch.schema.names if n not in S.CORE_COLUMNS]
+        taken = batch.select(extras).take(pa.array(index, pa.int64())) if extras else None
+        for name in extras:
+            core = core.append_column(name, taken.column(name))
+        return core
+
+    def _count(self, clean: pa.Table, reasons: list[str], rows: int, seconds: float) -> None:
+        self.stats.rows += rows
+        self.stats.clean += clean.num_rows
+        self.stats.rejected += len(reasons)
+        self.stats.reasons.update(reasons)
+        for flags in clean.column(S.FLAGS).to_pylist():
+            self.stats.flags.update(f.split(":")[0] for f in (flags or "").split(",") if f)
+        self.stats.seconds += seconds
+
+    def validate(self, batches: Iterable[pa.RecordBatch]) -> Iterator[tuple[pa.Table, pa.Table]]:
+        for batch in batches:
+            yield self.validate_batch(batch)

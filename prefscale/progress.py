@@ -1,0 +1,11 @@
+"""Progress bars on stderr for long work, so stdout stays clean for the JSON summary."""
+
+from __future__ import annotations
+
+import sys
+
+from tqdm import tqdm
+
+
+def bar(total: int | None, desc: str, unit: str = "rows") -> tqdm:
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr, mininterval=1.0, leave=False, dynamic_ncols=True)

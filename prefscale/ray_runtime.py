@@ -1,0 +1,27 @@
+"""Start or join Ray the same way from the CLI, the pipeline and the Ray job entrypoints."""
+
+from __future__ import annotations
+
+import os
+
+from prefscale.errors import PrefscaleError
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join ``address`` (a running cluster), or start a local Ray in-process when it is None."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs = {"include_dashboard": False, "log_to_driver": True} if address is None else {}
+    try:
+        ray.init(address=address, num_cpus=num_cpus if address is None else None, **kwargs)
+    except ConnectionError as exc:
+        raise PrefscaleError(f"cannot reach Ray at {address}: {str(exc).splitlines()[0]}; start the cluster or fix ray.address") from None
+    try:
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = os.isatty(2)
+    except ImportError:
+        pass

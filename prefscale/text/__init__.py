@@ -1,0 +1,1 @@
+"""Battle -> model input: templates, per-component token budgets, A/B swap."""

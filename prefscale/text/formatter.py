@@ -1,0 +1,125 @@
+"""Turn battles into token ids under a total length, with a configurable template.
+
+Layout: special tokens + template literals + three components (prompt, response A, response
+B). Each component is its turns joined by a separator. The budget left after the fixed parts
+is split by ``allocate``; a component over its grant keeps its most recent turns (cut at the
+start, marked with the elision marker), or the head of its last turn when that turn alone is
+too long (an answer's opening says the most about it).
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from prefscale.data.kaggle_json import decode_turns, turns_text
+from prefscale.text.budget import allocate
+
+FIELDS = ("prompt", "response_a", "response_b")
+DEFAULT_TEMPLATE = "<prompt>: {prompt}\n\n<response_a>: {response_a}\n\n<response_b>: {response_b}"
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    max_length: int = 512
+    template: str = DEFAULT_TEMPLATE
+    turn_separator: str = "\n\n"
+    elision_marker: str = "[...]"
+    weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # prompt, response_a, response_b
+
+
+def parse_template(template: str) -> list[tuple[str, str | None]]:
+    """[(literal, field or None)], checking each of the three fields appears exactly once."""
+    parts = [(literal, name) for literal, name, _, _ in string.Formatter().parse(template)]
+    names = [name for _, name in parts if name is not None]
+    if sorted(names) != sorted(FIELDS):
+        raise ValueError(f"template must contain each of {{prompt}}, {{response_a}}, {{response_b}} once, got {names}")
+    return parts
+
+
+@dataclass
+class Encoded:
+    input_ids: list[list[int]]
+    component_tokens: list[tuple[int, int, int]]  # tokens each component kept
+    truncated: list[bool]
+
+
+class BattleFormatter:
+    """Formats and tokenizes battles in batches with a fast tokenizer."""
+
+    def __init__(self, tokenizer, options: TextOptions = TextOptions()) -> None:
+        self.tokenizer = tokenizer
+        self.options = options
+        parts = parse_template(options.template)
+        self._literals = [self._ids(literal) for literal, _ in parts]
+        self._fields = [name for _, name in parts]
+        self._separator = self._ids(options.turn_separator)
+        self._marker = self._ids(options.elision_marker)
+        self._prefix, self._suffix = self._special_tokens()
+        fixed = len(self._prefix) + len(self._suffix) + sum(map(len, self._literals))
+        self.component_budget = options.max_length - fixed
+        if self.component_budget < 3:
+            raise ValueError(f"max_length {options.max_length} leaves no room for text after {fixed} template tokens")
+        # Text far beyond what can be kept is clipped before tokenizing (speed on 100k-char
+        # answers); only the head and tail of a turn can ever be used.
+        self._clip_chars = 32 * options.max_length
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def _special_tokens(self) -> tuple[list[int], list[int]]:
+        core = self._ids("a")
+        full = self.tokenizer("a", add_special_tokens=True)["input_ids"]
+        for start in range(len(full) - len(core) + 1):
+            if full[start : start + len(core)] == core:
+                return full[:start], full[start + len(core) :]
+        return [], []
+
+    def _clip(self, text: str) -> str:
+        c = self._clip_chars
+        return text if len(text) <= 2 * c else text[:c] + " " + text[-c:]
+
+    def _fit(self, turns: list[list[int]], grant: int) -> tuple[list[int], bool]:
+        sep, marker = self._separator, self._marker
+        joined: list[int] = []
+        for index, turn in enumerate(turns):
+            joined += (sep if index else []) + turn
+        if len(joined) <= grant:
+            return joined, False
+        last = turns[-1]
+        if grant <= len(marker):
+            return last[:grant], True
+        room = grant - len(marker)
+        if len(last) >= room:
+            return last[:room] + marker, True
+        return marker + joined[-room:], True
+
+    def encode(self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]) -> Encoded:
+        """Encode Kaggle-format cells (JSON lists of turns) into input ids."""
+        cells = list(zip(prompts, responses_a, responses_b, strict=True))
+        turn_lists = [[turns_text(decode_turns(cell)) for cell in row] for row in cells]
+        flat = [self._clip(t) for row in turn_lists for comp in row for t in comp]
+        flat_ids = self.tokenizer(flat, add_special_tokens=False, verbose=False)["input_ids"] if flat else []
+        position = 0
+        out = Encoded([], [], [])
+        for row in turn_lists:
+            components = []
+            for comp in row:
+                components.append(flat_ids[position : position + len(comp)])
+                position += len(comp)
+            lengths = [sum(map(len, c)) + len(self._separator) * (len(c) - 1) if any(c) else 0 for c in components]
+            grants = allocate(lengths, self.component_budget, self.options.weights)
+            fitted = {}
+            cut = False
+            for name, comp, grant in zip(FIELDS, components, grants, strict=True):
+                fitted[name], was_cut = self._fit(comp, grant)
+                cut |= was_cut
+            ids = list(self._prefix)
+            for literal, name in zip(self._literals, self._fields, strict=True):
+                ids += literal + (fitted[name] if name else [])
+            ids += self._suffix
+            out.input_ids.append(ids)
+            out.component_tokens.append(tuple(len(fitted[n]) for n in FIELDS))
+            out.truncated.append(cut)
+        return out
