@@ -143,8 +143,7 @@ def _print_summary(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(result, default=str))
         return
-    for key, value in result.items():
-        print(f"{key}: {value}")
+    print(json.dumps(result, indent=2, default=str))
 
 
 def main(argv: list[str] | None = None) -> int:

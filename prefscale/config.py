@@ -64,6 +64,7 @@ class ScoreConfig(Section):
     actors: int = Field(1, gt=0)
     cpus_per_actor: float = Field(1.0, gt=0)
     gpus_per_actor: float = Field(0.0, ge=0)
+    threads_per_actor: int | None = Field(None, gt=0, description="torch threads per actor; default: cores / actors")
 
 
 class RayConfig(Section):

@@ -81,6 +81,7 @@ def run(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
         battles, scores, config.model.path, "base", text_options(config),
         rows=config.score.rows, batch_size=config.score.batch_size, actors=config.score.actors,
         cpus_per_actor=config.score.cpus_per_actor, gpus_per_actor=config.score.gpus_per_actor,
+        threads_per_actor=config.score.threads_per_actor,
         trust_remote_code=config.model.trust_remote_code,
     ).as_dict())
     result.update(_score_report(battles, scores))

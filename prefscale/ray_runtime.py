@@ -14,6 +14,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    # Under `ray job submit` the job's cluster is in RAY_ADDRESS: join it rather than start one.
+    address = address or os.environ.get("RAY_ADDRESS")
     kwargs = {"include_dashboard": False, "log_to_driver": True} if address is None else {}
     try:
         ray.init(address=address, num_cpus=num_cpus if address is None else None, **kwargs)

@@ -45,16 +45,20 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
 
 def load_classifier(spec: str, trust_remote_code: bool = False, **kwargs):
     """A 3-label AutoModelForSequenceClassification; a new head is initialised if the checkpoint has none."""
+    import torch
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     path = resolve_model_path(spec)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized head" notice is expected here
+    hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=NUM_LABELS, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
-        )
+        with torch.random.fork_rng():
+            torch.manual_seed(0)  # a freshly initialised head is the same in every replica and run
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=NUM_LABELS, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
+            )
     except OSError as exc:
         raise PrefscaleError(f"cannot load model from {spec}: {str(exc).splitlines()[0]}") from None
     finally:

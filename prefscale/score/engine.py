@@ -36,13 +36,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class BattleScorer:
     """A Ray Data actor: one model replica, called on pyarrow batches of battles."""
 
-    def __init__(self, model_path: str, model_name: str, text: TextOptions, batch_size: int, trust_remote_code: bool = False) -> None:
+    def __init__(self, model_path: str, model_name: str, text: TextOptions, batch_size: int, threads: int, trust_remote_code: bool = False) -> None:
         import torch
 
         from prefscale.models.loading import load_classifier, load_tokenizer
         from prefscale.text.formatter import BattleFormatter
 
-        torch.set_num_threads(max(1, int(os.environ.get("PREFSCALE_TORCH_THREADS", "1"))))
+        torch.set_num_threads(threads)
         self.torch = torch
         self.tokenizer = load_tokenizer(model_path, trust_remote_code)
         self.model = load_classifier(model_path, trust_remote_code).eval()
@@ -96,6 +96,7 @@ def score_battles(
     actors: int = 1,
     cpus_per_actor: float = 1.0,
     gpus_per_actor: float = 0.0,
+    threads_per_actor: int | None = None,
     trust_remote_code: bool = False,
 ) -> ScoreSummary:
     """Read battles with Ray Data, score them on an actor pool, write Parquet atomically."""
@@ -113,6 +114,7 @@ def score_battles(
             "model_name": model_name,
             "text": text,
             "batch_size": batch_size,
+            "threads": threads_per_actor or max(1, (os.cpu_count() or 1) // actors),
             "trust_remote_code": trust_remote_code,
         },
         batch_size=batch_size * 8,

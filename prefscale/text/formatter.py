@@ -87,7 +87,7 @@ class BattleFormatter:
             joined += (sep if index else []) + turn
         if len(joined) <= grant:
             return joined, False
-        last = turns[-1]
+        last = next((turn for turn in reversed(turns) if turn), [])  # the latest turn with text
         if grant <= len(marker):
             return last[:grant], True
         room = grant - len(marker)

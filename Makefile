@@ -1,0 +1,33 @@
+# Two commands for a newcomer: `make demo` (set-up + the main job) and `make test`.
+# Each creates .venv when it is missing. torch is installed first, on its own, so a CPU
+# machine gets the CPU wheel and never pulls the multi-GB CUDA build.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.prefscale-installed
+TORCH ?= torch==2.13.0
+export HF_HUB_OFFLINE := 1
+export RAY_AUTH_MODE := disabled
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/prefscale run --config configs/local.yaml
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/bench_pairs.py
+
+clean:
+	rm -rf runs .pytest_cache .hypothesis

