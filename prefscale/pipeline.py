@@ -20,12 +20,6 @@ from prefscale.data.stages import make_pairs, split, validate_file
 from prefscale.data.validate import ValidationOptions
 from prefscale.io import read_table, write_json
 from prefscale.ray_runtime import ensure_ray
-from prefscale.text.formatter import TextOptions
-
-
-def text_options(config: Config) -> TextOptions:
-    return TextOptions(**config.text.model_dump())
-
 
 def _stem(uri: str) -> str:
     return os.path.basename(uri.rstrip("/")).split(".")[0]
@@ -74,19 +68,15 @@ def run(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
         log(f"  {result['pairs_written']} unlabeled battles")
 
     ensure_ray(config.ray.address, config.ray.num_cpus)
-    from prefscale.score.engine import score_battles
+    from prefscale.score.engine import run_score_job
+    from prefscale.score.jobs import score_job
 
-    scores = os.path.join(out, "scores", "smoke.parquet")
-    result = _timed("score", timings, log, lambda: score_battles(
-        battles, scores, config.model.path, "base", text_options(config),
-        rows=config.score.rows, batch_size=config.score.batch_size, actors=config.score.actors,
-        cpus_per_actor=config.score.cpus_per_actor, gpus_per_actor=config.score.gpus_per_actor,
-        threads_per_actor=config.score.threads_per_actor,
-        trust_remote_code=config.model.trust_remote_code,
-    ).as_dict())
-    result.update(_score_report(battles, scores))
+    job = score_job(config, input_uri=battles)
+    result = _timed("score", timings, log, lambda: run_score_job(job))
+    result.update(_score_report(battles, job.output))
     summary["stages"]["score"] = result
-    log(f"  scored {result['rows']} battles at {result['rows_per_s']} rows/s; untrained-head log loss {result['log_loss']}")
+    log(f"  scored {result['scored']} battles at {result['rows_per_s']} rows/s (padding efficiency {result['padding_efficiency']}); "
+        f"untrained-head log loss {result['log_loss']}")
 
     summary["timings_s"] = timings
     write_json(summary, os.path.join(out, "summary.json"))
@@ -95,15 +85,15 @@ def run(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
 
 def _score_report(battles_uri: str, scores_uri: str) -> dict[str, Any]:
     """Join scores to labels by id (Ray Data does not keep order) and measure them."""
+    from prefscale.score.engine import read_parts
+
     battles = read_table(battles_uri, columns=[S.ID, *S.LABEL_COLUMNS]).to_pandas().set_index(S.ID)
-    scores = read_table(scores_uri).to_pandas().set_index(S.ID)
+    scores = read_parts(scores_uri).to_pandas().set_index(S.ID)
     joined = scores.join(battles, how="left")
     labeled = joined.dropna(subset=list(S.LABEL_COLUMNS))
     probs = labeled[["prob_a", "prob_b", "prob_tie"]].to_numpy()
     labels = labeled[list(S.LABEL_COLUMNS)].to_numpy()
     return {
-        "unique_ids": int(scores.index.nunique()),
         "log_loss": round(log_loss(labels, probs), 4) if len(labeled) else None,
         "mean_tokens": round(float(scores["tokens"].mean()), 1),
-        "truncated_share": round(float(scores["truncated"].mean()), 3),
     }

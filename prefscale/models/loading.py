@@ -43,6 +43,35 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
     return tokenizer
 
 
+# Classification heads stay unquantized (and trainable): BERT-style 'classifier', Llama-style 'score'.
+HEAD_MODULES = ["classifier", "score", "pre_classifier"]
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "nf4")
+
+
+def quantization_kwargs(precision: str, compute_dtype: str = "bf16") -> dict:
+    """from_pretrained arguments for a precision; int8 and nf4 go through bitsandbytes."""
+    import torch
+
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision in dtypes:
+        return {"dtype": dtypes[precision]}
+    from transformers import BitsAndBytesConfig
+
+    if precision == "int8":
+        config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=HEAD_MODULES)
+    elif precision == "nf4":
+        config = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtypes[compute_dtype],
+            llm_int8_skip_modules=HEAD_MODULES,
+        )
+    else:
+        raise PrefscaleError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
+    return {"quantization_config": config, "dtype": dtypes[compute_dtype]}
+
+
 def load_classifier(spec: str, trust_remote_code: bool = False, **kwargs):
     """A 3-label AutoModelForSequenceClassification; a new head is initialised if the checkpoint has none."""
     import torch

@@ -1,129 +1,217 @@
-"""Score battles with a classifier through a Ray Data actor pool.
+"""Score battles with one or more models through Ray Data, resumably, at bounded memory.
 
-Each actor loads one model replica once and formats, tokenizes and scores the blocks it is
-sent. Batches inside a block are cut from length-sorted rows, so little compute goes to
-padding. Rows come back in any order; ``id`` carries the identity.
+read_parquet (id + text only) -> skip ids already scored -> format + tokenize (CPU tasks)
+-> one actor pool per model (each actor holds one replica) -> the driver writes small output
+rows as Parquet parts, each renamed into place when complete.
+
+Resume: the output directory's parts are the manifest. A rerun reads their ids and scores
+only the rest, so an interrupted job finishes without rescoring or duplicating anything.
+Rows come back in any order; ``id`` carries identity. A row that cannot be formatted goes
+to ``_rejects/`` with its reason, so scored + rejected = input.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
 
 from prefscale.data import schema as S
-from prefscale.io import ParquetSink, resolve
-from prefscale.text.formatter import TextOptions
+from prefscale.errors import PrefscaleError
+from prefscale.io import ParquetSink, exists, read_table, resolve, write_json
+from prefscale.progress import bar
+from prefscale.score.format import ERROR, format_battles
+from prefscale.score.models import ScoringModel
+from prefscale.score.scorer import LOGITS, ModelScorer
+from prefscale.score.tta import TTASpace, softmax
 
-LOGIT_COLUMNS = ("logit_a", "logit_b", "logit_tie")
-PROB_COLUMNS = ("prob_a", "prob_b", "prob_tie")
+PROBS = ("prob_a", "prob_b", "prob_tie")
 SCORE_SCHEMA = pa.schema(
     [pa.field(S.ID, pa.int64()), pa.field("model", pa.string())]
-    + [pa.field(c, pa.float32()) for c in (*LOGIT_COLUMNS, *PROB_COLUMNS)]
-    + [pa.field("tokens", pa.int32()), pa.field("truncated", pa.bool_())]
+    + [pa.field(c, pa.float32()) for c in (*LOGITS, *PROBS)]
+    + [pa.field("tokens", pa.int32()), pa.field("computed_tokens", pa.int32())]
 )
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
-
-
-class BattleScorer:
-    """A Ray Data actor: one model replica, called on pyarrow batches of battles."""
-
-    def __init__(self, model_path: str, model_name: str, text: TextOptions, batch_size: int, threads: int, trust_remote_code: bool = False) -> None:
-        import torch
-
-        from prefscale.models.loading import load_classifier, load_tokenizer
-        from prefscale.text.formatter import BattleFormatter
-
-        torch.set_num_threads(threads)
-        self.torch = torch
-        self.tokenizer = load_tokenizer(model_path, trust_remote_code)
-        self.model = load_classifier(model_path, trust_remote_code).eval()
-        self.formatter = BattleFormatter(self.tokenizer, text)
-        self.model_name = model_name
-        self.batch_size = batch_size
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        encoded = self.formatter.encode(*(batch.column(c).to_pylist() for c in S.TEXT_COLUMNS))
-        lengths = np.array([len(ids) for ids in encoded.input_ids])
-        order = np.argsort(lengths, kind="stable")
-        logits = np.zeros((len(lengths), 3), dtype=np.float32)
-        pad = self.tokenizer.pad_token_id
-        with self.torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start : start + self.batch_size]
-                width = int(lengths[rows].max())
-                ids = self.torch.full((len(rows), width), pad, dtype=self.torch.long)
-                mask = self.torch.zeros((len(rows), width), dtype=self.torch.long)
-                for k, row in enumerate(rows):
-                    ids[k, : lengths[row]] = self.torch.tensor(encoded.input_ids[row])
-                    mask[k, : lengths[row]] = 1
-                logits[rows] = self.model(input_ids=ids, attention_mask=mask).logits.float().numpy()
-        probs = softmax(logits)
-        columns = {S.ID: batch.column(S.ID), "model": pa.array([self.model_name] * len(lengths), pa.string())}
-        columns |= {c: pa.array(logits[:, i]) for i, c in enumerate(LOGIT_COLUMNS)}
-        columns |= {c: pa.array(probs[:, i]) for i, c in enumerate(PROB_COLUMNS)}
-        columns |= {"tokens": pa.array(lengths, pa.int32()), "truncated": pa.array(encoded.truncated)}
-        return pa.table(columns, schema=SCORE_SCHEMA)
+REJECT_SCHEMA = pa.schema([pa.field(S.ID, pa.int64()), pa.field(S.REJECT_REASON, pa.string()), pa.field(S.REJECT_DETAIL, pa.string())])
+REJECTS_DIR = "_rejects"
+DONE_FILE = "_SUCCESS.json"
 
 
 @dataclass
-class ScoreSummary:
-    rows: int
-    output: str
-    seconds: float
+class ScoreJob:
+    input: str
+    output: str  # a directory of Parquet parts, readable as one table by pandas, Spark, Ray
+    models: list[ScoringModel]
+    tta: bool = True
+    tta_space: TTASpace = "prob"
+    rows: int | None = None
+    max_tokens: int = 8192  # padded tokens per forward batch
+    block_rows: int = 256  # rows per actor call: the window sorted by length
+    actors: int = 1
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    threads_per_actor: int | None = None
+    format_cpus: float = 0.5
+    part_rows: int = 50_000
+    extra: dict[str, Any] = field(default_factory=dict)
 
-    def as_dict(self) -> dict:
-        return {"rows": self.rows, "output": self.output, "seconds": round(self.seconds, 2), "rows_per_s": round(self.rows / self.seconds, 1)}
+
+def read_parts(output: str, columns: list[str] | None = None) -> pa.Table:
+    """Everything scored so far in an output directory (empty table when none)."""
+    if not exists(output):
+        return SCORE_SCHEMA.empty_table() if columns is None else SCORE_SCHEMA.empty_table().select(columns)
+    fs, path = resolve(output)
+    return pads.dataset(path, filesystem=fs, format="parquet", schema=SCORE_SCHEMA).to_table(columns=columns)
 
 
-def score_battles(
-    input_uri: str,
-    output_uri: str,
-    model_path: str,
-    model_name: str,
-    text: TextOptions,
-    *,
-    rows: int | None = None,
-    batch_size: int = 16,
-    actors: int = 1,
-    cpus_per_actor: float = 1.0,
-    gpus_per_actor: float = 0.0,
-    threads_per_actor: int | None = None,
-    trust_remote_code: bool = False,
-) -> ScoreSummary:
-    """Read battles with Ray Data, score them on an actor pool, write Parquet atomically."""
+def _read_rejects(output: str) -> pa.Table:
+    fs, path = resolve(os.path.join(output, REJECTS_DIR))
+    if not exists(os.path.join(output, REJECTS_DIR)):
+        return REJECT_SCHEMA.empty_table()
+    return pads.dataset(path, filesystem=fs, format="parquet", schema=REJECT_SCHEMA).to_table()
+
+
+class _PartWriter:
+    """Buffers small output rows and writes them as atomic Parquet parts."""
+
+    def __init__(self, directory: str, part_rows: int) -> None:
+        self.directory = directory
+        self.part_rows = part_rows
+        self.session = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.parts = 0
+        self.rows = 0
+
+    def add(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self.pending.append(table)
+            self.pending_rows += table.num_rows
+        if self.pending_rows >= self.part_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        table = pa.concat_tables(self.pending)
+        with ParquetSink(os.path.join(self.directory, f"part-{self.session}-{self.parts:05d}.parquet")) as sink:
+            sink.write(table)
+        self.parts += 1
+        self.rows += table.num_rows
+        self.pending, self.pending_rows = [], 0
+
+
+def _drop_done(batch: pa.Table, done: np.ndarray) -> pa.Table:
+    return batch.filter(pc.invert(pc.is_in(batch.column(S.ID), value_set=pa.array(done, pa.int64()))))
+
+
+def _long_rows(batch: pa.Table, models: list[ScoringModel]) -> pa.Table:
+    """Wide per-model columns -> one row per (id, model)."""
+    tables = []
+    for m in models:
+        logits = np.stack([batch.column(m.column(c)).to_numpy(zero_copy_only=False) for c in LOGITS], axis=1)
+        probs = softmax(logits.astype(np.float64))
+        columns = {S.ID: batch.column(S.ID), "model": pa.array([m.name] * batch.num_rows, pa.string())}
+        columns |= {c: pa.array(logits[:, i], pa.float32()) for i, c in enumerate(LOGITS)}
+        columns |= {c: pa.array(probs[:, i], pa.float32()) for i, c in enumerate(PROBS)}
+        columns |= {"tokens": batch.column(m.column("tokens")), "computed_tokens": batch.column(m.column("computed_tokens"))}
+        tables.append(pa.table(columns, schema=SCORE_SCHEMA))
+    return pa.concat_tables(tables)
+
+
+def _input_dataset(job: ScoreJob, done: np.ndarray):
+    import ray
+
+    columns = [S.ID, *S.TEXT_COLUMNS]
+    if job.rows is not None:
+        # A fixed head of the file (not Dataset.limit, whose rows can differ between runs).
+        ds = ray.data.from_arrow(read_table(job.input, columns=columns).slice(0, job.rows))
+        total = min(job.rows, ds.count())
+    else:
+        fs, path = resolve(job.input)
+        dataset = pads.dataset(path, filesystem=fs, format="parquet")
+        total = dataset.count_rows()
+        ds = ray.data.read_parquet(path, filesystem=fs).select_columns(columns)
+    if len(done):
+        ds = ds.map_batches(_drop_done, fn_kwargs={"done": done}, batch_format="pyarrow", batch_size=None, num_cpus=job.format_cpus)
+    # One Parquet file reads as one block, which only one actor could work on: cut the stream
+    # into blocks of block_rows (a streaming repartition, nothing is materialized).
+    return ds.repartition(target_num_rows_per_block=job.block_rows), total
+
+
+def run_score_job(job: ScoreJob) -> dict[str, Any]:
+    """Score every id of ``job.input`` not yet in ``job.output``; returns a JSON-ready summary."""
     import ray
 
     started = time.perf_counter()
-    fs, path = resolve(input_uri)
-    ds = ray.data.read_parquet(path, filesystem=fs, columns=[S.ID, *S.TEXT_COLUMNS])
-    if rows is not None:
-        ds = ds.limit(rows)
-    ds = ds.map_batches(
-        BattleScorer,
-        fn_constructor_kwargs={
-            "model_path": model_path,
-            "model_name": model_name,
-            "text": text,
-            "batch_size": batch_size,
-            "threads": threads_per_actor or max(1, (os.cpu_count() or 1) // actors),
-            "trust_remote_code": trust_remote_code,
-        },
-        batch_size=batch_size * 8,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=cpus_per_actor,
-        num_gpus=gpus_per_actor,
-    )
-    with ParquetSink(output_uri, empty_schema=SCORE_SCHEMA) as sink:
+    if not exists(job.input):
+        raise PrefscaleError(f"input not found: {job.input}; run the data stages first or pass --input")
+    names = [m.name for m in job.models]
+    if len(set(names)) != len(names):
+        raise PrefscaleError(f"model names must be unique, got {names}")
+    previous = read_parts(job.output, [S.ID, "model"])
+    previous_rejects = _read_rejects(job.output).column(S.ID).to_numpy()
+    done = np.union1d(pc.unique(previous.column(S.ID)).to_numpy(), previous_rejects)
+    ds, total = _input_dataset(job, done)
+
+    ds = ds.map_batches(format_battles, fn_kwargs={"models": job.models, "tta": job.tta}, batch_format="pyarrow",
+                        batch_size=job.block_rows, num_cpus=job.format_cpus)
+    threads = job.threads_per_actor or max(1, (os.cpu_count() or 1) // job.actors)
+    for model in job.models:
+        ds = ds.map_batches(
+            ModelScorer,
+            fn_constructor_kwargs={"model": model, "max_tokens": job.max_tokens, "threads": threads,
+                                   "use_gpu": job.gpus_per_actor > 0, "tta_space": job.tta_space},
+            batch_size=job.block_rows,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=job.actors),
+            num_cpus=job.cpus_per_actor,
+            num_gpus=job.gpus_per_actor,
+        )
+
+    scores = _PartWriter(job.output, job.part_rows)
+    rejects = _PartWriter(os.path.join(job.output, REJECTS_DIR), job.part_rows)
+    tokens = {m.name: [0, 0] for m in job.models}
+    remaining = max(total - len(done), 0)
+    with bar(remaining, f"score {','.join(names)}") as progress:
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            sink.write(batch)
-    return ScoreSummary(sink.rows, output_uri, time.perf_counter() - started)
+            failed = pc.invert(pc.is_null(batch.column(ERROR)))
+            bad = batch.filter(failed)
+            if bad.num_rows:
+                rejects.add(pa.table({S.ID: bad.column(S.ID), S.REJECT_REASON: pa.array(["format_error"] * bad.num_rows),
+                                      S.REJECT_DETAIL: bad.column(ERROR)}, schema=REJECT_SCHEMA))
+            good = batch.filter(pc.invert(failed))
+            for m in job.models:
+                tokens[m.name][0] += pc.sum(good.column(m.column("tokens"))).as_py() or 0
+                tokens[m.name][1] += pc.sum(good.column(m.column("computed_tokens"))).as_py() or 0
+            scores.add(_long_rows(good, job.models))
+            progress.update(batch.num_rows)
+    scores.flush()
+    rejects.flush()
+
+    seconds = time.perf_counter() - started
+    new_rows = scores.rows // max(len(job.models), 1)
+    final = read_parts(job.output, [S.ID, "model"])
+    summary = {
+        "input": job.input,
+        "output": job.output,
+        "models": names,
+        "tta": job.tta,
+        "input_rows": total,
+        "already_done": int(len(done)),
+        "scored": new_rows,
+        "rejected": rejects.rows,
+        "output_rows": final.num_rows,
+        "unique_ids": len(pc.unique(final.column(S.ID))),
+        "padding_efficiency": {n: round(t[0] / t[1], 4) if t[1] else None for n, t in tokens.items()},
+        "seconds": round(seconds, 2),
+        "rows_per_s": round(new_rows / seconds, 2) if seconds else None,
+    }
+    write_json(summary, os.path.join(job.output, DONE_FILE))
+    return summary

@@ -63,7 +63,7 @@ class BattleFormatter:
             raise ValueError(f"max_length {options.max_length} leaves no room for text after {fixed} template tokens")
         # Text far beyond what can be kept is clipped before tokenizing (speed on 100k-char
         # answers); only the head and tail of a turn can ever be used.
-        self._clip_chars = 32 * options.max_length
+        self._clip_chars = 16 * options.max_length
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
@@ -95,19 +95,25 @@ class BattleFormatter:
             return last[:room] + marker, True
         return marker + joined[-room:], True
 
-    def encode(self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]) -> Encoded:
-        """Encode Kaggle-format cells (JSON lists of turns) into input ids."""
+    def _tokenize(self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]) -> list[list[list[list[int]]]]:
+        """Per row, per component, per turn: token ids (one batched tokenizer call)."""
         cells = list(zip(prompts, responses_a, responses_b, strict=True))
         turn_lists = [[turns_text(decode_turns(cell)) for cell in row] for row in cells]
         flat = [self._clip(t) for row in turn_lists for comp in row for t in comp]
         flat_ids = self.tokenizer(flat, add_special_tokens=False, verbose=False)["input_ids"] if flat else []
         position = 0
-        out = Encoded([], [], [])
+        rows = []
         for row in turn_lists:
             components = []
             for comp in row:
                 components.append(flat_ids[position : position + len(comp)])
                 position += len(comp)
+            rows.append(components)
+        return rows
+
+    def _assemble(self, rows: list[list[list[list[int]]]]) -> Encoded:
+        out = Encoded([], [], [])
+        for components in rows:
             lengths = [sum(map(len, c)) + len(self._separator) * (len(c) - 1) if any(c) else 0 for c in components]
             grants = allocate(lengths, self.component_budget, self.options.weights)
             fitted = {}
@@ -123,3 +129,12 @@ class BattleFormatter:
             out.component_tokens.append(tuple(len(fitted[n]) for n in FIELDS))
             out.truncated.append(cut)
         return out
+
+    def encode(self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]) -> Encoded:
+        """Encode Kaggle-format cells (JSON lists of turns) into input ids."""
+        return self._assemble(self._tokenize(prompts, responses_a, responses_b))
+
+    def encode_with_swap(self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]) -> tuple[Encoded, Encoded]:
+        """The battles and their A/B-swapped twins (for TTA), tokenizing the text once."""
+        rows = self._tokenize(prompts, responses_a, responses_b)
+        return self._assemble(rows), self._assemble([[p, b, a] for p, a, b in rows])

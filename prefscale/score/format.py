@@ -1,0 +1,76 @@
+"""The CPU stage: battles -> token ids for every model (and their A/B-swapped twins for TTA).
+
+Runs as Ray Data tasks. Tokenizers are cached per worker process, so each is loaded once
+per process, not once per block. A row whose text cannot be formatted is marked with an
+``error`` instead of failing the whole job; the writer sends it to the rejects.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from prefscale.data import schema as S
+from prefscale.data.kaggle_json import TurnsDecodeError
+from prefscale.score.models import ScoringModel
+from prefscale.text.formatter import BattleFormatter, TextOptions
+
+ERROR = "error"
+IDS = "ids"
+IDS_SWAPPED = "ids_swapped"
+
+
+@functools.lru_cache(maxsize=8)
+def _formatter(path: str, trust_remote_code: bool, text: TextOptions) -> BattleFormatter:
+    from prefscale.models.loading import load_tokenizer
+
+    return BattleFormatter(load_tokenizer(path, trust_remote_code), text)
+
+
+def _encode(formatter: BattleFormatter, cells: tuple[list, list, list], tta: bool) -> tuple[list, list | None]:
+    if tta:
+        plain, swapped = formatter.encode_with_swap(*cells)
+        return plain.input_ids, swapped.input_ids
+    return formatter.encode(*cells).input_ids, None
+
+
+def _encode_rows(formatter: BattleFormatter, cells: tuple[list, list, list], tta: bool, errors: list) -> tuple[list, list | None]:
+    """Encode the batch; only if that fails, row by row, so one bad row costs one row."""
+    try:
+        return _encode(formatter, cells, tta)
+    except (TurnsDecodeError, TypeError, ValueError):
+        pass
+    plain, swapped = [], []
+    for k, row in enumerate(zip(*cells, strict=True)):
+        try:
+            ids, twin = _encode(formatter, tuple([cell] for cell in row), tta)
+            plain.append(ids[0])
+            swapped.append(twin[0] if twin else [])
+        except (TurnsDecodeError, TypeError, ValueError) as exc:
+            errors[k] = errors[k] or f"cannot format: {exc}"[:300]
+            plain.append([])
+            swapped.append([])
+    return plain, swapped if tta else None
+
+
+def format_battles(batch: pa.Table, models: list[ScoringModel], tta: bool) -> pa.Table:
+    cells = tuple(batch.column(c).to_pylist() for c in S.TEXT_COLUMNS)
+    errors: list[str | None] = [None] * batch.num_rows
+    columns: dict[str, pa.Array] = {S.ID: batch.column(S.ID)}
+    for model in models:
+        formatter = _formatter(model.path, model.trust_remote_code, model.text)
+        plain, swapped = _encode_rows(formatter, cells, tta, errors)
+        columns[model.column(IDS)] = pa.array(plain, pa.list_(pa.int32()))
+        if swapped is not None:
+            columns[model.column(IDS_SWAPPED)] = pa.array(swapped, pa.list_(pa.int32()))
+    columns[ERROR] = pa.array(errors, pa.string())
+    if any(errors):
+        # A row failed for some model: blank its ids everywhere so no replica spends compute on it.
+        bad = pa.array([e is not None for e in errors])
+        empty = pa.array([[]] * batch.num_rows, pa.list_(pa.int32()))
+        for name in list(columns):
+            if name.endswith(f".{IDS}") or name.endswith(f".{IDS_SWAPPED}"):
+                columns[name] = pc.if_else(bad, empty, columns[name])
+    return pa.table(columns)

@@ -1,0 +1,81 @@
+"""The actor stage: one model replica per actor, scoring token ids in token-budget batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from prefscale.score.batching import token_budget_batches
+from prefscale.score.format import IDS, IDS_SWAPPED
+from prefscale.score.models import ScoringModel
+from prefscale.score.tta import TTASpace, combine_swapped
+
+LOGITS = ("logit_a", "logit_b", "logit_tie")
+
+
+def pick_device(want_gpu: bool) -> str:
+    import torch
+
+    return "cuda" if want_gpu and torch.cuda.is_available() else "cpu"
+
+
+class ModelScorer:
+    """Loads its replica once (quantized per config) and scores every block sent to it."""
+
+    def __init__(self, model: ScoringModel, max_tokens: int, threads: int, use_gpu: bool = False, tta_space: TTASpace = "prob") -> None:
+        import torch
+
+        from prefscale.models.loading import load_classifier, load_tokenizer, quantization_kwargs
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.model_spec = model
+        self.device = pick_device(use_gpu)
+        kwargs = quantization_kwargs(model.precision)
+        if "quantization_config" in kwargs:
+            kwargs["device_map"] = {"": 0 if self.device == "cuda" else "cpu"}
+        self.model = load_classifier(model.path, model.trust_remote_code, **kwargs).eval()
+        if "quantization_config" not in kwargs:
+            self.model.to(self.device)
+        self.pad_id = load_tokenizer(model.path, model.trust_remote_code).pad_token_id
+        self.max_tokens = max_tokens
+        self.tta_space = tta_space
+
+    def _logits(self, sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Logits per sequence, and the padded width each was computed at."""
+        lengths = np.array([len(s) for s in sequences])
+        logits = np.full((len(sequences), 3), np.nan, dtype=np.float32)
+        widths = np.zeros(len(sequences), dtype=np.int32)
+        live = np.flatnonzero(lengths > 0)
+        torch = self.torch
+        with torch.inference_mode():
+            for batch in token_budget_batches(lengths[live], self.max_tokens):
+                rows = live[batch]
+                width = int(lengths[rows].max())
+                ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+                mask = torch.zeros((len(rows), width), dtype=torch.long)
+                for k, row in enumerate(rows):
+                    ids[k, : lengths[row]] = torch.tensor(sequences[row])
+                    mask[k, : lengths[row]] = 1
+                out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                logits[rows] = out.float().cpu().numpy()
+                widths[rows] = width
+        return logits, widths
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        m = self.model_spec
+        sequences = batch.column(m.column(IDS)).to_pylist()
+        logits, widths = self._logits(sequences)
+        real = np.array([len(s) for s in sequences])
+        if m.column(IDS_SWAPPED) in batch.column_names:
+            twins = batch.column(m.column(IDS_SWAPPED)).to_pylist()
+            swapped_logits, swapped_widths = self._logits(twins)
+            logits = combine_swapped(logits, swapped_logits, self.tta_space)
+            widths = widths + swapped_widths
+            real = real + np.array([len(s) for s in twins])
+            batch = batch.drop_columns([m.column(IDS_SWAPPED)])
+        batch = batch.drop_columns([m.column(IDS)])
+        for i, name in enumerate(LOGITS):
+            batch = batch.append_column(m.column(name), pa.array(logits[:, i], pa.float32()))
+        batch = batch.append_column(m.column("tokens"), pa.array(real, pa.int32()))
+        return batch.append_column(m.column("computed_tokens"), pa.array(widths, pa.int32()))

@@ -1,0 +1,32 @@
+"""Swap test-time augmentation: combine predictions on (A, B) and on (B, A).
+
+The swapped prediction is mapped back to the original order first. Averaging in probability
+space is the winners' choice; logit space is offered for comparison.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from prefscale.text.swap import unswap_probs
+
+TTASpace = Literal["prob", "logit"]
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    return np.exp(log_softmax(logits))
+
+
+def combine_swapped(logits: np.ndarray, swapped_logits: np.ndarray, space: TTASpace = "prob") -> np.ndarray:
+    """Logits of the combined prediction (log-probabilities for probability space)."""
+    back = unswap_probs(swapped_logits)
+    if space == "logit":
+        return (logits + back) / 2
+    return np.log((softmax(logits) + softmax(back)) / 2)
