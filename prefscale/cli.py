@@ -77,17 +77,25 @@ def _config(args: argparse.Namespace):
 
 
 def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
-    from prefscale.ray_runtime import ensure_ray
-    from prefscale.score.engine import run_score_job
-    from prefscale.score.jobs import score_job
+    from prefscale.score.stages import score_stage
 
-    config = _config(args)
     overrides = {"rows": args.rows} if args.rows else {}
     if args.no_tta:
         overrides["tta"] = False
-    job = score_job(config, args.input, args.out, **overrides)
-    ensure_ray(config.ray.address, config.ray.num_cpus)
-    return run_score_job(job)
+    return score_stage(_config(args), args.input, args.out, **overrides)
+
+
+def cmd_pseudolabel(args: argparse.Namespace) -> dict[str, Any]:
+    from prefscale.score.stages import pseudolabel_stage
+
+    config = _config(args)
+    return pseudolabel_stage(config, input_uri=args.input, score_dirs=args.scores or None, out_uri=args.out, rows=args.rows)
+
+
+def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    from prefscale.train.stages import train_stage
+
+    return train_stage(_config(args), only=args.only, log=lambda line: print(line, file=sys.stderr if args.json else sys.stdout, flush=True))
 
 
 def cmd_config_check(args: argparse.Namespace) -> dict[str, Any]:
@@ -148,6 +156,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, help="score only the first N battles")
     p.add_argument("--no-tta", action="store_true", help="skip the A/B-swapped pass")
     p.set_defaults(func=cmd_score)
+
+    p = commands.add_parser("pseudolabel", help="soft labels for unlabeled battles from one or more models (scores them unless --scores)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--input", help="unlabeled battles (default: pseudolabel.input or <run_dir>/unlabeled_pairs.parquet)")
+    p.add_argument("--scores", nargs="+", help="existing score directories to average instead of scoring")
+    p.add_argument("--out", help="pseudolabel Parquet (default: pseudolabel.output)")
+    p.add_argument("--run-dir", help="override the config's run directory")
+    p.add_argument("--rows", type=int, help="pseudolabel only the first N battles")
+    p.set_defaults(func=cmd_pseudolabel)
+
+    p = commands.add_parser("train", help="K-fold training on Ray Train with OOF logits (teachers, then distilled students)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--only", help="train only this named run from the config's train section")
+    p.add_argument("--run-dir", help="override the config's run directory")
+    p.set_defaults(func=cmd_train)
 
     p = commands.add_parser("config", help="check configs").add_subparsers(dest="config_command", required=True)
     p = p.add_parser("check", help="validate YAML configs against the typed schema")

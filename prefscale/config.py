@@ -87,6 +87,62 @@ class ScoreConfig(Section):
     part_rows: int = Field(50_000, gt=0)
 
 
+class PseudolabelConfig(Section):
+    input: str | None = Field(None, description="unlabeled battles; default <run_dir>/unlabeled_pairs.parquet")
+    scores: list[str] = Field(default_factory=list, description="score directories to average; empty: score input with score.models")
+    output: str | None = Field(None, description="default <run_dir>/pseudolabels.parquet")
+    rows: int | None = Field(None, gt=0, description="pseudolabel only the first N battles")
+    min_confidence: float = Field(0.0, ge=0, le=1)
+    max_entropy: float | None = Field(None, gt=0)
+    balance: Literal["none", "uniform", "prior"] = "none"
+    prior: tuple[float, float, float] | None = None
+    seed: int = 0
+
+
+class LoraSection(Section):
+    r: int = Field(16, ge=0, description="0 = full fine-tuning")
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class DistillSection(Section):
+    teachers: list[str] = Field(min_length=1, description="names of train runs whose OOF logits teach this one")
+    weights: list[float] | None = Field(None, description="one per teacher; default 1 each")
+    temperature: float = Field(1.0, gt=0)
+    ce_weight: float = Field(1.0, ge=0)
+    cosine_weight: float = Field(0.0, ge=0)
+
+
+class TrainRunConfig(Section):
+    model: ModelConfig | None = Field(None, description="default: the top-level model")
+    lora: LoraSection = LoraSection()
+    max_length: int | None = Field(None, ge=16, description="overrides text.max_length")
+    folds: list[int] | None = Field(None, description="folds to train; default all")
+    epochs: float = Field(1.0, gt=0)
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    batch_size: int = Field(16, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    schedule: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
+    swap_prob: float = Field(0.5, ge=0, le=1)
+    autocast: Literal["none", "bf16", "fp16"] = "none"
+    gradient_checkpointing: bool = False
+    max_rows: int | None = Field(None, gt=0, description="cap training rows per fold (quick local recipes)")
+    checkpoint_every: int = Field(50, gt=0, description="optimizer steps between checkpoints")
+    seed: int = 0
+    workers: int = Field(1, gt=0)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    fsdp: bool = Field(False, description="shard teachers too large for one GPU (GPU only; see README)")
+    max_failures: int = Field(2, ge=0)
+    extra_train: list[str] = Field(default_factory=list, description="soft-labeled Parquet added to every fold (pseudolabels)")
+    distill: DistillSection | None = None
+    average: Literal["none", "exact", "factors"] = Field("exact", description="merge the fold adapters into one model")
+    oof_tta: bool = True
+
+
 class RayConfig(Section):
     address: str | None = Field(None, description="None starts a local Ray in-process; 'auto' joins a running cluster")
     num_cpus: int | None = Field(None, gt=0)
@@ -100,6 +156,8 @@ class Config(Section):
     text: TextConfig = TextConfig()
     model: ModelConfig = ModelConfig()
     score: ScoreConfig = ScoreConfig()
+    pseudolabel: PseudolabelConfig = PseudolabelConfig()
+    train: dict[str, TrainRunConfig] = Field(default_factory=dict, description="named runs, trained in order")
     ray: RayConfig = RayConfig()
 
     @property

@@ -59,6 +59,25 @@ def atomic_path(uri: str | os.PathLike[str]) -> Iterator[tuple[pafs.FileSystem, 
         raise
 
 
+@contextlib.contextmanager
+def atomic_dir(path: str) -> Iterator[str]:
+    """Yield a temporary local directory that replaces ``path`` only when complete."""
+    import shutil
+
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
+    os.makedirs(tmp)
+    try:
+        yield tmp
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 class ParquetSink:
     """A streaming Parquet writer whose file appears atomically on ``close()``.
 

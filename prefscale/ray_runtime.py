@@ -10,6 +10,9 @@ from prefscale.errors import PrefscaleError
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join ``address`` (a running cluster), or start a local Ray in-process when it is None."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Ray Train's controller polls workers at this interval; its 2 s default adds that much to
+    # every report (checkpoint). Must be set before Ray starts so its processes inherit it.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     import ray
 
     if ray.is_initialized():

@@ -131,7 +131,7 @@ def _text(column: str, value: Any, lenient: bool, flags: list[str]) -> tuple[lis
 def check_row(row: dict[str, Any], options: ValidationOptions) -> dict[str, Any]:
     """Return the clean core fields of one raw row, or raise Rejected."""
     battle_id = _coerce_id(row.get(S.ID))
-    flags: list[str] = []
+    flags: list[str] = []  # recomputed here; flags from earlier stages (e.g. 'pseudolabel') are kept below
     turns, cells = {}, {}
     for column in S.TEXT_COLUMNS:
         turns[column], cells[column] = _text(column, row.get(column), options.lenient_json, flags)
@@ -166,8 +166,13 @@ def check_row(row: dict[str, Any], options: ValidationOptions) -> dict[str, Any]
         S.MODEL_A: row.get(S.MODEL_A),
         S.MODEL_B: row.get(S.MODEL_B),
         **dict(zip(S.LABEL_COLUMNS, label or (None, None, None), strict=True)),
-        S.FLAGS: ",".join(flags) or None,
+        S.FLAGS: ",".join(dict.fromkeys([*_earlier_flags(row.get(S.FLAGS)), *flags])) or None,
     }
+
+
+def _earlier_flags(value: Any) -> list[str]:
+    kept = {"pseudolabel", "merged_votes"}
+    return [f for f in str(value).split(",") if f.split(":")[0] in kept] if isinstance(value, str) else []
 
 
 class Validator:

@@ -111,6 +111,10 @@ def _drop_done(batch: pa.Table, done: np.ndarray) -> pa.Table:
     return batch.filter(pc.invert(pc.is_in(batch.column(S.ID), value_set=pa.array(done, pa.int64()))))
 
 
+def _no_extra_args() -> dict[str, Any]:
+    return {}
+
+
 def _long_rows(batch: pa.Table, models: list[ScoringModel]) -> pa.Table:
     """Wide per-model columns -> one row per (id, model)."""
     tables = []
@@ -160,8 +164,10 @@ def run_score_job(job: ScoreJob) -> dict[str, Any]:
     done = np.union1d(pc.unique(previous.column(S.ID)).to_numpy(), previous_rejects)
     ds, total = _input_dataset(job, done)
 
+    # ray_remote_args_fn keeps tokenization in its own CPU tasks: without it Ray fuses this
+    # stage into the model actors, and the model (a GPU) would wait on the tokenizer.
     ds = ds.map_batches(format_battles, fn_kwargs={"models": job.models, "tta": job.tta}, batch_format="pyarrow",
-                        batch_size=job.block_rows, num_cpus=job.format_cpus)
+                        batch_size=job.block_rows, num_cpus=job.format_cpus, ray_remote_args_fn=_no_extra_args)
     threads = job.threads_per_actor or max(1, (os.cpu_count() or 1) // job.actors)
     for model in job.models:
         ds = ds.map_batches(

@@ -1,0 +1,140 @@
+"""Soft labels for unlabeled battles from one or more scored models.
+
+Model probabilities are averaged per battle; confidence (top probability), entropy and
+agreement (share of models whose top class matches the ensemble's) describe each label.
+Filters drop unsure battles and can rebalance classes; every dropped battle goes to the
+rejects with its reason. The output is the battle schema with the soft label in the winner
+columns, so the training stage reads it as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from prefscale.data import schema as S
+from prefscale.data.readers import open_battles
+from prefscale.errors import PrefscaleError
+from prefscale.io import ParquetSink
+from prefscale.progress import bar
+from prefscale.score.engine import PROBS, read_parts
+
+QUALITY_COLUMNS = ("pl_confidence", "pl_entropy", "pl_agreement", "pl_models")
+
+
+@dataclass(frozen=True)
+class PseudolabelOptions:
+    min_confidence: float = 0.0
+    max_entropy: float | None = None
+    balance: Literal["none", "uniform", "prior"] = "none"
+    prior: tuple[float, float, float] | None = None  # class shares for balance="prior"
+    seed: int = 0
+
+
+def ensemble(score_dirs: list[str]) -> pd.DataFrame:
+    """Per id: mean probabilities over every model in every directory, plus quality columns."""
+    frames = [read_parts(d, [S.ID, "model", *PROBS]).to_pandas() for d in score_dirs]
+    scores = pd.concat(frames, ignore_index=True).dropna(subset=list(PROBS))
+    if scores.empty:
+        raise PrefscaleError(f"no scores found in {', '.join(score_dirs)}; run `prefscale score` first")
+    probs = scores.groupby(S.ID)[list(PROBS)].mean()
+    top = probs.to_numpy().argmax(axis=1)
+    scores["top"] = scores[list(PROBS)].to_numpy().argmax(axis=1)
+    scores["ensemble_top"] = pd.Series(top, index=probs.index).reindex(scores[S.ID]).to_numpy()
+    agreement = (scores["top"] == scores["ensemble_top"]).groupby(scores[S.ID]).mean()
+    p = probs.to_numpy()
+    return probs.assign(
+        pl_confidence=p.max(axis=1),
+        pl_entropy=-(p * np.log(np.clip(p, 1e-12, 1))).sum(axis=1),
+        pl_agreement=agreement.reindex(probs.index).to_numpy(),
+        pl_models=scores.groupby(S.ID)["model"].nunique().reindex(probs.index).to_numpy(),
+    )
+
+
+def _reasons(table: pd.DataFrame, options: PseudolabelOptions) -> pd.Series:
+    """Why each battle is dropped (None when kept), filters applied in order."""
+    reason = pd.Series(None, index=table.index, dtype=object)
+    reason[table.pl_confidence < options.min_confidence] = "low_confidence"
+    if options.max_entropy is not None:
+        reason[reason.isna() & (table.pl_entropy > options.max_entropy)] = "high_entropy"
+    if options.balance != "none":
+        shares = np.full(3, 1 / 3) if options.balance == "uniform" else np.asarray(options.prior, dtype=float)
+        if options.balance == "prior" and (shares is None or len(shares) != 3):
+            raise PrefscaleError("balance: prior needs pseudolabel.prior as three class shares")
+        kept = reason.isna()
+        top = table.loc[kept, list(PROBS)].to_numpy().argmax(axis=1)
+        counts = np.bincount(top, minlength=3)
+        total = min(counts[c] / shares[c] for c in range(3) if shares[c] > 0)
+        rng = np.random.default_rng(options.seed)
+        kept_index = table.index[kept]
+        for c in range(3):
+            members = np.sort(kept_index[top == c].to_numpy())
+            surplus = len(members) - int(np.floor(total * shares[c]))
+            if surplus > 0:
+                reason[rng.choice(members, surplus, replace=False)] = "class_balance"
+    return reason
+
+
+def write_pseudolabels(battles_uri: str, score_dirs: list[str], out_uri: str, rejects_uri: str, options: PseudolabelOptions = PseudolabelOptions()) -> dict[str, Any]:
+    """Stream the battles once, writing labeled rows or rejects (battles + rejects = input)."""
+    started = time.perf_counter()
+    table = ensemble(score_dirs)
+    reason = _reasons(table, options)
+    source = open_battles(battles_uri)
+    missing = [c for c in (*S.LABEL_COLUMNS, S.FLAGS) if c not in source.schema.names]
+    if missing:
+        raise PrefscaleError(f"{battles_uri} lacks {', '.join(missing)}; pseudolabel battles from `prefscale data pairs` or `data validate`")
+    reject_schema = pa.schema([pa.field(S.ID, pa.int64()), pa.field(S.REJECT_REASON, pa.string()), pa.field(S.REJECT_DETAIL, pa.string())])
+    counts: dict[str, int] = {}
+    with ParquetSink(out_uri, empty_schema=S.BATTLE_SCHEMA) as sink, ParquetSink(rejects_uri, empty_schema=reject_schema) as rejects, \
+            bar(source.num_rows, "pseudolabel") as progress:
+        for batch in source.batches(batch_rows=65_536):
+            ids = batch.column(S.ID).to_numpy()
+            known = pd.Series(ids).isin(table.index).to_numpy()
+            why = np.where(known, reason.reindex(ids).to_numpy(), "unscored")
+            for r in why[pd.notna(why)]:
+                counts[r] = counts.get(r, 0) + 1
+            dropped = pd.notna(why)
+            if dropped.any():
+                rejects.write(pa.table({S.ID: pa.array(ids[dropped], pa.int64()), S.REJECT_REASON: pa.array(why[dropped].astype(str)),
+                                        S.REJECT_DETAIL: pa.array([None] * int(dropped.sum()), pa.string())}, schema=reject_schema))
+            keep = ~dropped
+            if keep.any():
+                sink.write(_labeled(batch.filter(pa.array(keep)), table))
+            progress.update(batch.num_rows)
+    kept = sink.rows
+    shares = table.loc[reason.isna(), list(PROBS)].to_numpy().argmax(axis=1)
+    return {
+        "input": battles_uri,
+        "scores": score_dirs,
+        "output": out_uri,
+        "rejects_path": rejects_uri,
+        "battles": kept + rejects.rows,
+        "pseudolabeled": kept,
+        "rejected": dict(sorted(counts.items())),
+        "top_class_share": dict(zip(S.CLASSES, np.round(np.bincount(shares, minlength=3) / max(len(shares), 1), 4).tolist(), strict=True)),
+        "mean_confidence": round(float(table.loc[reason.isna(), "pl_confidence"].mean()), 4) if kept else None,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _labeled(batch: pa.RecordBatch, table: pd.DataFrame) -> pa.Table:
+    rows = table.reindex(batch.column(S.ID).to_numpy())
+    out = pa.Table.from_batches([batch])
+    for column, prob in zip(S.LABEL_COLUMNS, PROBS, strict=True):
+        out = out.set_column(out.schema.get_field_index(column), column, pa.array(rows[prob].to_numpy(), pa.float32()))
+    flags = [",".join(filter(None, [f, "pseudolabel"])) for f in out.column(S.FLAGS).to_pylist()]
+    out = out.set_column(out.schema.get_field_index(S.FLAGS), S.FLAGS, pa.array(flags, pa.string()))
+    for column in QUALITY_COLUMNS:
+        out = out.append_column(column, pa.array(rows[column].to_numpy(), pa.float32()))
+    return out
+
+
+def default_paths(run_dir: str) -> tuple[str, str]:
+    return os.path.join(run_dir, "pseudolabels.parquet"), os.path.join(run_dir, "rejects", "pseudolabels.parquet")

@@ -1,0 +1,1 @@
+"""Ray Train: K-fold teachers and students, distillation losses, OOF logits."""
