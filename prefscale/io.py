@@ -85,9 +85,11 @@ class ParquetSink:
     an empty sink still writes a valid file with ``empty_schema``.
     """
 
-    def __init__(self, uri: str | os.PathLike[str], empty_schema: pa.Schema | None = None, **writer_options: Any) -> None:
+    def __init__(self, uri: str | os.PathLike[str], empty_schema: pa.Schema | None = None, row_group_rows: int | None = None,
+                 **writer_options: Any) -> None:
         self.uri = os.fspath(uri)
         self.rows = 0
+        self._row_group_rows = row_group_rows
         self._empty_schema = empty_schema
         self._options = {"compression": "zstd", **writer_options}
         self._ctx = atomic_path(self.uri)
@@ -99,7 +101,7 @@ class ParquetSink:
             self._writer = pq.ParquetWriter(self._tmp, data.schema, filesystem=self._fs, **self._options)
         table = data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
         if table.num_rows:
-            self._writer.write_table(table.cast(self._writer.schema))
+            self._writer.write_table(table.cast(self._writer.schema), row_group_size=self._row_group_rows)
             self.rows += table.num_rows
 
     def close(self) -> None:

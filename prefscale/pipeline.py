@@ -20,6 +20,8 @@ from prefscale.data.stages import make_pairs, split, validate_file
 from prefscale.data.validate import ValidationOptions
 from prefscale.io import read_table, write_json
 from prefscale.ray_runtime import ensure_ray
+from prefscale.score.jobs import text_options
+from prefscale.score.models import ScoringModel
 
 def _stem(uri: str) -> str:
     return os.path.basename(uri.rstrip("/")).split(".")[0]
@@ -68,15 +70,29 @@ def run(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
         log(f"  {result['pairs_written']} unlabeled battles")
 
     ensure_ray(config.ray.address, config.ray.num_cpus)
-    from prefscale.score.engine import run_score_job
-    from prefscale.score.jobs import score_job
+    if config.train:
+        from prefscale.train.kfold import train_run
 
-    job = score_job(config, input_uri=battles)
-    result = _timed("score", timings, log, lambda: run_score_job(job))
-    result.update(_score_report(battles, job.output))
-    summary["stages"]["score"] = result
-    log(f"  scored {result['scored']} battles at {result['rows_per_s']} rows/s (padding efficiency {result['padding_efficiency']}); "
-        f"untrained-head log loss {result['log_loss']}")
+        for name in config.train:
+            result = _timed(f"train:{name}", timings, log, lambda name=name: train_run(config, name, log))
+            summary["stages"][f"train:{name}"] = result
+            log(f"  OOF log loss {result['oof_log_loss']} vs class prior {result['prior_log_loss']} over {result['oof_rows']} battles")
+
+    from prefscale.score.stages import pseudolabel_stage, score_stage
+
+    if config.data.unlabeled and config.train:
+        final = list(config.train)[-1]
+        averaged = os.path.join(out, "models", final, "averaged")
+        models = [ScoringModel(final, averaged if os.path.isdir(averaged) else os.path.join(out, "models", final, "fold0", "model"),
+                               text_options(config, config.train[final].max_length))]
+        result = _timed("pseudolabel", timings, log, lambda: pseudolabel_stage(config, models=models))
+        summary["stages"]["pseudolabel"] = result
+        log(f"  {result['pseudolabeled']} pseudolabels from {result['battles']} unlabeled battles")
+    else:
+        job_summary = _timed("score", timings, log, lambda: score_stage(config, battles))
+        job_summary.update(_score_report(battles, job_summary["output"]))
+        summary["stages"]["score"] = job_summary
+        log(f"  scored {job_summary['scored']} battles at {job_summary['rows_per_s']} rows/s; log loss {job_summary['log_loss']}")
 
     summary["timings_s"] = timings
     write_json(summary, os.path.join(out, "summary.json"))

@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 import os
+import socket
 
 from prefscale.errors import PrefscaleError
+
+
+def _reachable(address: str, timeout: float = 5.0) -> bool:
+    """A quick TCP probe: ray.init retries an unreachable GCS for minutes before failing."""
+    host_port = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, _, port = host_port.rpartition(":")
+    if not port.isdigit():
+        return True  # "auto" and other forms: let Ray resolve them
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -19,6 +33,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     # Under `ray job submit` the job's cluster is in RAY_ADDRESS: join it rather than start one.
     address = address or os.environ.get("RAY_ADDRESS")
+    if address is not None and not _reachable(address):
+        raise PrefscaleError(f"cannot reach Ray at {address}: nothing listens there; start the cluster (ray up / ray start --head) or fix ray.address")
     kwargs = {"include_dashboard": False, "log_to_driver": True} if address is None else {}
     try:
         ray.init(address=address, num_cpus=num_cpus if address is None else None, **kwargs)

@@ -77,8 +77,9 @@ def make_pairs(input_uri: str, out_uri: str, options: PairOptions = PairOptions(
     distinct = count_distinct_pairs(long)
     expected = distinct * (2 if options.swap else 1) if options.sample_fraction == 1.0 and not options.max_pairs_per_instruction and not options.max_instructions else None
     # Rows repeat each answer ~60 times inside a row group: a large dictionary page lets
-    # Parquet store each answer once per row group instead of once per pair.
-    with ParquetSink(out_uri, empty_schema=S.BATTLE_SCHEMA, dictionary_pagesize_limit=64 << 20) as sink, bar(expected, "pairs") as progress:
+    # Parquet store each answer once per row group instead of once per pair. Row groups of
+    # 8k rows are what downstream readers (the scoring engine) stream one at a time.
+    with ParquetSink(out_uri, empty_schema=S.BATTLE_SCHEMA, row_group_rows=8192, dictionary_pagesize_limit=64 << 20) as sink, bar(expected, "pairs") as progress:
         for battles in generate_pairs(long, options):
             sink.write(battles)
             progress.update(battles.num_rows)

@@ -48,8 +48,12 @@ HEAD_MODULES = ["classifier", "score", "pre_classifier"]
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "nf4")
 
 
-def quantization_kwargs(precision: str, compute_dtype: str = "bf16") -> dict:
-    """from_pretrained arguments for a precision; int8 and nf4 go through bitsandbytes."""
+def quantization_kwargs(precision: str, compute_dtype: str = "bf16", fsdp: bool = False) -> dict:
+    """from_pretrained arguments for a precision; int8 and nf4 go through bitsandbytes.
+
+    FSDP can shard a 4-bit model only when its packed weights are stored in the same float
+    dtype as the rest (``bnb_4bit_quant_storage``), so ``fsdp`` sets it.
+    """
     import torch
 
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -65,6 +69,7 @@ def quantization_kwargs(precision: str, compute_dtype: str = "bf16") -> dict:
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtypes[compute_dtype],
+            bnb_4bit_quant_storage=dtypes[compute_dtype] if fsdp else torch.uint8,
             llm_int8_skip_modules=HEAD_MODULES,
         )
     else:

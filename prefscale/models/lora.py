@@ -23,9 +23,9 @@ class LoraSettings:
 
 
 def build_trainable(path: str, precision: str = "fp32", lora: LoraSettings = LoraSettings(), trust_remote_code: bool = False,
-                    device_map: dict | None = None, gradient_checkpointing: bool = False):
+                    device_map: dict | None = None, gradient_checkpointing: bool = False, fsdp: bool = False):
     """Load the base (quantized per ``precision``) and wrap it with LoRA adapters."""
-    kwargs = quantization_kwargs(precision)
+    kwargs = quantization_kwargs(precision, fsdp=fsdp)
     quantized = "quantization_config" in kwargs
     if quantized:
         kwargs["device_map"] = device_map or {"": "cpu"}

@@ -129,6 +129,38 @@ def _long_rows(batch: pa.Table, models: list[ScoringModel]) -> pa.Table:
     return pa.concat_tables(tables)
 
 
+def _read_row_groups(items: pa.Table, columns: list[str]) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    tables = []
+    for uri, group in zip(items.column("uri").to_pylist(), items.column("row_group").to_pylist(), strict=True):
+        fs, path = resolve(uri)
+        with fs.open_input_file(path) as handle:
+            tables.append(pq.ParquetFile(handle).read_row_group(group, columns=columns))
+    return pa.concat_tables(tables)
+
+
+def _row_group_dataset(uri: str, columns: list[str]):
+    """A dataset with one read task per Parquet row group.
+
+    ray.data.read_parquet reads a file as one block, so a single large file would be read
+    whole by one task (memory grows with the file, one actor works). Row groups bound both.
+    """
+    import pyarrow.parquet as pq
+    import ray
+
+    fs, path = resolve(uri)
+    items, total = [], 0
+    for fragment in pads.dataset(path, filesystem=fs, format="parquet").get_fragments():
+        file_uri = fragment.path if "://" not in uri else f"{uri.split('://')[0]}://{fragment.path}"
+        with fs.open_input_file(fragment.path) as handle:
+            meta = pq.ParquetFile(handle).metadata
+        items += [{"uri": file_uri, "row_group": g} for g in range(meta.num_row_groups)]
+        total += meta.num_rows
+    ds = ray.data.from_items(items, override_num_blocks=max(len(items), 1))
+    return ds.map_batches(_read_row_groups, fn_kwargs={"columns": columns}, batch_size=1, batch_format="pyarrow", num_cpus=0.25), total
+
+
 def _input_dataset(job: ScoreJob, done: np.ndarray):
     import ray
 
@@ -138,10 +170,7 @@ def _input_dataset(job: ScoreJob, done: np.ndarray):
         ds = ray.data.from_arrow(read_table(job.input, columns=columns).slice(0, job.rows))
         total = min(job.rows, ds.count())
     else:
-        fs, path = resolve(job.input)
-        dataset = pads.dataset(path, filesystem=fs, format="parquet")
-        total = dataset.count_rows()
-        ds = ray.data.read_parquet(path, filesystem=fs).select_columns(columns)
+        ds, total = _row_group_dataset(job.input, columns)
     if len(done):
         ds = ds.map_batches(_drop_done, fn_kwargs={"done": done}, batch_format="pyarrow", batch_size=None, num_cpus=job.format_cpus)
     # One Parquet file reads as one block, which only one actor could work on: cut the stream

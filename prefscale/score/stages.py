@@ -10,6 +10,7 @@ from prefscale.io import read_table, write_table
 from prefscale.ray_runtime import ensure_ray
 from prefscale.score.engine import run_score_job
 from prefscale.score.jobs import score_job
+from prefscale.score.models import ScoringModel
 from prefscale.score.pseudolabel import PseudolabelOptions, default_paths, write_pseudolabels
 
 
@@ -19,7 +20,8 @@ def score_stage(config: Config, input_uri: str | None = None, out_uri: str | Non
     return run_score_job(job)
 
 
-def pseudolabel_stage(config: Config, input_uri: str | None = None, score_dirs: list[str] | None = None, out_uri: str | None = None, rows: int | None = None) -> dict[str, Any]:
+def pseudolabel_stage(config: Config, input_uri: str | None = None, score_dirs: list[str] | None = None, out_uri: str | None = None,
+                      rows: int | None = None, models: list[ScoringModel] | None = None) -> dict[str, Any]:
     """Score the unlabeled battles (unless score directories are given), then write soft labels."""
     p = config.pseudolabel
     battles = input_uri or p.input or os.path.join(config.run_dir, "unlabeled_pairs.parquet")
@@ -31,8 +33,9 @@ def pseudolabel_stage(config: Config, input_uri: str | None = None, score_dirs: 
     summary: dict[str, Any] = {}
     score_dirs = score_dirs or p.scores
     if not score_dirs:
-        out = os.path.join(config.run_dir, "scores", "unlabeled")
-        summary["scoring"] = score_stage(config, battles, out, rows=None)
+        names = [m.name for m in models] if models else [m.name for m in config.score.models] or ["base"]
+        out = os.path.join(config.run_dir, "scores", "unlabeled-" + "-".join(names))
+        summary["scoring"] = score_stage(config, battles, out, rows=None, **({"models": models} if models else {}))
         score_dirs = [out]
     output, rejects = default_paths(config.run_dir)
     output = out_uri or p.output or output

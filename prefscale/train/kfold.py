@@ -54,17 +54,19 @@ def _settings(config: Config, name: str, run: TrainRunConfig, battles: str, fold
         cosine_weight=run.distill.cosine_weight if run.distill else 0.0, epochs=run.epochs, lr=run.lr, weight_decay=run.weight_decay,
         batch_size=run.batch_size, grad_accum=run.grad_accum, warmup_ratio=run.warmup_ratio, schedule=run.schedule,
         swap_prob=run.swap_prob, autocast=run.autocast, max_rows=run.max_rows, checkpoint_every=run.checkpoint_every, seed=run.seed + fold,
-        use_gpu=run.use_gpu, gradient_checkpointing=run.gradient_checkpointing,
+        use_gpu=run.use_gpu, gradient_checkpointing=run.gradient_checkpointing, fsdp=run.fsdp,
     )
 
 
-def fit_fold(config: Config, name: str, run: TrainRunConfig, settings: TrainSettings, fold: int) -> str:
-    """Train one fold on Ray Train; returns the directory of its final checkpoint."""
+def fit_fold(config: Config, name: str, run: TrainRunConfig, settings: TrainSettings, fold: int) -> tuple[str, dict]:
+    """Train one fold on Ray Train; returns its final checkpoint directory and metrics."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     if run.use_gpu and not ray.cluster_resources().get("GPU"):
         raise PrefscaleError(f"train.{name} asks for GPUs but the Ray cluster has none; set use_gpu: false or add GPU nodes")
+    if run.fsdp and not run.use_gpu:
+        raise PrefscaleError(f"train.{name}: fsdp needs GPUs (use_gpu: true)")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=asdict(settings),
@@ -79,7 +81,7 @@ def fit_fold(config: Config, name: str, run: TrainRunConfig, settings: TrainSett
     result = trainer.fit()
     if result.checkpoint is None:
         raise PrefscaleError(f"train.{name} fold {fold} finished without a checkpoint")
-    return result.checkpoint.path
+    return result.checkpoint.path, result.metrics
 
 
 def train_run(config: Config, name: str, log=print) -> dict[str, Any]:
@@ -100,9 +102,10 @@ def train_run(config: Config, name: str, log=print) -> dict[str, Any]:
         fold_dir = os.path.join(config.run_dir, "models", name, f"fold{fold}")
         model_dir, adapter = os.path.join(fold_dir, "model"), os.path.join(fold_dir, "adapter")
         settings = _settings(config, name, run, battles, fold)
+        metrics: dict = {"skipped": "already trained"}
         if not exists(os.path.join(model_dir, "config.json")):
             t0 = time.perf_counter()
-            checkpoint = fit_fold(config, name, run, settings, fold)
+            checkpoint, metrics = fit_fold(config, name, run, settings, fold)
             if os.path.exists(adapter):
                 shutil.rmtree(adapter)
             shutil.copytree(checkpoint, adapter)
@@ -112,7 +115,8 @@ def train_run(config: Config, name: str, log=print) -> dict[str, Any]:
         write_table(read_table(battles).filter(pc.equal(pc.field(S.FOLD), fold)), heldout)
         model = ScoringModel(name, model_dir, settings_text(settings), "fp32", settings.trust_remote_code)
         scored = run_score_job(score_job(config, heldout, os.path.join(config.run_dir, "oof", name, f"fold{fold}"), [model], tta=run.oof_tta, rows=None))
-        fold_reports.append({"fold": fold, "scored": scored["output_rows"]})
+        fold_reports.append({"fold": fold, "oof_scored": scored["output_rows"],
+                             **{k: metrics.get(k) for k in ("train_rows", "samples", "samples_per_s", "loss", "skipped") if k in metrics}})
     oof = gather_oof(config, name, folds)
     summary = {"name": name, "folds": fold_reports, "oof_path": oof_path(config, name), "oof_rows": oof.num_rows, **oof_metrics(oof, table)}
     if run.average != "none" and len(folds) > 1:

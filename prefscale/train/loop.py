@@ -51,6 +51,7 @@ class TrainSettings:
     seed: int = 0
     use_gpu: bool = False
     gradient_checkpointing: bool = False
+    fsdp: bool = False
 
 
 def _batches(rows, settings: TrainSettings, epoch: int, world: int, rank: int):
@@ -89,7 +90,8 @@ def run_training(settings: TrainSettings, *, rank: int = 0, world: int = 1, loca
     rows = build_rows(select_rows(settings.train_path, settings.fold, settings.extra_train, settings.max_rows, settings.seed), formatter, settings.teachers)
 
     model = build_trainable(settings.model_path, settings.precision, LoraSettings(**settings.lora), settings.trust_remote_code,
-                            device_map={"": device.index if device.type == "cuda" else "cpu"}, gradient_checkpointing=settings.gradient_checkpointing)
+                            device_map={"": device.index if device.type == "cuda" else "cpu"}, gradient_checkpointing=settings.gradient_checkpointing,
+                            fsdp=settings.fsdp)
     if settings.precision in ("fp32", "bf16", "fp16"):
         model.to(device)
     model = wrap(model) if wrap else model
@@ -158,7 +160,7 @@ def run_training(settings: TrainSettings, *, rank: int = 0, world: int = 1, loca
                 if step % settings.checkpoint_every == 0 and micro < total_micro:
                     save_and_report({"step": step, "loss": float(np.mean(losses[-20:]))})
     seconds = time.perf_counter() - started
-    metrics = {"step": total_steps, "loss": float(np.mean(losses[-20:])) if losses else None, "samples": seen,
+    metrics = {"step": total_steps, "loss": float(np.mean(losses[-20:])) if losses else None, "samples": seen, "train_rows": len(rows),
                "samples_per_s": seen / seconds if seconds else None, "done": True}
     save_and_report(metrics)
     return metrics
@@ -179,8 +181,11 @@ def train_loop_per_worker(config: dict) -> None:
     def wrap(model):
         if ctx.get_world_size() == 1:
             return model
+        if settings.fsdp:
+            return ray.train.torch.prepare_model(model, parallel_strategy="fsdp", parallel_strategy_kwargs={"use_orig_params": True})
+        # Quantized models were placed with device_map={"": local_rank}; DDP must not move them.
         quantized = settings.precision in ("int8", "nf4")
-        return ray.train.torch.prepare_model(model, move_to_device=not quantized, parallel_strategy_kwargs={"find_unused_parameters": False})
+        return ray.train.torch.prepare_model(model, move_to_device=not quantized)
 
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as restore:
         run_training(settings, rank=ctx.get_world_rank(), world=ctx.get_world_size(), local_rank=ctx.get_local_rank(),

@@ -1,0 +1,86 @@
+"""Bad input everywhere: one line naming the problem and the fix, a non-zero exit, no partial output."""
+
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from prefscale.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err[-1] if err else ""
+
+
+def leftovers(directory):
+    return [p for p in os.listdir(directory) if ".tmp-" in p]
+
+
+def write_config(tmp_path, **sections):
+    config = {"name": "bad", "output_dir": str(tmp_path / "run"), "data": {"train": [str(tmp_path / "x.parquet")]}, **sections}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    return str(tmp_path / "c.yaml")
+
+
+def test_unknown_config_key(tmp_path, capsys):
+    path = write_config(tmp_path, scroe={"rows": 1})
+    code, err = run(capsys, "score", "--config", path)
+    assert code == 2 and "unknown key 'scroe'" in err and path in err
+
+
+def test_missing_input_file(tmp_path, capsys):
+    code, err = run(capsys, "data", "validate", str(tmp_path / "nope.parquet"), "--out", str(tmp_path / "o.parquet"))
+    assert code == 2 and "input not found" in err
+    assert not os.path.exists(tmp_path / "o.parquet")
+
+
+def test_unreadable_parquet(tmp_path, capsys):
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 this is not really parquet")
+    code, err = run(capsys, "data", "validate", str(tmp_path / "broken.parquet"), "--out", str(tmp_path / "o.parquet"))
+    assert code == 2 and "cannot read" in err and not leftovers(tmp_path)
+
+
+def test_wrong_schema(tmp_path, capsys):
+    pq.write_table(pa.table({"id": [1], "question": ["q"]}), tmp_path / "wrong.parquet")
+    code, err = run(capsys, "data", "validate", str(tmp_path / "wrong.parquet"), "--out", str(tmp_path / "o.parquet"))
+    assert code == 2 and "lacks column(s) prompt, response_a, response_b" in err and not os.path.exists(tmp_path / "o.parquet")
+
+
+def test_model_path_without_weights(tmp_path, capsys, battles_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    path = write_config(tmp_path, score={"models": [{"name": "m", "path": str(tmp_path / "model")}]})
+    from prefscale.models.loading import resolve_model_path
+    from prefscale.errors import PrefscaleError
+
+    with pytest.raises(PrefscaleError, match="no .safetensors weights"):
+        resolve_model_path(str(tmp_path / "model"))
+    with pytest.raises(PrefscaleError, match="model directory not found"):
+        resolve_model_path(str(tmp_path / "missing"))
+
+
+def test_gpu_recipe_on_a_cluster_without_gpus(tmp_path, capsys, ray_local, battles_path, tiny_bert_path):
+    from prefscale.data.folds import assign_folds
+    from prefscale.io import write_table
+
+    write_table(assign_folds(pq.read_table(battles_path).slice(0, 16), 2), tmp_path / "run" / "battles.parquet")
+    path = write_config(tmp_path, model={"path": tiny_bert_path}, train={"big": {"use_gpu": True, "folds": [0]}})
+    code, err = run(capsys, "train", "--config", path)
+    assert code == 2 and "asks for GPUs but the Ray cluster has none" in err
+    assert not os.path.exists(tmp_path / "run" / "oof")
+
+
+def test_unreachable_cluster_address(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    path = write_config(tmp_path, ray={"address": "127.0.0.1:1"})
+    pq.write_table(pa.table({"id": [1], "prompt": ['["q"]'], "response_a": ['["a"]'], "response_b": ['["b"]']}), tmp_path / "b.parquet")
+    result = subprocess.run([sys.executable, "-m", "prefscale.cli", "score", "--config", path, "--input", str(tmp_path / "b.parquet")],
+                            capture_output=True, text=True, timeout=180, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    assert result.returncode == 2
+    assert "cannot reach Ray at 127.0.0.1:1" in result.stderr.strip().splitlines()[-1]

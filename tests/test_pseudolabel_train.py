@@ -1,0 +1,44 @@
+"""Pseudolabels made by `prefscale pseudolabel` train a model through `prefscale train` as they are."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from prefscale.data.folds import assign_folds
+from prefscale.io import write_table
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def cli(*args):
+    result = subprocess.run([sys.executable, "-m", "prefscale.cli", *args, "--json"], capture_output=True, text=True, cwd=REPO,
+                            timeout=600, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_pseudolabels_train_without_conversion(tmp_path, alpacaeval, battles_path, tiny_bert_path):
+    cli("data", "pairs", str(alpacaeval), "--out", str(tmp_path / "pairs.parquet"), "--max-instructions", "1")
+    write_table(assign_folds(pq.read_table(battles_path).slice(0, 48), 2), tmp_path / "run" / "battles.parquet")
+    config = {
+        "name": "pl", "output_dir": str(tmp_path / "run"), "data": {"train": ["unused"]}, "text": {"max_length": 48},
+        "model": {"path": tiny_bert_path},
+        "score": {"block_rows": 32, "cpus_per_actor": 0.5, "format_cpus": 0.25, "threads_per_actor": 1},
+        "pseudolabel": {"rows": 40},
+        "train": {"student": {"folds": [0], "batch_size": 8, "checkpoint_every": 100, "oof_tta": False,
+                              "extra_train": [str(tmp_path / "run" / "pseudolabels.parquet")]}},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    made = cli("pseudolabel", "--config", str(tmp_path / "c.yaml"), "--input", str(tmp_path / "pairs.parquet"))
+    assert made["pseudolabeled"] == 40 and made["scoring"]["scored"] == 40
+    trained = cli("train", "--config", str(tmp_path / "c.yaml"))
+    fold = trained["runs"]["student"]["folds"][0]
+    labeled = sum(1 for f in pq.read_table(tmp_path / "run" / "battles.parquet").column("fold").to_pylist() if f != 0)
+    assert fold["train_rows"] == labeled + 40  # every pseudolabel trained alongside the labeled folds
