@@ -38,7 +38,7 @@ def main() -> None:
             "data": {"train": [str(dump)]},
             "score": {"models": [{"name": "tiny", "path": model, "max_length": 32}], "tta": False, "block_rows": 2048,
                       "max_tokens": 32768, "cpus_per_actor": 0.5, "format_cpus": 0.5, "part_rows": 200_000},
-            "ray": {"num_cpus": 2},
+            "ray": {"num_cpus": 2, "object_store_mb": 1024},
         }
         (tmp / "config.yaml").write_text(yaml.safe_dump(config))
         for instructions in args.sizes:

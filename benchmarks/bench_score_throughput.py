@@ -41,16 +41,12 @@ def battles(rows: int) -> pa.Table:
 def bare_loop(model, pad_id: int, sequences: list[list[int]], batch_size: int) -> float:
     import torch
 
+    from prefscale.score.batching import pad_batch
+
     started = time.perf_counter()
     with torch.inference_mode():
         for start in range(0, len(sequences), batch_size):
-            chunk = sequences[start : start + batch_size]
-            width = max(map(len, chunk))
-            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for k, s in enumerate(chunk):
-                ids[k, : len(s)] = torch.tensor(s)
-                mask[k, : len(s)] = 1
+            ids, mask = pad_batch(sequences[start : start + batch_size], pad_id)
             model(input_ids=ids, attention_mask=mask)
     return time.perf_counter() - started
 

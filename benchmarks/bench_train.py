@@ -3,7 +3,8 @@
 Both run `prefscale.train.loop.run_training` with identical settings (the shipped MiniLM,
 LoRA r=16, real battles, 128 tokens, batch 16, 2 torch threads, checkpoints every 10 steps);
 the figure is the loop's own samples/s, measured inside it, so Ray start-up is excluded and
-Ray's per-step costs (report, checkpoint upload) are included.
+Ray's per-step costs (report, checkpoint upload) are included. The plain loop also runs once
+with bf16 autocast, to see whether this CPU's AVX512-BF16/AMX helps training.
 Usage: python benchmarks/bench_train.py [--rows 480]
 """
 
@@ -42,6 +43,9 @@ def main() -> None:
                                  checkpoint_every=10, lr=2e-4)
         torch.set_num_threads(2)
         plain = run_training(settings)
+        from dataclasses import replace
+
+        bf16 = run_training(replace(settings, autocast="bf16"))
 
         import ray.train
         from ray.train.torch import TorchTrainer
@@ -64,6 +68,8 @@ def main() -> None:
         "ray_train_samples_per_s": round(on_ray["samples_per_s"], 2),
         "ratio_ray_to_plain": round(on_ray["samples_per_s"] / plain["samples_per_s"], 3),
         "target_ratio": 0.9,
+        "plain_bf16_autocast_samples_per_s": round(bf16["samples_per_s"], 2),
+        "bf16_speedup_over_fp32": round(bf16["samples_per_s"] / plain["samples_per_s"], 3),
     })
 
 

@@ -146,6 +146,7 @@ class TrainRunConfig(Section):
 class RayConfig(Section):
     address: str | None = Field(None, description="None starts a local Ray in-process; 'auto' joins a running cluster")
     num_cpus: int | None = Field(None, gt=0)
+    object_store_mb: int | None = Field(None, ge=100, description="object store size of a local Ray; caps what Ray Data buffers")
 
 
 class Config(Section):

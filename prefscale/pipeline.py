@@ -69,7 +69,7 @@ def run(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
         summary["stages"]["pairs"] = result
         log(f"  {result['pairs_written']} unlabeled battles")
 
-    ensure_ray(config.ray.address, config.ray.num_cpus)
+    ensure_ray(config.ray.address, config.ray.num_cpus, config.ray.object_store_mb)
     if config.train:
         from prefscale.train.kfold import train_run
 

@@ -21,7 +21,7 @@ def _reachable(address: str, timeout: float = 5.0) -> bool:
         return False
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, object_store_mb: int | None = None) -> None:
     """Join ``address`` (a running cluster), or start a local Ray in-process when it is None."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Ray Train's controller polls workers at this interval; its 2 s default adds that much to
@@ -36,6 +36,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address is not None and not _reachable(address):
         raise PrefscaleError(f"cannot reach Ray at {address}: nothing listens there; start the cluster (ray up / ray start --head) or fix ray.address")
     kwargs = {"include_dashboard": False, "log_to_driver": True} if address is None else {}
+    if address is None and object_store_mb:
+        # Ray Data buffers blocks up to a share of the object store; a fixed store keeps a
+        # million-row job's memory where a small one's is instead of growing with the input.
+        kwargs["object_store_memory"] = object_store_mb << 20
     try:
         ray.init(address=address, num_cpus=num_cpus if address is None else None, **kwargs)
     except ConnectionError as exc:

@@ -83,3 +83,38 @@ def battles_path(tmp_path_factory, human_pairs) -> str:
     path = str(tmp_path_factory.mktemp("battles") / "battles.parquet")
     write_table(clean.slice(0, 200), path)
     return path
+
+
+class ProcessKiller:
+    """Kills (SIGKILL) the first process whose command line contains ``pattern`` once
+    ``ready()`` is true, from a background thread, while the test runs the job."""
+
+    def __init__(self, pattern: str, ready, timeout: float = 300) -> None:
+        import threading
+
+        self.pattern, self.ready, self.timeout = pattern, ready, timeout
+        self.killed: list[int] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import signal
+        import time
+
+        import psutil
+
+        deadline = time.time() + self.timeout
+        while time.time() < deadline:
+            if self.ready():
+                for proc in psutil.process_iter(["pid", "cmdline"]):
+                    if self.pattern in " ".join(proc.info["cmdline"] or []):
+                        os.kill(proc.info["pid"], signal.SIGKILL)
+                        self.killed.append(proc.info["pid"])
+                        return
+            time.sleep(0.05)
+
+    def __enter__(self) -> "ProcessKiller":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._thread.join()

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from conftest import ProcessKiller
 from prefscale.data import schema as S
 from prefscale.io import write_table
 from prefscale.score.engine import ScoreJob, read_parts, run_score_job
@@ -82,25 +82,10 @@ def test_unformattable_rows_go_to_rejects(ray_local, small_battles, tiny_bert_pa
 
 
 def test_killed_actor_is_replaced_and_no_row_is_lost_or_doubled(ray_local, battles_path, tiny_bert_path, tmp_path):
-    import psutil
-
-    killed = []
-
-    def kill_a_scorer():
-        deadline = time.time() + 60
-        while time.time() < deadline and not killed:
-            for proc in psutil.process_iter(["pid", "cmdline"]):
-                if "ModelScorer" in " ".join(proc.info["cmdline"] or []) and (tmp_path / "out").exists():
-                    os.kill(proc.info["pid"], signal.SIGKILL)
-                    killed.append(proc.info["pid"])
-                    return
-            time.sleep(0.05)
-
-    killer = threading.Thread(target=kill_a_scorer)
-    killer.start()
-    summary = run_score_job(job(battles_path, tmp_path / "out", [ScoringModel("bert", tiny_bert_path, TextOptions(max_length=256))], block_rows=8, part_rows=8))
-    killer.join()
-    assert killed, "no scorer actor was found to kill"
+    models = [ScoringModel("bert", tiny_bert_path, TextOptions(max_length=256))]
+    with ProcessKiller("ModelScorer", ready=lambda: (tmp_path / "out").exists(), timeout=60) as killer:
+        summary = run_score_job(job(battles_path, tmp_path / "out", models, block_rows=8, part_rows=8))
+    assert killer.killed, "no scorer actor was found to kill"
     assert summary["output_rows"] == summary["unique_ids"] == 200
     assert sorted(read_parts(str(tmp_path / "out")).column("id").to_pylist()) == ids_of(battles_path)
 

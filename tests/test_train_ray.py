@@ -1,13 +1,11 @@
 """K-fold training on a real local Ray Train cluster, with a worker killed mid-run."""
 
 import os
-import signal
-import threading
-import time
 
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import ProcessKiller
 from prefscale.config import Config
 from prefscale.io import write_table
 
@@ -15,8 +13,6 @@ pytestmark = pytest.mark.slow
 
 
 def test_killed_worker_resumes_from_checkpoint_and_every_oof_row_appears_once(ray_local, battles_path, tiny_bert_path, tmp_path):
-    import psutil
-
     from prefscale.train.kfold import train_run
 
     from prefscale.data.folds import assign_folds
@@ -30,24 +26,10 @@ def test_killed_worker_resumes_from_checkpoint_and_every_oof_row_appears_once(ra
         "train": {"teacher": {"model": {"path": tiny_bert_path}, "folds": folds, "epochs": 6, "batch_size": 8, "checkpoint_every": 2,
                               "workers": 2, "cpus_per_worker": 0.5, "max_failures": 3, "oof_tta": False, "average": "exact"}},
     })
-    killed = []
-
-    def kill_worker_after_first_checkpoint():
-        deadline = time.time() + 300
-        while time.time() < deadline and not killed:
-            if list((tmp_path / "ray_train" / f"teacher-fold{folds[0]}").glob("checkpoint_*")):
-                for proc in psutil.process_iter(["pid", "cmdline"]):
-                    if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
-                        os.kill(proc.info["pid"], signal.SIGKILL)
-                        killed.append(proc.info["pid"])
-                        return
-            time.sleep(0.05)
-
-    killer = threading.Thread(target=kill_worker_after_first_checkpoint)
-    killer.start()
-    summary = train_run(config, "teacher", log=lambda line: None)
-    killer.join()
-    assert killed, "no training worker was killed"
+    first_checkpoint = lambda: bool(list((tmp_path / "ray_train" / f"teacher-fold{folds[0]}").glob("checkpoint_*")))
+    with ProcessKiller("RayTrainWorker", ready=first_checkpoint) as killer:
+        summary = train_run(config, "teacher", log=lambda line: None)
+    assert killer.killed, "no training worker was killed"
     oof = pq.read_table(tmp_path / "oof" / "teacher.parquet")
     expected = sorted(i for i, f in zip(table.column("id").to_pylist(), table.column("fold").to_pylist()) if f in folds)
     assert sorted(oof.column("id").to_pylist()) == expected  # every held-out row exactly once

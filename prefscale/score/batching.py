@@ -34,3 +34,16 @@ def fixed_size_batches(count: int, batch_size: int) -> list[np.ndarray]:
 def padded_tokens(lengths: np.ndarray, batches: list[np.ndarray], pad_to: int | None = None) -> int:
     """Tokens computed: each batch is padded to its longest row (or to ``pad_to``)."""
     return int(sum(len(b) * (pad_to or int(lengths[b].max())) for b in batches if len(b)))
+
+
+def pad_batch(sequences: list[list[int]], pad_id: int):
+    """Right-padded (input_ids, attention_mask) tensors for one batch of token id lists."""
+    import torch
+
+    width = max(map(len, sequences))
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for k, seq in enumerate(sequences):
+        ids[k, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[k, : len(seq)] = 1
+    return ids, mask

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from prefscale.score.batching import token_budget_batches
+from prefscale.score.batching import pad_batch, token_budget_batches
 from prefscale.score.format import IDS, IDS_SWAPPED
 from prefscale.score.models import ScoringModel
 from prefscale.score.tta import TTASpace, combine_swapped
@@ -51,15 +51,10 @@ class ModelScorer:
         with torch.inference_mode():
             for batch in token_budget_batches(lengths[live], self.max_tokens):
                 rows = live[batch]
-                width = int(lengths[rows].max())
-                ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-                mask = torch.zeros((len(rows), width), dtype=torch.long)
-                for k, row in enumerate(rows):
-                    ids[k, : lengths[row]] = torch.tensor(sequences[row])
-                    mask[k, : lengths[row]] = 1
+                ids, mask = pad_batch([sequences[row] for row in rows], self.pad_id)
                 out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
                 logits[rows] = out.float().cpu().numpy()
-                widths[rows] = width
+                widths[rows] = ids.shape[1]
         return logits, widths
 
     def __call__(self, batch: pa.Table) -> pa.Table:

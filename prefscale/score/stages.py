@@ -16,7 +16,7 @@ from prefscale.score.pseudolabel import PseudolabelOptions, default_paths, write
 
 def score_stage(config: Config, input_uri: str | None = None, out_uri: str | None = None, **overrides: Any) -> dict[str, Any]:
     job = score_job(config, input_uri, out_uri, **overrides)
-    ensure_ray(config.ray.address, config.ray.num_cpus)
+    ensure_ray(config.ray.address, config.ray.num_cpus, config.ray.object_store_mb)
     return run_score_job(job)
 
 

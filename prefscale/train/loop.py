@@ -78,6 +78,7 @@ def run_training(settings: TrainSettings, *, rank: int = 0, world: int = 1, loca
 
     from prefscale.models.loading import load_tokenizer
     from prefscale.models.lora import LoraSettings, build_trainable, load_trainable_state, trainable_state
+    from prefscale.score.batching import pad_batch
     from prefscale.text.formatter import BattleFormatter
     from prefscale.text.swap import SWAP_ORDER
     from prefscale.train.data import build_rows, select_rows
@@ -135,12 +136,7 @@ def run_training(settings: TrainSettings, *, rank: int = 0, world: int = 1, loca
             if micro >= total_micro or step_in_epoch >= per_epoch:
                 break
             sequences = [rows.swapped_ids[i] if s else rows.input_ids[i] for i, s in zip(index, swap, strict=True)]
-            width = max(map(len, sequences))
-            ids = torch.full((len(sequences), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for k, seq in enumerate(sequences):
-                ids[k, : len(seq)] = torch.tensor(seq)
-                mask[k, : len(seq)] = 1
+            ids, mask = pad_batch(sequences, pad)
             flip = lambda a: np.where(swap[:, None], a[index][:, SWAP_ORDER], a[index])
             labels = torch.tensor(flip(rows.labels), device=device)
             teachers = [torch.tensor(flip(t), device=device) for t in rows.teachers]

@@ -15,7 +15,7 @@ def train_stage(config: Config, only: str | None = None, log=print) -> dict[str,
         raise PrefscaleError("the config has no train section; add one (see configs/local.yaml)")
     if only and only not in config.train:
         raise PrefscaleError(f"no train run named '{only}'; the config has {', '.join(config.train)}")
-    ensure_ray(config.ray.address, config.ray.num_cpus)
+    ensure_ray(config.ray.address, config.ray.num_cpus, config.ray.object_store_mb)
     runs = {}
     for name in [only] if only else list(config.train):
         log(f"[train:{name}] ...")
