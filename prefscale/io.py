@@ -31,6 +31,11 @@ def resolve(uri: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
         raise PrefscaleError(f"cannot open {text}: {exc}; check the URI scheme and credentials") from None
 
 
+def absolute(uri: str) -> str:
+    """Local paths made absolute (Ray workers run in their own directories); URIs unchanged."""
+    return uri if "://" in uri else os.path.abspath(uri)
+
+
 def exists(uri: str | os.PathLike[str]) -> bool:
     fs, path = resolve(uri)
     return fs.get_file_info(path).type != pafs.FileType.NotFound

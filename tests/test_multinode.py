@@ -29,20 +29,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def node_ports() -> list[str]:
+    """Two nodes on one machine must not share their agents' and managers' default ports."""
+    names = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
+             "node-manager-port", "object-manager-port")
+    return [f"--{name}={free_port()}" for name in names] + ["--disable-usage-stats"]
+
+
 @pytest.fixture
 def two_node_cluster():
     temp_dir = tempfile.mkdtemp(prefix="psmn-", dir="/tmp")  # short: Ray's socket paths have a length limit
     gcs, dashboard = free_port(), free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""}
-    subprocess.run([RAY, "start", "--head", f"--port={gcs}", "--num-cpus=1", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", "--disable-usage-stats"], check=True, env=env, capture_output=True)
-    subprocess.run([RAY, "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=1", "--disable-usage-stats"], check=True, env=env, capture_output=True)
+    subprocess.run([RAY, "start", "--head", f"--port={gcs}", "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", *node_ports()], check=True, env=env, capture_output=True)
+    subprocess.run([RAY, "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=2", *node_ports()], check=True, env=env, capture_output=True)
     try:
         yield f"http://127.0.0.1:{dashboard}"
     finally:
         # `ray stop` would also stop other Ray instances on the machine; stop only this cluster's.
         for proc in psutil.process_iter(["pid", "cmdline"]):
-            if temp_dir in " ".join(proc.info["cmdline"] or []) or f"127.0.0.1:{gcs}" in " ".join(proc.info["cmdline"] or []):
+            command = " ".join(proc.info["cmdline"] or [])
+            if temp_dir in command or f":{gcs}" in command:
                 try:
                     os.kill(proc.info["pid"], signal.SIGKILL)
                 except ProcessLookupError:
@@ -56,7 +64,7 @@ def test_job_submitted_to_a_two_node_cluster_runs_on_both_nodes(two_node_cluster
 
     write_table(pq.read_table(battles_path).slice(0, 64), tmp_path / "battles.parquet")
     config = {"name": "mn", "data": {"train": ["unused"]}, "text": {"max_length": 48}, "ray": {"address": "auto"},
-              "score": {"models": [{"name": "tiny", "path": tiny_bert_path}], "actors": 2, "cpus_per_actor": 0.6,
+              "score": {"models": [{"name": "tiny", "path": tiny_bert_path}], "actors": 2, "cpus_per_actor": 1.2,
                         "format_cpus": 0.2, "block_rows": 8, "threads_per_actor": 1, "tta": True}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     client = JobSubmissionClient(two_node_cluster)
@@ -64,13 +72,20 @@ def test_job_submitted_to_a_two_node_cluster_runs_on_both_nodes(two_node_cluster
     while len([n for n in list_nodes(address=two_node_cluster) if n.state == "ALIVE"]) < 2:
         assert time.time() < deadline, "the second node never joined"
         time.sleep(0.5)
-    job = client.submit_job(
+    submit = lambda: client.submit_job(
         entrypoint=f"{sys.executable} ray_jobs/score.py --config {tmp_path / 'c.yaml'} --input {tmp_path / 'battles.parquet'} --out {tmp_path / 'scores'} --json",
         runtime_env={"working_dir": str(REPO), "excludes": [".venv", ".git", "runs", "**/__pycache__"], "env_vars": {"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}},
     )
+    while True:  # the head's job agent takes a few seconds to come up after `ray start`
+        try:
+            job = submit()
+            break
+        except RuntimeError as exc:
+            assert "No available agent" in str(exc) and time.time() < deadline + 60, exc
+            time.sleep(1)
     deadline = time.time() + 420
     while (status := client.get_job_status(job)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-        assert time.time() < deadline, "job did not finish"
+        assert time.time() < deadline, f"job did not finish: {client.get_job_logs(job)[-3000:]}"
         time.sleep(1)
     logs = client.get_job_logs(job)
     assert status == JobStatus.SUCCEEDED, logs[-3000:]

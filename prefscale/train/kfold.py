@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from prefscale.config import Config, TrainRunConfig
 from prefscale.data import schema as S
 from prefscale.errors import PrefscaleError
-from prefscale.io import exists, read_table, write_table
+from prefscale.io import absolute, exists, read_table, write_table
 from prefscale.models.lora import LoraSettings
 from prefscale.score.engine import LOGITS, PROBS, run_score_job
 from prefscale.score.jobs import score_job
@@ -47,9 +47,11 @@ def _settings(config: Config, name: str, run: TrainRunConfig, battles: str, fold
         if missing:
             raise PrefscaleError(f"train.{name} distills from {missing} whose OOF logits are missing; train them first (list them earlier under train)")
         weights = run.distill.weights or [1.0] * len(teachers)
+    model_path = os.path.abspath(model.path) if os.path.isdir(model.path) else model.path
     return TrainSettings(
-        model_path=model.path, train_path=battles, fold=fold, precision=model.precision, lora=asdict(LoraSettings(**run.lora.model_dump())),
-        text=text, trust_remote_code=model.trust_remote_code, extra_train=run.extra_train, teachers=teachers, teacher_weights=weights,
+        model_path=model_path, train_path=absolute(battles), fold=fold, precision=model.precision, lora=asdict(LoraSettings(**run.lora.model_dump())),
+        text=text, trust_remote_code=model.trust_remote_code, extra_train=[absolute(p) for p in run.extra_train],
+        teachers=[absolute(p) for p in teachers], teacher_weights=weights,
         ce_weight=run.distill.ce_weight if run.distill else 1.0, temperature=run.distill.temperature if run.distill else 1.0,
         cosine_weight=run.distill.cosine_weight if run.distill else 0.0, epochs=run.epochs, lr=run.lr, weight_decay=run.weight_decay,
         batch_size=run.batch_size, grad_accum=run.grad_accum, warmup_ratio=run.warmup_ratio, schedule=run.schedule,
@@ -78,7 +80,11 @@ def fit_fold(config: Config, name: str, run: TrainRunConfig, settings: TrainSett
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        last = [line for line in str(exc).splitlines() if line.strip()][-1]
+        raise PrefscaleError(f"train.{name} fold {fold} failed on its workers: {last.strip()}") from None
     if result.checkpoint is None:
         raise PrefscaleError(f"train.{name} fold {fold} finished without a checkpoint")
     return result.checkpoint.path, result.metrics
