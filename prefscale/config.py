@@ -161,6 +161,19 @@ class Config(Section):
     train: dict[str, TrainRunConfig] = Field(default_factory=dict, description="named runs, trained in order")
     ray: RayConfig = RayConfig()
 
+    def train_order(self) -> list[str]:
+        """Train runs with every teacher before its students (YAML mappings may come sorted)."""
+        order: list[str] = []
+        pending = dict(self.train)
+        while pending:
+            ready = [n for n, r in pending.items() if not r.distill or all(t in order or t not in self.train for t in r.distill.teachers)]
+            if not ready:
+                raise PrefscaleError(f"train runs {sorted(pending)} distill from each other in a cycle; fix distill.teachers")
+            order += ready
+            for name in ready:
+                del pending[name]
+        return order
+
     @property
     def run_dir(self) -> str:
         return self.output_dir or os.path.join("runs", self.name)

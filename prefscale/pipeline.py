@@ -73,7 +73,7 @@ def run(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     if config.train:
         from prefscale.train.kfold import train_run
 
-        for name in config.train:
+        for name in config.train_order():
             result = _timed(f"train:{name}", timings, log, lambda name=name: train_run(config, name, log))
             summary["stages"][f"train:{name}"] = result
             log(f"  OOF log loss {result['oof_log_loss']} vs class prior {result['prior_log_loss']} over {result['oof_rows']} battles")
@@ -81,7 +81,7 @@ def run(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     from prefscale.score.stages import pseudolabel_stage, score_stage
 
     if config.data.unlabeled and config.train:
-        final = list(config.train)[-1]
+        final = config.train_order()[-1]
         averaged = os.path.join(out, "models", final, "averaged")
         models = [ScoringModel(final, averaged if os.path.isdir(averaged) else os.path.join(out, "models", final, "fold0", "model"),
                                text_options(config, config.train[final].max_length))]

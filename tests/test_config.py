@@ -39,3 +39,11 @@ def test_bad_template_and_yaml_and_missing_file(tmp_path):
         load_config(write(tmp_path, "name: [unclosed\n"))
     with pytest.raises(PrefscaleError, match="config not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_train_runs_are_ordered_teachers_first(tmp_path):
+    config = load_config(write(tmp_path, "name: x\ndata: {train: [a]}\ntrain:\n  student: {distill: {teachers: [teacher]}}\n  teacher: {}\n"))
+    assert config.train_order() == ["teacher", "student"]
+    cyclic = load_config(write(tmp_path, "name: x\ndata: {train: [a]}\ntrain:\n  a: {distill: {teachers: [b]}}\n  b: {distill: {teachers: [a]}}\n"))
+    with pytest.raises(PrefscaleError, match="cycle"):
+        cyclic.train_order()

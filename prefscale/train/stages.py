@@ -17,7 +17,7 @@ def train_stage(config: Config, only: str | None = None, log=print) -> dict[str,
         raise PrefscaleError(f"no train run named '{only}'; the config has {', '.join(config.train)}")
     ensure_ray(config.ray.address, config.ray.num_cpus, config.ray.object_store_mb)
     runs = {}
-    for name in [only] if only else list(config.train):
+    for name in [only] if only else config.train_order():
         log(f"[train:{name}] ...")
         runs[name] = train_run(config, name, log)
         log(f"[train:{name}] OOF log loss {runs[name]['oof_log_loss']} (prior {runs[name]['prior_log_loss']}) in {runs[name]['seconds']}s")
