@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 
 from prefscale.config import Config
 from prefscale.data import schema as S
@@ -19,6 +18,7 @@ from prefscale.data.pairs import PairOptions
 from prefscale.data.stages import make_pairs, split, validate_file
 from prefscale.data.validate import ValidationOptions
 from prefscale.io import read_table, write_json
+from prefscale.metrics import log_loss
 from prefscale.ray_runtime import ensure_ray
 from prefscale.score.jobs import text_options
 from prefscale.score.models import ScoringModel
@@ -34,10 +34,6 @@ def _timed(name: str, timings: dict[str, float], log: Callable[[str], None], wor
     timings[name] = round(time.perf_counter() - started, 2)
     log(f"[{name}] done in {timings[name]:.1f}s")
     return result
-
-
-def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
-    return float(-(labels * np.log(np.clip(probs, 1e-15, 1.0))).sum(axis=1).mean())
 
 
 def run(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:

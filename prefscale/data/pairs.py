@@ -14,12 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 
 from prefscale.data import schema as S
 from prefscale.data.kaggle_json import encode_turns
 from prefscale.data.readers import stable_id
 from prefscale.errors import PrefscaleError
-from prefscale.io import read_table
+from prefscale.io import read_table, require_file, resolve
 
 LONG_COLUMNS = ("instruction", "generator", "output")
 
@@ -36,11 +37,12 @@ class PairOptions:
 
 def load_long_table(uri: str) -> pa.Table:
     """Read only the three needed columns (the outputs are a few tens of MB, not the pairs)."""
-    table = read_table(uri, columns=None)
-    missing = [c for c in LONG_COLUMNS if c not in table.column_names]
+    require_file(uri)
+    fs, path = resolve(uri)
+    missing = [c for c in LONG_COLUMNS if c not in pads.dataset(path, filesystem=fs, format="parquet").schema.names]
     if missing:
         raise PrefscaleError(f"{uri} lacks column(s) {', '.join(missing)}; pairs need a long table of instruction, generator, output")
-    table = table.select(list(LONG_COLUMNS))
+    table = read_table(uri, columns=list(LONG_COLUMNS))
     bad = table.filter(pc.or_(pc.is_null(table["instruction"]), pc.is_null(table["generator"])))
     if bad.num_rows:
         raise PrefscaleError(f"{uri}: {bad.num_rows} rows have a null instruction or generator; fix or drop them first")

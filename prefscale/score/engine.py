@@ -167,8 +167,8 @@ def _input_dataset(job: ScoreJob, done: np.ndarray):
     columns = [S.ID, *S.TEXT_COLUMNS]
     if job.rows is not None:
         # A fixed head of the file (not Dataset.limit, whose rows can differ between runs).
-        ds = ray.data.from_arrow(read_table(job.input, columns=columns).slice(0, job.rows))
-        total = min(job.rows, ds.count())
+        head = read_table(job.input, columns=columns).slice(0, job.rows)
+        ds, total = ray.data.from_arrow(head), head.num_rows
     else:
         ds, total = _row_group_dataset(job.input, columns)
     if len(done):

@@ -22,6 +22,7 @@ from prefscale.config import Config, TrainRunConfig
 from prefscale.data import schema as S
 from prefscale.errors import PrefscaleError
 from prefscale.io import absolute, exists, read_table, write_table
+from prefscale.metrics import log_loss
 from prefscale.models.lora import LoraSettings
 from prefscale.score.engine import LOGITS, PROBS, run_score_job
 from prefscale.score.jobs import score_job
@@ -99,7 +100,8 @@ def train_run(config: Config, name: str, log=print) -> dict[str, Any]:
     battles = os.path.join(config.run_dir, "battles.parquet")
     if not exists(battles):
         raise PrefscaleError(f"{battles} not found; run the data stages first (prefscale run, or data validate + split)")
-    table = read_table(battles, [S.ID, S.FOLD, *S.LABEL_COLUMNS])
+    all_battles = read_table(battles)
+    table = all_battles.select([S.ID, S.FOLD, *S.LABEL_COLUMNS])
     folds = run.folds if run.folds is not None else sorted(set(table.column(S.FOLD).to_pylist()))
     started = time.perf_counter()
     lora = LoraSettings(**run.lora.model_dump())
@@ -118,7 +120,7 @@ def train_run(config: Config, name: str, log=print) -> dict[str, Any]:
             export_merged(settings.model_path, lora, load_file(os.path.join(adapter, "trainable.safetensors")), model_dir, settings.trust_remote_code)
             log(f"  [{name}] fold {fold} trained in {time.perf_counter() - t0:.1f}s")
         heldout = os.path.join(fold_dir, "heldout.parquet")
-        write_table(read_table(battles).filter(pc.equal(pc.field(S.FOLD), fold)), heldout)
+        write_table(all_battles.filter(pc.equal(pc.field(S.FOLD), fold)), heldout)
         model = ScoringModel(name, model_dir, settings_text(settings), "fp32", settings.trust_remote_code)
         scored = run_score_job(score_job(config, heldout, os.path.join(config.run_dir, "oof", name, f"fold{fold}"), [model], tta=run.oof_tta, rows=None))
         fold_reports.append({"fold": fold, "oof_scored": scored["output_rows"],
@@ -156,11 +158,11 @@ def gather_oof(config: Config, name: str, folds: list[int]) -> pa.Table:
 def oof_metrics(oof: pa.Table, battles: pa.Table) -> dict[str, Any]:
     frame = oof.to_pandas().set_index(S.ID).join(battles.to_pandas().set_index(S.ID)[list(S.LABEL_COLUMNS)], how="inner")
     labels = frame[list(S.LABEL_COLUMNS)].to_numpy()
-    probs = np.clip(frame[list(PROBS)].to_numpy(), 1e-15, 1)
-    prior = labels.mean(axis=0)
+    probs = frame[list(PROBS)].to_numpy()
+    prior = np.broadcast_to(labels.mean(axis=0), labels.shape)
     return {
-        "oof_log_loss": round(float(-(labels * np.log(probs)).sum(axis=1).mean()), 4),
-        "prior_log_loss": round(float(-(labels * np.log(prior)).sum(axis=1).mean()), 4),
+        "oof_log_loss": round(log_loss(labels, probs), 4),
+        "prior_log_loss": round(log_loss(labels, prior), 4),
         "oof_accuracy": round(float((labels.argmax(axis=1) == probs.argmax(axis=1)).mean()), 4),
         "training_rows_with_oof": int(len(frame)),
     }
