@@ -66,7 +66,7 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
     config = load_config(args.config)
     if args.out:
         config = config.model_copy(update={"output_dir": args.out})
-    return run(config, log=lambda line: print(line, file=sys.stderr if args.json else sys.stdout, flush=True))
+    return run(config, log=_log(args))
 
 
 def _config(args: argparse.Namespace):
@@ -95,7 +95,36 @@ def cmd_pseudolabel(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from prefscale.train.stages import train_stage
 
-    return train_stage(_config(args), only=args.only, log=lambda line: print(line, file=sys.stderr if args.json else sys.stdout, flush=True))
+    return train_stage(_config(args), only=args.only, log=_log(args))
+
+
+def cmd_members(args: argparse.Namespace) -> dict[str, Any]:
+    from prefscale.members.oof import train_members
+    from prefscale.ray_runtime import ensure_ray
+
+    config = _config(args)
+    ensure_ray(config.ray.address, config.ray.num_cpus, config.ray.object_store_mb)
+    return train_members(config, log=_log(args))
+
+
+def cmd_stack(args: argparse.Namespace) -> dict[str, Any]:
+    from prefscale.stack.report import write_report
+    from prefscale.stack.stage import run_stack
+
+    config = _config(args)
+    summary = run_stack(config, log=_log(args))
+    summary["report"] = write_report(config.run_dir, config.stack_members())
+    return summary
+
+
+def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
+    from prefscale.predict import predict
+
+    return predict(args.run, args.input, args.out, log=_log(args))
+
+
+def _log(args: argparse.Namespace):
+    return lambda line: print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
 
 
 def cmd_config_check(args: argparse.Namespace) -> dict[str, Any]:
@@ -103,6 +132,15 @@ def cmd_config_check(args: argparse.Namespace) -> dict[str, Any]:
 
     checked = {path: load_config(path).name for path in args.configs}
     return {"valid": checked}
+
+
+def _stage_parser(commands: Any, name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
+    """A stage command: reads --config, may move the run directory with --run-dir."""
+    parser = commands.add_parser(name, help=help_text)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--run-dir", help="override the config's run directory")
+    parser.set_defaults(func=func)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,29 +186,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default: runs/<name>)")
     p.set_defaults(func=cmd_run)
 
-    p = commands.add_parser("score", help="score battles with the config's models on a Ray Data actor pool (resumable)")
-    p.add_argument("--config", required=True)
+    p = _stage_parser(commands, "score", "score battles with the config's models on a Ray Data actor pool (resumable)", cmd_score)
     p.add_argument("--input", help="battles Parquet (default: score.input or <run_dir>/battles.parquet)")
     p.add_argument("--out", help="output directory of Parquet parts (default: score.output)")
-    p.add_argument("--run-dir", help="override the config's run directory")
     p.add_argument("--rows", type=int, help="score only the first N battles")
     p.add_argument("--no-tta", action="store_true", help="skip the A/B-swapped pass")
-    p.set_defaults(func=cmd_score)
 
-    p = commands.add_parser("pseudolabel", help="soft labels for unlabeled battles from one or more models (scores them unless --scores)")
-    p.add_argument("--config", required=True)
+    p = _stage_parser(commands, "pseudolabel", "soft labels for unlabeled battles from one or more models (scores them unless --scores)", cmd_pseudolabel)
     p.add_argument("--input", help="unlabeled battles (default: pseudolabel.input or <run_dir>/unlabeled_pairs.parquet)")
     p.add_argument("--scores", nargs="+", help="existing score directories to average instead of scoring")
     p.add_argument("--out", help="pseudolabel Parquet (default: pseudolabel.output)")
-    p.add_argument("--run-dir", help="override the config's run directory")
     p.add_argument("--rows", type=int, help="pseudolabel only the first N battles")
-    p.set_defaults(func=cmd_pseudolabel)
 
-    p = commands.add_parser("train", help="K-fold training on Ray Train with OOF logits (teachers, then distilled students)")
-    p.add_argument("--config", required=True)
+    p = _stage_parser(commands, "train", "K-fold training on Ray Train with OOF logits (teachers, then distilled students)", cmd_train)
     p.add_argument("--only", help="train only this named run from the config's train section")
-    p.add_argument("--run-dir", help="override the config's run directory")
-    p.set_defaults(func=cmd_train)
+
+    _stage_parser(commands, "members", "fit the cheap members (features, TF-IDF) per fold: OOF logits + all-data fits", cmd_members)
+
+    _stage_parser(commands, "stack", "stack and calibrate the members' OOF logits (nested CV), then write the report", cmd_stack)
+
+    p = commands.add_parser("predict", help="apply a finished run's ensemble to new battles; writes a Kaggle submission CSV")
+    p.add_argument("--run", required=True, help="run directory of a finished `prefscale run`")
+    p.add_argument("--input", required=True, help="battles in any supported format (labels optional: log loss is printed when present)")
+    p.add_argument("--out", required=True, help="submission CSV: id, winner_model_a, winner_model_b, winner_tie")
+    p.set_defaults(func=cmd_predict)
 
     p = commands.add_parser("config", help="check configs").add_subparsers(dest="config_command", required=True)
     p = p.add_parser("check", help="validate YAML configs against the typed schema")

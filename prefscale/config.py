@@ -10,7 +10,7 @@ import os
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from prefscale.errors import PrefscaleError
 from prefscale.text.formatter import DEFAULT_TEMPLATE, parse_template
@@ -107,7 +107,7 @@ class LoraSection(Section):
 
 
 class DistillSection(Section):
-    teachers: list[str] = Field(min_length=1, description="names of train runs whose OOF logits teach this one")
+    teachers: list[str] = Field(min_length=1, description="train runs or members (of this or an earlier config on the same run dir) whose OOF logits teach this one")
     weights: list[float] | None = Field(None, description="one per teacher; default 1 each")
     temperature: float = Field(1.0, gt=0)
     ce_weight: float = Field(1.0, ge=0)
@@ -143,6 +143,22 @@ class TrainRunConfig(Section):
     oof_tta: bool = True
 
 
+class MemberConfig(Section):
+    kind: Literal["features", "tfidf"] = Field(description="features: boosted trees on length/structure/refusal features; tfidf: LR on TF-IDF(A) - TF-IDF(B)")
+    params: dict[str, float | int] = Field(default_factory=dict, description="estimator settings; see prefscale/members/models.py")
+    tune_samples: int = Field(0, ge=0, description="Ray Tune trials (ASHA over folds) before fitting; 0 keeps params")
+
+
+class StackConfig(Section):
+    members: list[str] | None = Field(None, description="OOF members to stack; default every member and every train run over all folds")
+    method: Literal["lr", "blend"] = Field("lr", description="lr: multinomial LR over member logits; blend: weighted log-prob blend")
+    calibration: Literal["auto", "none", "temperature", "vector", "dirichlet"] = Field("auto", description="auto: chosen by inner CV")
+    blend_search: Literal["tune", "powell"] = "tune"
+    tune_samples: int = Field(250, gt=0, description="Optuna trials of the Ray Tune blend-weight search")
+    degenerate_rules: bool = Field(False, description="fitted probabilities for identical / empty-response battles")
+    seed: int = 0
+
+
 class RayConfig(Section):
     address: str | None = Field(None, description="None starts a local Ray in-process; 'auto' joins a running cluster")
     num_cpus: int | None = Field(None, gt=0)
@@ -159,7 +175,26 @@ class Config(Section):
     score: ScoreConfig = ScoreConfig()
     pseudolabel: PseudolabelConfig = PseudolabelConfig()
     train: dict[str, TrainRunConfig] = Field(default_factory=dict, description="named runs, trained in order")
+    members: dict[str, MemberConfig] = Field(default_factory=dict, description="cheap members, fitted per fold")
+    stack: StackConfig | None = None
     ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _member_names(self) -> Config:
+        if clash := sorted(set(self.members) & set(self.train)):
+            raise ValueError(f"{clash} named both under members and under train; rename one")
+        if self.stack and self.stack.members and (unknown := sorted(set(self.stack.members) - set(self.members) - set(self.train))):
+            raise ValueError(f"stack.members names {unknown}, which are neither members nor train runs")
+        for name, run in self.train.items():
+            if run.distill and run.distill.weights and len(run.distill.weights) != len(run.distill.teachers):
+                raise ValueError(f"train.{name}.distill.weights needs one weight per teacher ({len(run.distill.teachers)})")
+        return self
+
+    def stack_members(self) -> list[str]:
+        """Named members, else every member and every train run that covers all folds (only those have full OOF)."""
+        if self.stack and self.stack.members:
+            return list(self.stack.members)
+        return [*self.members, *(name for name in self.train_order() if self.train[name].folds is None)]
 
     def train_order(self) -> list[str]:
         """Train runs with every teacher before its students (YAML mappings may come sorted)."""

@@ -1,7 +1,9 @@
 """The main job: every stage that exists, chained from one config, with per-stage timings.
 
-Stages talk only through Parquet files in the run directory, so each can be rerun alone.
-Today: validate -> split (dedup + folds) -> unlabeled pairs -> scoring smoke run on Ray Data.
+Stages talk only through Parquet files in the run directory, so each can be rerun alone:
+validate -> split (dedup + folds) -> unlabeled pairs -> cheap members -> train runs (teachers,
+then distilled students; OOF from the Ray Data engine) -> pseudolabels -> stacking and
+calibration -> report. The config is saved beside the outputs for `prefscale predict`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+
+import yaml
 
 from prefscale.config import Config
 from prefscale.data import schema as S
@@ -36,10 +40,19 @@ def _timed(name: str, timings: dict[str, float], log: Callable[[str], None], wor
     return result
 
 
+def save_config(config: Config) -> None:
+    path = os.path.join(config.run_dir, "config.yaml")
+    os.makedirs(config.run_dir, exist_ok=True)
+    with open(f"{path}.tmp", "w", encoding="utf-8") as handle:
+        yaml.safe_dump(config.model_dump(mode="json"), handle, sort_keys=False)
+    os.replace(f"{path}.tmp", path)
+
+
 def run(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     out = config.run_dir
     timings: dict[str, float] = {}
     summary: dict[str, Any] = {"name": config.name, "run_dir": out, "stages": {}}
+    save_config(config)
     options = ValidationOptions(lenient_json=config.data.lenient_json, max_chars=config.data.max_chars)
 
     clean_paths = []
@@ -66,6 +79,11 @@ def run(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
         log(f"  {result['pairs_written']} unlabeled battles")
 
     ensure_ray(config.ray.address, config.ray.num_cpus, config.ray.object_store_mb)
+    if config.members:
+        from prefscale.members.oof import train_member
+
+        for name, member in config.members.items():
+            summary["stages"][f"member:{name}"] = _timed(f"member:{name}", timings, log, lambda name=name, member=member: train_member(config, name, member, log))
     if config.train:
         from prefscale.train.kfold import train_run
 
@@ -84,11 +102,21 @@ def run(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
         result = _timed("pseudolabel", timings, log, lambda: pseudolabel_stage(config, models=models))
         summary["stages"]["pseudolabel"] = result
         log(f"  {result['pseudolabeled']} pseudolabels from {result['battles']} unlabeled battles")
-    else:
+    elif not config.stack:
         job_summary = _timed("score", timings, log, lambda: score_stage(config, battles))
         job_summary.update(_score_report(battles, job_summary["output"]))
         summary["stages"]["score"] = job_summary
         log(f"  scored {job_summary['scored']} battles at {job_summary['rows_per_s']} rows/s; log loss {job_summary['log_loss']}")
+
+    if config.stack:
+        from prefscale.stack.report import write_report
+        from prefscale.stack.stage import run_stack
+
+        summary["stages"]["stack"] = _timed("stack", timings, log, lambda: run_stack(config, log))
+        report = _timed("report", timings, log, lambda: write_report(out, config.stack_members()))
+        summary["report"] = {k: report[k] for k in ("best_member", "ensemble_gain_vs_best_member", "reliability_png")}
+        summary["report"]["log_loss"] = {name: row["log_loss"] for name, row in report["table"].items()}
+        log(f"  report: {os.path.join(out, 'report', 'report.md')}")
 
     summary["timings_s"] = timings
     write_json(summary, os.path.join(out, "summary.json"))

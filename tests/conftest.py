@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -13,6 +23,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+RAY = str(Path(sys.executable).parent / "ray")
 
 
 def shared_file(name: str) -> Path:
@@ -118,3 +129,89 @@ class ProcessKiller:
 
     def __exit__(self, *exc) -> None:
         self._thread.join()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def node_ports(node_manager_port: int | None = None) -> list[str]:
+    """Two nodes on one machine must not share their agents' and managers' default ports."""
+    names = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port", "object-manager-port")
+    return [f"--{name}={free_port()}" for name in names] + [f"--node-manager-port={node_manager_port or free_port()}", "--disable-usage-stats"]
+
+
+@dataclass
+class TwoNodeCluster:
+    dashboard: str
+    worker_port: int  # the second node's node-manager port: it names that node's raylet
+
+    def kill_worker_node(self) -> int:
+        """SIGKILL the second node's raylet and every process under it (its workers and agents)."""
+        raylets = [p for p in psutil.process_iter(["cmdline"]) if f"--node_manager_port={self.worker_port}" in " ".join(p.info["cmdline"] or [])]
+        victims = [child for r in raylets for child in r.children(recursive=True)] + raylets
+        for proc in victims:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        return len(victims)
+
+
+@pytest.fixture
+def two_node_cluster():
+    temp_dir = tempfile.mkdtemp(prefix="psmn-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    gcs, dashboard = free_port(), free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""}
+    subprocess.run([RAY, "start", "--head", f"--port={gcs}", "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", *node_ports()], check=True, env=env, capture_output=True)
+    worker_port = free_port()
+    subprocess.run([RAY, "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=2", *node_ports(worker_port)], check=True, env=env, capture_output=True)
+    try:
+        yield TwoNodeCluster(f"http://127.0.0.1:{dashboard}", worker_port)
+    finally:
+        # `ray stop` would also stop other Ray instances on the machine; stop only this cluster's.
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            command = " ".join(proc.info["cmdline"] or [])
+            if temp_dir in command or f":{gcs}" in command:
+                try:
+                    os.kill(proc.info["pid"], signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+
+
+JOB_RUNTIME_ENV = {"working_dir": str(REPO), "excludes": [".venv", ".git", "runs", "**/__pycache__"],
+                   "env_vars": {"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}}
+
+
+def submit_job(cluster: TwoNodeCluster, entrypoint: str, timeout: float = 120, nodes: int = 2):
+    """Submit once ``nodes`` nodes are alive and the head's job agent answers (it starts after `ray start`)."""
+    from ray.job_submission import JobSubmissionClient
+    from ray.util.state import list_nodes
+
+    client = JobSubmissionClient(cluster.dashboard)
+    deadline = time.time() + timeout
+    while len([n for n in list_nodes(address=cluster.dashboard) if n.state == "ALIVE"]) < nodes:
+        assert time.time() < deadline, "the second node never joined"
+        time.sleep(0.5)
+    while True:
+        try:
+            return client, client.submit_job(entrypoint=entrypoint, runtime_env=JOB_RUNTIME_ENV)
+        except RuntimeError as exc:
+            assert "No available agent" in str(exc) and time.time() < deadline, exc
+            time.sleep(1)
+
+
+def wait_job(client, job: str, timeout: float):
+    """The job's final status, or None when it is still running after ``timeout`` seconds."""
+    from ray.job_submission import JobStatus
+
+    deadline = time.time() + timeout
+    while (status := client.get_job_status(job)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        if time.time() > deadline:
+            return None
+        time.sleep(1)
+    return status

@@ -84,3 +84,22 @@ def test_unreachable_cluster_address(tmp_path, capsys):
                             capture_output=True, text=True, timeout=180, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     assert result.returncode == 2
     assert "cannot reach Ray at 127.0.0.1:1" in result.stderr.strip().splitlines()[-1]
+
+
+def test_predict_from_a_directory_that_is_not_a_finished_run(tmp_path, capsys):
+    code, err = run(capsys, "predict", "--run", str(tmp_path), "--input", str(tmp_path / "x.parquet"), "--out", str(tmp_path / "s.csv"))
+    assert code == 2 and "not a finished run" in err and "prefscale run" in err and not os.path.exists(tmp_path / "s.csv")
+
+
+def test_stack_member_without_oof_logits(tmp_path, capsys, battles_path):
+    os.makedirs(tmp_path / "run")
+    pq.write_table(pq.read_table(battles_path).slice(0, 50), tmp_path / "run" / "battles.parquet")
+    path = write_config(tmp_path, members={"features": {"kind": "features"}}, stack={"members": ["features"]}, ray={"num_cpus": 1})
+    code, err = run(capsys, "stack", "--config", path)
+    assert code == 2 and "has no OOF logits" in err and "train it first" in err and not os.path.exists(tmp_path / "run" / "stack")
+
+
+def test_stack_naming_an_unknown_member(tmp_path, capsys):
+    path = write_config(tmp_path, members={"features": {"kind": "features"}}, stack={"members": ["featurs"]})
+    code, err = run(capsys, "stack", "--config", path)
+    assert code == 2 and "featurs" in err and "neither members nor train runs" in err

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -23,6 +25,9 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
         run.update({"model": {"path": tiny_bert_path}, "folds": [0], "max_rows": 64, "checkpoint_every": 100, "max_length": 48})
     config["train"]["teacher"]["workers"] = 1
     config["pseudolabel"]["rows"] = 64
+    config["stack"]["tune_samples"] = 30
+    config["members"]["features"]["params"] = {"max_iter": 60}  # the recipe's members, lighter
+    config["members"]["tfidf"]["params"] = {"max_features": 3000}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     out = tmp_path / "run"
@@ -40,5 +45,28 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
         oof = pq.read_table(out / "oof" / f"{name}.parquet")
         assert oof.num_rows == len(set(oof.column("id").to_pylist())) == fold0 == stages[f"train:{name}"]["oof_rows"]
     assert stages["pseudolabel"]["battles"] == 64
-    assert set(summary["timings_s"]) >= {"split", "pairs", "train:teacher", "train:student", "pseudolabel"}
+    assert set(summary["timings_s"]) >= {"split", "pairs", "member:features", "member:tfidf", "train:teacher", "train:student", "pseudolabel",
+                                         "stack", "report"}
     assert json.loads((out / "summary.json").read_text())["name"] == "local"
+    for member in ("features", "tfidf"):  # cheap members cover every fold, so they (not the one-fold runs) are stacked
+        oof = pq.read_table(out / "oof" / f"{member}.parquet")
+        assert sorted(oof.column("id").to_pylist()) == sorted(battles.column("id").to_pylist())
+    stack = stages["stack"]
+    assert stack["members"] == ["features", "tfidf"]
+    assert stack["nested_cv"]["final"] < stack["member_log_loss"]["tfidf"]
+    assert abs(stack["blend_search"]["tune_minus_powell"]) < 0.01
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert set(report["table"]["features"]["per_dataset"]) == {"arena", "hh_rlhf_harmless_test", "llmeval2", "pandalm_testset"}
+    assert (out / "report" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+
+    submission = tmp_path / "submission.csv"
+    result = subprocess.run([sys.executable, "-m", "prefscale.cli", "predict", "--run", str(out), "--input", str(kaggle_sample),
+                             "--out", str(submission), "--json"], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    predicted = json.loads(result.stdout.strip().splitlines()[-1])
+    rows = pd.read_csv(submission)
+    assert list(rows.columns) == ["id", "winner_model_a", "winner_model_b", "winner_tie"]
+    assert len(rows) == predicted["predicted"] and len(rows) + predicted["rejected"] == 806 and predicted["rejected"] > 0
+    assert pq.read_table(predicted["rejects_path"]).num_rows == predicted["rejected"]
+    np.testing.assert_allclose(rows[["winner_model_a", "winner_model_b", "winner_tie"]].sum(axis=1), 1.0, atol=1e-6)
+    assert 0.5 < predicted["log_loss"] < 1.5

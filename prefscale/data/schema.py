@@ -23,6 +23,8 @@ FLAGS = "flags"
 FOLD = "fold"
 REQUIRED_COLUMNS = (ID, *TEXT_COLUMNS)
 CLASSES = ("a", "b", "tie")
+LOGITS = ("logit_a", "logit_b", "logit_tie")
+PROBS = ("prob_a", "prob_b", "prob_tie")
 
 BATTLE_FIELDS = [
     pa.field(ID, pa.int64(), nullable=False),

@@ -32,7 +32,7 @@ from prefscale.score.models import ScoringModel
 from prefscale.score.scorer import LOGITS, ModelScorer
 from prefscale.score.tta import TTASpace, softmax
 
-PROBS = ("prob_a", "prob_b", "prob_tie")
+from prefscale.data.schema import PROBS
 SCORE_SCHEMA = pa.schema(
     [pa.field(S.ID, pa.int64()), pa.field("model", pa.string())]
     + [pa.field(c, pa.float32()) for c in (*LOGITS, *PROBS)]
@@ -178,6 +178,15 @@ def _input_dataset(job: ScoreJob, done: np.ndarray):
     return ds.repartition(target_num_rows_per_block=job.block_rows), total
 
 
+def _check_fits(job: ScoreJob, cluster: dict[str, float]) -> None:
+    """Every model's actor pool runs at once; pools that cannot all be placed would wait forever."""
+    pools = len(job.models) * job.actors
+    cpus, gpus = pools * job.cpus_per_actor + job.format_cpus, pools * job.gpus_per_actor
+    if cpus > cluster.get("CPU", 0) or gpus > cluster.get("GPU", 0):
+        raise PrefscaleError(f"{len(job.models)} models x {job.actors} actors need {cpus:g} CPUs and {gpus:g} GPUs at once but the cluster has "
+                             f"{cluster.get('CPU', 0):g} and {cluster.get('GPU', 0):g}; score fewer models per pass or lower score.cpus_per_actor / score.actors")
+
+
 def run_score_job(job: ScoreJob) -> dict[str, Any]:
     """Score every id of ``job.input`` not yet in ``job.output``; returns a JSON-ready summary."""
     import ray
@@ -188,6 +197,7 @@ def run_score_job(job: ScoreJob) -> dict[str, Any]:
     names = [m.name for m in job.models]
     if len(set(names)) != len(names):
         raise PrefscaleError(f"model names must be unique, got {names}")
+    _check_fits(job, ray.cluster_resources())
     previous = read_parts(job.output, [S.ID, "model"])
     previous_rejects = _read_rejects(job.output).column(S.ID).to_numpy()
     done = np.union1d(pc.unique(previous.column(S.ID)).to_numpy(), previous_rejects)

@@ -23,7 +23,8 @@ from prefscale.data.readers import open_battles
 from prefscale.errors import PrefscaleError
 from prefscale.io import ParquetSink
 from prefscale.progress import bar
-from prefscale.score.engine import PROBS, read_parts
+from prefscale.data.schema import PROBS
+from prefscale.score.engine import read_parts
 
 QUALITY_COLUMNS = ("pl_confidence", "pl_entropy", "pl_agreement", "pl_models")
 

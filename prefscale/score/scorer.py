@@ -10,7 +10,7 @@ from prefscale.score.format import IDS, IDS_SWAPPED
 from prefscale.score.models import ScoringModel
 from prefscale.score.tta import TTASpace, combine_swapped
 
-LOGITS = ("logit_a", "logit_b", "logit_tie")
+from prefscale.data.schema import LOGITS
 
 
 def pick_device(want_gpu: bool) -> str:

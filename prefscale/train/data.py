@@ -12,7 +12,8 @@ import pyarrow.compute as pc
 from prefscale.data import schema as S
 from prefscale.errors import PrefscaleError
 from prefscale.io import read_table
-from prefscale.score.engine import LOGITS, read_parts
+from prefscale.data.schema import LOGITS
+from prefscale.score.engine import read_parts
 from prefscale.text.formatter import BattleFormatter
 
 

@@ -22,18 +22,13 @@ from prefscale.config import Config, TrainRunConfig
 from prefscale.data import schema as S
 from prefscale.errors import PrefscaleError
 from prefscale.io import absolute, exists, read_table, write_table
-from prefscale.metrics import log_loss
 from prefscale.models.lora import LoraSettings
-from prefscale.score.engine import LOGITS, PROBS, run_score_job
+from prefscale.oof import OOF_COLUMNS, oof_metrics, oof_path
+from prefscale.score.engine import run_score_job
 from prefscale.score.jobs import score_job
 from prefscale.score.models import ScoringModel
 from prefscale.train.loop import TrainSettings, train_loop_per_worker
 
-OOF_COLUMNS = [S.ID, S.FOLD, "model", *LOGITS, *PROBS]
-
-
-def oof_path(config: Config, name: str) -> str:
-    return os.path.join(config.run_dir, "oof", f"{name}.parquet")
 
 
 def _settings(config: Config, name: str, run: TrainRunConfig, battles: str, fold: int) -> TrainSettings:
@@ -43,7 +38,7 @@ def _settings(config: Config, name: str, run: TrainRunConfig, battles: str, fold
         text["max_length"] = run.max_length
     teachers, weights = [], []
     if run.distill:
-        teachers = [oof_path(config, t) for t in run.distill.teachers]
+        teachers = [oof_path(config.run_dir, t) for t in run.distill.teachers]
         missing = [t for t, p in zip(run.distill.teachers, teachers, strict=True) if not exists(p)]
         if missing:
             raise PrefscaleError(f"train.{name} distills from {missing} whose OOF logits are missing; train them first (list them earlier under train)")
@@ -126,7 +121,7 @@ def train_run(config: Config, name: str, log=print) -> dict[str, Any]:
         fold_reports.append({"fold": fold, "oof_scored": scored["output_rows"],
                              **{k: metrics.get(k) for k in ("train_rows", "samples", "samples_per_s", "loss", "skipped") if k in metrics}})
     oof = gather_oof(config, name, folds)
-    summary = {"name": name, "folds": fold_reports, "oof_path": oof_path(config, name), "oof_rows": oof.num_rows, **oof_metrics(oof, table)}
+    summary = {"name": name, "folds": fold_reports, "oof_path": oof_path(config.run_dir, name), "oof_rows": oof.num_rows, **oof_metrics(oof, table)}
     if run.average != "none" and len(folds) > 1:
         adapters = [os.path.join(config.run_dir, "models", name, f"fold{f}", "adapter") for f in folds]
         summary["averaged_model"] = export_average(settings.model_path, lora, adapters, os.path.join(config.run_dir, "models", name, "averaged"),
@@ -151,18 +146,5 @@ def gather_oof(config: Config, name: str, folds: list[int]) -> pa.Table:
     oof = pa.concat_tables(parts)
     if len(pc.unique(oof[S.ID])) != oof.num_rows:
         raise PrefscaleError(f"OOF logits of {name} hold an id twice; delete {config.run_dir}/oof/{name} and rerun")
-    write_table(oof, oof_path(config, name))
+    write_table(oof, oof_path(config.run_dir, name))
     return oof
-
-
-def oof_metrics(oof: pa.Table, battles: pa.Table) -> dict[str, Any]:
-    frame = oof.to_pandas().set_index(S.ID).join(battles.to_pandas().set_index(S.ID)[list(S.LABEL_COLUMNS)], how="inner")
-    labels = frame[list(S.LABEL_COLUMNS)].to_numpy()
-    probs = frame[list(PROBS)].to_numpy()
-    prior = np.broadcast_to(labels.mean(axis=0), labels.shape)
-    return {
-        "oof_log_loss": round(log_loss(labels, probs), 4),
-        "prior_log_loss": round(log_loss(labels, prior), 4),
-        "oof_accuracy": round(float((labels.argmax(axis=1) == probs.argmax(axis=1)).mean()), 4),
-        "training_rows_with_oof": int(len(frame)),
-    }

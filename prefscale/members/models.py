@@ -1,0 +1,95 @@
+"""Member estimators with a scikit-learn style API, symmetric under swapping A and B.
+
+Each member trains on both orders of every battle (labels swapped with them) and predicts the
+mean of the original and the un-swapped swapped prediction, so P(A wins | A, B) equals
+P(B wins | B, A) exactly. Soft labels train as class-weighted rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from scipy import sparse
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+
+from prefscale.data import schema as S
+from prefscale.members.features import battle_features, cell_turns
+
+SWAP_CLASSES = [1, 0, 2]
+
+
+def expand_soft_labels(x: Any, labels: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray]:
+    """One row per class with non-zero probability, weighted by it (exact for one-hot labels)."""
+    rows, classes = np.nonzero(labels > 0)
+    return x[rows], classes, labels[rows, classes]
+
+
+class SwapSymmetricMember:
+    """Base class: subclasses turn battles into (X, X_swapped) and name an estimator."""
+
+    def __init__(self, **params: Any) -> None:
+        self.params = params
+
+    def encode(self, battles: pa.Table, fit: bool) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def make_estimator(self) -> Any:
+        raise NotImplementedError
+
+    def fit(self, battles: pa.Table, labels: np.ndarray) -> SwapSymmetricMember:
+        x, x_swapped = self.encode(battles, fit=True)
+        both = sparse.vstack([x, x_swapped]).tocsr() if sparse.issparse(x) else np.vstack([x, x_swapped])
+        rows, classes, weights = expand_soft_labels(both, np.vstack([labels, labels[:, SWAP_CLASSES]]))
+        self.estimator_ = self.make_estimator().fit(rows, classes, sample_weight=weights)
+        return self
+
+    def predict_proba(self, battles: pa.Table) -> np.ndarray:
+        x, x_swapped = self.encode(battles, fit=False)
+        return (self.estimator_.predict_proba(x) + self.estimator_.predict_proba(x_swapped)[:, SWAP_CLASSES]) / 2
+
+
+class FeatureMember(SwapSymmetricMember):
+    """Gradient-boosted trees over length, structure, refusal and overlap features."""
+
+    DEFAULTS = {"learning_rate": 0.05, "max_iter": 200, "max_leaf_nodes": 15, "l2_regularization": 1.0, "min_samples_leaf": 40}
+
+    def encode(self, battles: pa.Table, fit: bool) -> tuple[np.ndarray, np.ndarray]:
+        return battle_features(battles)
+
+    def make_estimator(self) -> HistGradientBoostingClassifier:
+        return HistGradientBoostingClassifier(**{**self.DEFAULTS, **self.params}, random_state=0)
+
+
+class TfidfMember(SwapSymmetricMember):
+    """Logistic regression on TF-IDF(A) - TF-IDF(B), plus their cosine similarity for ties."""
+
+    DEFAULTS = {"C": 0.1, "max_features": 20000, "ngram_max": 2, "min_df": 2}
+
+    def _options(self) -> dict[str, Any]:
+        return {**self.DEFAULTS, **self.params}
+
+    def encode(self, battles: pa.Table, fit: bool) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
+        texts_a = ["\n".join(cell_turns(c)) for c in battles.column(S.RESPONSE_A).to_pylist()]
+        texts_b = ["\n".join(cell_turns(c)) for c in battles.column(S.RESPONSE_B).to_pylist()]
+        if fit:
+            options = self._options()
+            self.vectorizer_ = TfidfVectorizer(sublinear_tf=True, max_features=options["max_features"], ngram_range=(1, options["ngram_max"]),
+                                               min_df=options["min_df"], dtype=np.float32)
+            self.vectorizer_.fit(texts_a + texts_b)
+        a, b = self.vectorizer_.transform(texts_a), self.vectorizer_.transform(texts_b)
+        cosine = sparse.csr_matrix(np.asarray(a.multiply(b).sum(axis=1), dtype=np.float32))
+        return sparse.hstack([a - b, cosine]).tocsr(), sparse.hstack([b - a, cosine]).tocsr()
+
+    def make_estimator(self) -> LogisticRegression:
+        return LogisticRegression(C=self._options()["C"], max_iter=2000)
+
+
+MEMBER_KINDS: dict[str, type[SwapSymmetricMember]] = {"features": FeatureMember, "tfidf": TfidfMember}
+
+
+def make_member(kind: str, params: dict[str, Any] | None = None) -> SwapSymmetricMember:
+    return MEMBER_KINDS[kind](**(params or {}))

@@ -1,0 +1,78 @@
+"""Fit each cheap member per fold (Ray tasks, one per fold) for OOF logits, then on all battles.
+
+Outputs: <run_dir>/oof/<name>.parquet (same columns as the neural OOF) and the all-data fit
+at <run_dir>/members/<name>.skops, which `prefscale predict` applies to new battles.
+Reruns skip members whose two outputs exist.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from prefscale.config import Config, MemberConfig
+from prefscale.data import schema as S
+from prefscale.io import exists, read_table, write_table
+from prefscale.members.models import make_member
+from prefscale.members.store import save_estimator
+from prefscale.oof import oof_metrics, oof_path, oof_table
+
+
+def member_model_path(run_dir: str, name: str) -> str:
+    return os.path.join(run_dir, "members", f"{name}.skops")
+
+
+def fit_predict(kind: str, params: dict[str, Any], battles: pa.Table, train_rows: np.ndarray, test_rows: np.ndarray) -> np.ndarray:
+    """Fit on ``train_rows`` and predict ``test_rows``; the unit of work of one fold."""
+    labels = S.label_matrix(battles)
+    member = make_member(kind, params).fit(battles.take(train_rows), labels[train_rows])
+    return member.predict_proba(battles.take(test_rows))
+
+
+def fold_predictions(kind: str, params: dict[str, Any], battles: pa.Table, folds: list[int] | None = None) -> np.ndarray:
+    """OOF probabilities for every battle, the folds fitted in parallel as Ray tasks."""
+    import ray
+
+    fold = battles.column(S.FOLD).to_numpy()
+    folds = sorted(set(fold.tolist())) if folds is None else folds
+    task = ray.remote(num_cpus=1)(fit_predict)
+    battles_ref = ray.put(battles)
+    tests = [np.nonzero(fold == k)[0] for k in folds]
+    refs = [task.remote(kind, params, battles_ref, np.nonzero(fold != k)[0], test) for k, test in zip(folds, tests, strict=True)]
+    probs = np.full((battles.num_rows, 3), np.nan)
+    for test, result in zip(tests, ray.get(refs), strict=True):
+        probs[test] = result
+    return probs
+
+
+def train_member(config: Config, name: str, member: MemberConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    started = time.perf_counter()
+    run_dir = config.run_dir
+    battles = read_table(os.path.join(run_dir, "battles.parquet"))
+    out, model_out = oof_path(run_dir, name), member_model_path(run_dir, name)
+    params = dict(member.params)
+    if exists(out) and exists(model_out):
+        log(f"  [{name}] done earlier; delete {out} to refit")
+        return {"name": name, "skipped": True, **oof_metrics(read_table(out), battles)}
+    if member.tune_samples:
+        from prefscale.stack.tune_members import tune_member
+
+        params = tune_member(member.kind, battles, member.tune_samples, base=params, seed=0)
+        log(f"  [{name}] tuned params {params}")
+    probs = fold_predictions(member.kind, params, battles)
+    oof = oof_table(battles.column(S.ID).to_numpy(), battles.column(S.FOLD).to_numpy(), name, probs)
+    write_table(oof, out)
+    save_estimator(make_member(member.kind, params).fit(battles, S.label_matrix(battles)), model_out)
+    summary = {"name": name, "kind": member.kind, "params": params, "oof_path": out, "model_path": model_out,
+               "oof_rows": oof.num_rows, **oof_metrics(oof, battles), "seconds": round(time.perf_counter() - started, 1)}
+    log(f"  [{name}] OOF log loss {summary['oof_log_loss']} in {summary['seconds']}s")
+    return summary
+
+
+def train_members(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
+    return {name: train_member(config, name, member, log) for name, member in config.members.items()}

@@ -1,0 +1,44 @@
+"""Out-of-fold predictions: one Parquet per member at <run_dir>/oof/<name>.parquet, keyed by id.
+
+Neural models and cheap members write the same columns, so stacking reads every member alike.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from prefscale.data import schema as S
+from prefscale.metrics import log_loss
+
+OOF_COLUMNS = [S.ID, S.FOLD, "model", *S.LOGITS, *S.PROBS]
+
+
+def oof_path(run_dir: str, name: str) -> str:
+    return os.path.join(run_dir, "oof", f"{name}.parquet")
+
+
+def oof_table(ids: np.ndarray, folds: np.ndarray, name: str, probs: np.ndarray) -> pa.Table:
+    """OOF rows from probabilities; logits are their logs (any per-row shift gives the same softmax)."""
+    probs = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1.0)
+    probs /= probs.sum(axis=1, keepdims=True)
+    columns = {S.ID: pa.array(ids, pa.int64()), S.FOLD: pa.array(folds, pa.int8()), "model": pa.array([name] * len(ids), pa.string())}
+    columns.update({c: pa.array(np.log(probs[:, i]), pa.float32()) for i, c in enumerate(S.LOGITS)})
+    columns.update({c: pa.array(probs[:, i], pa.float32()) for i, c in enumerate(S.PROBS)})
+    return pa.table(columns)
+
+
+def oof_metrics(oof: pa.Table, battles: pa.Table) -> dict[str, Any]:
+    frame = oof.to_pandas().set_index(S.ID).join(battles.to_pandas().set_index(S.ID)[list(S.LABEL_COLUMNS)], how="inner")
+    labels = frame[list(S.LABEL_COLUMNS)].to_numpy()
+    probs = frame[list(S.PROBS)].to_numpy()
+    prior = np.broadcast_to(labels.mean(axis=0), labels.shape)
+    return {
+        "oof_log_loss": round(log_loss(labels, probs), 4),
+        "prior_log_loss": round(log_loss(labels, prior), 4),
+        "oof_accuracy": round(float((labels.argmax(axis=1) == probs.argmax(axis=1)).mean()), 4),
+        "training_rows_with_oof": int(len(frame)),
+    }

@@ -1,0 +1,81 @@
+"""Calibrators fitted against log loss, from one parameter to a full matrix.
+
+temperature: softmax(log p / T) (1 parameter); vector: softmax(w * log p + b) (6);
+dirichlet: softmax(W log p + b) (12, L2-regularised; Kull et al. 2019). Identity is the
+'none' choice, so the automatic selection can always decline to calibrate.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize, minimize_scalar
+from scipy.special import log_softmax
+from sklearn.linear_model import LogisticRegression
+
+from prefscale.members.models import expand_soft_labels
+from prefscale.metrics import log_loss
+
+
+def _logp(probs: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(probs, 1e-7, 1.0))
+
+
+class IdentityCalibrator:
+    def fit(self, probs: np.ndarray, labels: np.ndarray) -> IdentityCalibrator:
+        return self
+
+    def predict_proba(self, probs: np.ndarray) -> np.ndarray:
+        return probs
+
+
+class TemperatureCalibrator:
+    def fit(self, probs: np.ndarray, labels: np.ndarray) -> TemperatureCalibrator:
+        logp = _logp(probs)
+        result = minimize_scalar(lambda t: log_loss(labels, np.exp(log_softmax(logp / t, axis=1))), bounds=(0.05, 20.0), method="bounded")
+        self.temperature_ = float(result.x)
+        return self
+
+    def predict_proba(self, probs: np.ndarray) -> np.ndarray:
+        return np.exp(log_softmax(_logp(probs) / self.temperature_, axis=1))
+
+
+class VectorCalibrator:
+    def fit(self, probs: np.ndarray, labels: np.ndarray) -> VectorCalibrator:
+        logp = _logp(probs)
+
+        def loss(theta: np.ndarray) -> float:
+            return log_loss(labels, np.exp(log_softmax(logp * theta[:3] + theta[3:], axis=1)))
+
+        self.theta_ = minimize(loss, np.array([1.0, 1.0, 1.0, 0.0, 0.0, 0.0]), method="L-BFGS-B").x
+        return self
+
+    def predict_proba(self, probs: np.ndarray) -> np.ndarray:
+        return np.exp(log_softmax(_logp(probs) * self.theta_[:3] + self.theta_[3:], axis=1))
+
+
+class DirichletCalibrator:
+    def __init__(self, C: float = 1.0) -> None:
+        self.C = C
+
+    def fit(self, probs: np.ndarray, labels: np.ndarray) -> DirichletCalibrator:
+        rows, classes, weights = expand_soft_labels(_logp(probs), labels)
+        self.model_ = LogisticRegression(C=self.C, max_iter=1000).fit(rows, classes, sample_weight=weights)
+        return self
+
+    def predict_proba(self, probs: np.ndarray) -> np.ndarray:
+        return self.model_.predict_proba(_logp(probs))
+
+
+CALIBRATORS = {"none": IdentityCalibrator, "temperature": TemperatureCalibrator, "vector": VectorCalibrator, "dirichlet": DirichletCalibrator}
+
+
+def choose_calibrator(probs: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> tuple[str, dict[str, float]]:
+    """The calibrator with the lowest cross-validated log loss over ``folds`` ('none' included)."""
+    scores = {}
+    for name, make in CALIBRATORS.items():
+        calibrated = np.empty_like(probs)
+        for fold in np.unique(folds):
+            test = folds == fold
+            calibrated[test] = make().fit(probs[~test], labels[~test]).predict_proba(probs[test])
+        scores[name] = log_loss(labels, calibrated)
+    return min(scores, key=scores.get), scores

@@ -1,0 +1,66 @@
+"""The stacking table: members' OOF log-probabilities joined to labels, folds and datasets by id."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from prefscale.data import schema as S
+from prefscale.errors import PrefscaleError
+from prefscale.io import exists, read_table
+from prefscale.oof import oof_path
+
+
+@dataclass(frozen=True)
+class StackData:
+    ids: np.ndarray
+    folds: np.ndarray
+    labels: np.ndarray
+    logp: np.ndarray  # (rows, members, 3)
+    members: list[str]
+    datasets: np.ndarray
+    battles: pa.Table  # aligned with ids; degenerate rules read its texts
+
+    def take(self, rows: np.ndarray) -> StackData:
+        return StackData(self.ids[rows], self.folds[rows], self.labels[rows], self.logp[rows], self.members, self.datasets[rows],
+                         self.battles.take(rows))
+
+
+def log_probs(table: pa.Table) -> np.ndarray:
+    probs = np.stack([table.column(c).to_numpy().astype(np.float64) for c in S.PROBS], axis=1)
+    probs = np.clip(probs, 1e-7, 1.0)
+    return np.log(probs / probs.sum(axis=1, keepdims=True))
+
+
+def dataset_names(battles: pa.Table) -> np.ndarray:
+    """Per-row dataset for the report; battles without one (the Kaggle sample) are 'arena'."""
+    if "dataset" not in battles.column_names:
+        return np.full(battles.num_rows, "arena", dtype=object)
+    return np.asarray(pc.fill_null(battles.column("dataset").cast(pa.string()), "arena").to_pylist(), dtype=object)
+
+
+def load_stack_data(run_dir: str, members: list[str]) -> StackData:
+    """Join every member's OOF on id; a battle missing from any member is an error, not a silent drop."""
+    battles = read_table(os.path.join(run_dir, "battles.parquet"))
+    ids = battles.column(S.ID).to_numpy()
+    order = np.argsort(ids)
+    battles, ids = battles.take(order), ids[order]
+    logps = []
+    for name in members:
+        path = oof_path(run_dir, name)
+        if not exists(path):
+            raise PrefscaleError(f"stack member '{name}' has no OOF logits at {path}; train it first or drop it from stack.members")
+        oof = read_table(path, columns=[S.ID, *S.PROBS])
+        oof_ids = oof.column(S.ID).to_numpy()
+        by_id = np.argsort(oof_ids)
+        position = np.minimum(np.searchsorted(oof_ids[by_id], ids), max(len(oof_ids) - 1, 0))
+        found = oof_ids[by_id][position] == ids if len(oof_ids) else np.zeros(len(ids), dtype=bool)
+        if not found.all():
+            raise PrefscaleError(f"OOF of '{name}' lacks {int((~found).sum())} of {len(ids)} battles; rerun that member so every battle has one OOF row")
+        logps.append(log_probs(oof.take(by_id[position])))
+    return StackData(ids, battles.column(S.FOLD).to_numpy(), S.label_matrix(battles), np.stack(logps, axis=1), list(members),
+                     dataset_names(battles), battles)

@@ -1,0 +1,95 @@
+"""The run report: per-member and ensemble OOF log loss and accuracy, per dataset, and a
+reliability diagram before and after calibration. Reads only the run's Parquet outputs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from prefscale.data import schema as S
+from prefscale.io import read_table, write_json
+from prefscale.metrics import log_loss
+from prefscale.stack.data import StackData, load_stack_data
+from prefscale.stack.stage import stack_dir
+
+ENSEMBLE_COLUMNS = {"ensemble (stacked)": "raw", "ensemble (calibrated)": "calibrated", "ensemble (final)": "final"}
+
+
+def _scores(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    return {"log_loss": round(log_loss(labels, probs), 4), "accuracy": round(float((labels.argmax(1) == probs.argmax(1)).mean()), 4)}
+
+
+def prediction_table(data: StackData, run_dir: str) -> dict[str, np.ndarray]:
+    """Every member's and every ensemble stage's OOF probabilities, aligned with ``data.ids``."""
+    predictions = {m: np.exp(data.logp[:, i]) for i, m in enumerate(data.members)}
+    ensemble = read_table(os.path.join(stack_dir(run_dir), "oof.parquet")).to_pandas().set_index(S.ID).loc[data.ids]
+    for label, kind in ENSEMBLE_COLUMNS.items():
+        predictions[label] = ensemble[[f"{kind}_{c}" for c in S.CLASSES]].to_numpy()
+    predictions["class prior"] = np.broadcast_to(data.labels.mean(axis=0), data.labels.shape)
+    return predictions
+
+
+def reliability_plot(labels: np.ndarray, before: np.ndarray, after: np.ndarray, path: str, bins: int = 10) -> None:
+    """Top-label reliability: mean confidence against accuracy per confidence bin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=True)
+    for axis, probs, title in ((axes[0], before, "before calibration"), (axes[1], after, "after calibration")):
+        confidence, correct = probs.max(axis=1), labels.argmax(axis=1) == probs.argmax(axis=1)
+        edges = np.linspace(1 / 3, 1.0, bins + 1)
+        which = np.clip(np.digitize(confidence, edges) - 1, 0, bins - 1)
+        filled = [b for b in range(bins) if (which == b).any()]
+        axis.plot([1 / 3, 1], [1 / 3, 1], "--", color="grey", label="perfect")
+        axis.plot([confidence[which == b].mean() for b in filled], [correct[which == b].mean() for b in filled], "o-",
+                  label=f"log loss {log_loss(labels, probs):.4f}")
+        axis.set(title=title, xlabel="confidence of the predicted class", xlim=(0.3, 1), ylim=(0, 1))
+        axis.legend(loc="upper left")
+    axes[0].set_ylabel("accuracy")
+    figure.tight_layout()
+    tmp = f"{path}.tmp.png"
+    figure.savefig(tmp, dpi=100)
+    plt.close(figure)
+    os.replace(tmp, path)
+
+
+def write_report(run_dir: str, members: list[str]) -> dict[str, Any]:
+    data = load_stack_data(run_dir, members)
+    predictions = prediction_table(data, run_dir)
+    out = os.path.join(run_dir, "report")
+    os.makedirs(out, exist_ok=True)
+    datasets = sorted(set(data.datasets))
+    table = {
+        name: {**_scores(data.labels, probs),
+               "per_dataset": {d: _scores(data.labels[data.datasets == d], probs[data.datasets == d])["log_loss"] for d in datasets}}
+        for name, probs in predictions.items()
+    }
+    reliability_plot(data.labels, predictions["ensemble (stacked)"], predictions["ensemble (final)"], os.path.join(out, "reliability.png"))
+    best_member = min(data.members, key=lambda m: table[m]["log_loss"])
+    report = {
+        "rows": len(data.ids), "datasets": {d: int((data.datasets == d).sum()) for d in datasets}, "table": table,
+        "best_member": best_member,
+        "ensemble_gain_vs_best_member": round(table[best_member]["log_loss"] - table["ensemble (final)"]["log_loss"], 4),
+        "reliability_png": os.path.join(out, "reliability.png"),
+    }
+    write_json(report, os.path.join(out, "report.json"))
+    _write_markdown(report, datasets, os.path.join(out, "report.md"))
+    return report
+
+
+def _write_markdown(report: dict[str, Any], datasets: list[str], path: str) -> None:
+    lines = ["# OOF report (nested cross-validation for every ensemble row)", "",
+             f"{report['rows']} battles; best member `{report['best_member']}`; ensemble gain {report['ensemble_gain_vs_best_member']}", "",
+             "| model | log loss | accuracy | " + " | ".join(datasets) + " |", "|---|---|---|" + "---|" * len(datasets)]
+    for name, row in report["table"].items():
+        lines.append(f"| {name} | {row['log_loss']} | {row['accuracy']} | " + " | ".join(str(row["per_dataset"][d]) for d in datasets) + " |")
+    lines += ["", "![reliability](reliability.png)", ""]
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines))
+    os.replace(tmp, path)

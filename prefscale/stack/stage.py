@@ -1,0 +1,92 @@
+"""The stacking stage: nested-CV numbers, the final fitted ensemble, and the Tune-vs-Powell check.
+
+Writes <run_dir>/stack/: stacker.skops, calibrator.skops, rules.skops (what `prefscale
+predict` applies), oof.parquet (honest outer-fold ensemble predictions) and summary.json.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from prefscale.config import Config, StackConfig
+from prefscale.data import schema as S
+from prefscale.io import write_json, write_table
+from prefscale.members.store import save_estimator
+from prefscale.metrics import log_loss
+from prefscale.ray_runtime import ensure_ray
+from prefscale.stack.blend import BlendStacker, blend_loss, powell_weights
+from prefscale.stack.calibration import CALIBRATORS, choose_calibrator
+from prefscale.stack.data import StackData, load_stack_data
+from prefscale.stack.degenerate import DegenerateRules
+from prefscale.stack.nested import STACKERS, nested_cv
+
+
+def stack_dir(run_dir: str) -> str:
+    return os.path.join(run_dir, "stack")
+
+
+def blend_search(data: StackData, settings: StackConfig) -> dict[str, Any]:
+    """Powell and Ray Tune on the same in-sample blend objective (the 0.001 agreement check)."""
+    from prefscale.stack.tune_blend import tune_blend_weights
+
+    started = time.perf_counter()
+    powell = powell_weights(data.logp, data.labels)
+    powell_s = time.perf_counter() - started
+    tuned = tune_blend_weights(data.logp, data.labels, settings.tune_samples, seed=settings.seed)
+    powell_loss = blend_loss(powell, data.logp, data.labels)
+    return {
+        "powell": {"weights": dict(zip(data.members, np.round(powell, 4).tolist(), strict=True)), "log_loss": round(powell_loss, 5),
+                   "seconds": round(powell_s, 1)},
+        "tune": {"weights": dict(zip(data.members, np.round(tuned["weights"], 4).tolist(), strict=True)), "log_loss": round(tuned["log_loss"], 5),
+                 "trials": tuned["trials"], "seconds": round(time.perf_counter() - started - powell_s, 1)},
+        "tune_minus_powell": round(tuned["log_loss"] - powell_loss, 5),
+        "_tuned_weights": tuned["weights"],
+    }
+
+
+def run_stack(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
+    settings = config.stack or StackConfig()
+    started = time.perf_counter()
+    data = load_stack_data(config.run_dir, config.stack_members())
+    ensure_ray(config.ray.address, config.ray.num_cpus, config.ray.object_store_mb)  # for the Ray Tune search
+    out = stack_dir(config.run_dir)
+    nested = nested_cv(data, settings.method, settings.calibration, settings.degenerate_rules)
+    summary: dict[str, Any] = {
+        "members": data.members, "rows": len(data.ids), "method": settings.method,
+        "member_log_loss": {m: round(log_loss(data.labels, np.exp(data.logp[:, i])), 4) for i, m in enumerate(data.members)},
+        "nested_cv": {
+            "stacked": round(log_loss(data.labels, nested.raw), 4),
+            "stacked_calibrated": round(log_loss(data.labels, nested.calibrated), 4),
+            "final": round(log_loss(data.labels, nested.final), 4),
+            "calibrator_per_fold": nested.calibrators,
+        },
+    }
+    search = blend_search(data, settings)
+    tuned_weights = search.pop("_tuned_weights")
+    summary["blend_search"] = search
+    stacker = BlendStacker(tuned_weights if settings.blend_search == "tune" else None) if settings.method == "blend" else STACKERS[settings.method]()
+    stacker.fit(data.logp, data.labels)
+    calibrator_name = settings.calibration
+    if calibrator_name == "auto":
+        calibrator_name, summary["calibrator_cv"] = choose_calibrator(nested.raw, data.labels, data.folds)
+    calibrator = CALIBRATORS[calibrator_name]().fit(nested.raw, data.labels)
+    rules = DegenerateRules(enabled=settings.degenerate_rules).fit(data.battles, data.labels)
+    summary.update({"calibrator": calibrator_name, "degenerate_rules": rules.rules_, "degenerate_counts": rules.counts_})
+    for name, obj in (("stacker", stacker), ("calibrator", calibrator), ("rules", rules)):
+        save_estimator(obj, os.path.join(out, f"{name}.skops"))
+    write_table(pa.table({
+        S.ID: data.ids, S.FOLD: data.folds, "dataset": data.datasets.astype(str),
+        **{f"{kind}_{c}": nested_probs[:, i].astype(np.float32) for kind, nested_probs in (("raw", nested.raw), ("calibrated", nested.calibrated), ("final", nested.final))
+           for i, c in enumerate(S.CLASSES)},
+    }), os.path.join(out, "oof.parquet"))
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    write_json(summary, os.path.join(out, "summary.json"))
+    log(f"  stacked OOF log loss {summary['nested_cv']['final']} (nested CV) vs best member {min(summary['member_log_loss'].values())}; "
+        f"Tune {search['tune']['log_loss']} vs Powell {search['powell']['log_loss']}")
+    return summary

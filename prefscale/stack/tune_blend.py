@@ -1,0 +1,41 @@
+"""Blend weights searched by Ray Tune with Optuna's TPE sampler, on the Powell objective.
+
+Each trial scores one weight vector on the OOF table (shared through the object store) and
+takes a quarter CPU, so four trials run per core. Equal weights are the first point tried.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from prefscale.stack.blend import MAX_WEIGHT, blend_loss
+
+
+def _trial(config: dict[str, float], logp: np.ndarray, labels: np.ndarray) -> None:
+    from ray import tune
+
+    weights = np.array([config[f"w{i}"] for i in range(logp.shape[1])])
+    tune.report({"log_loss": blend_loss(weights, logp, labels)})
+
+
+def tune_blend_weights(logp: np.ndarray, labels: np.ndarray, samples: int, seed: int = 0, storage: str | None = None) -> dict[str, Any]:
+    """Best weights found by ``samples`` Optuna trials; returns weights, log loss and trial count."""
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    members = logp.shape[1]
+    space = {f"w{i}": tune.uniform(0.0, MAX_WEIGHT) for i in range(members)}
+    search = OptunaSearch(metric="log_loss", mode="min", seed=seed, points_to_evaluate=[{f"w{i}": 1.0 / members for i in range(members)}])
+    with tempfile.TemporaryDirectory(prefix="prefscale-tune-") as scratch:
+        tuner = tune.Tuner(
+            tune.with_resources(tune.with_parameters(_trial, logp=logp, labels=labels), {"cpu": 0.25}),
+            param_space=space,
+            tune_config=tune.TuneConfig(search_alg=search, num_samples=samples, metric="log_loss", mode="min", max_concurrent_trials=8,
+                                        reuse_actors=True),
+            run_config=tune.RunConfig(name="blend", storage_path=storage or scratch, verbose=0),
+        )
+        best = tuner.fit().get_best_result()
+    return {"weights": [best.config[f"w{i}"] for i in range(members)], "log_loss": best.metrics["log_loss"], "trials": samples}

@@ -1,0 +1,71 @@
+"""Cheap members: swap symmetry, soft labels, safe persistence, per-fold OOF on real battles."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from prefscale.data import schema as S
+from prefscale.errors import PrefscaleError
+from prefscale.members.features import battle_features, feature_names
+from prefscale.members.models import SWAP_CLASSES, expand_soft_labels, make_member
+from prefscale.members.store import load_estimator, save_estimator
+from prefscale.metrics import log_loss
+
+
+@pytest.fixture(scope="module")
+def real_battles(human_pairs) -> pa.Table:
+    table = pq.read_table(human_pairs)
+    rng = np.random.default_rng(0)
+    return table.take(np.sort(rng.choice(table.num_rows, 1500, replace=False)))
+
+
+def swapped(table: pa.Table) -> pa.Table:
+    a, b = table.column(S.RESPONSE_A), table.column(S.RESPONSE_B)
+    return table.set_column(table.schema.get_field_index(S.RESPONSE_A), S.RESPONSE_A, b).set_column(
+        table.schema.get_field_index(S.RESPONSE_B), S.RESPONSE_B, a)
+
+
+def test_features_of_the_swapped_battle_are_the_swapped_features(real_battles):
+    direct, direct_swapped = battle_features(real_battles.slice(0, 200))
+    of_swapped, _ = battle_features(swapped(real_battles.slice(0, 200)))
+    np.testing.assert_allclose(of_swapped, direct_swapped, rtol=1e-6)
+    assert direct.shape[1] == len(feature_names())
+
+
+def test_soft_labels_expand_to_weighted_class_rows():
+    x = np.array([[1.0], [2.0]])
+    rows, classes, weights = expand_soft_labels(x, np.array([[0.0, 1.0, 0.0], [0.5, 0.0, 0.5]]))
+    assert rows.ravel().tolist() == [1.0, 2.0, 2.0] and classes.tolist() == [1, 0, 2] and weights.tolist() == [1.0, 0.5, 0.5]
+
+
+@pytest.mark.parametrize("kind", ["features", "tfidf"])
+def test_member_is_swap_symmetric_and_learns_from_held_out_battles(kind, real_battles):
+    train, test = real_battles.slice(0, 1100), real_battles.slice(1100)
+    labels = S.label_matrix(real_battles)
+    member = make_member(kind).fit(train, labels[:1100])
+    probs = member.predict_proba(test)
+    np.testing.assert_allclose(member.predict_proba(swapped(test)), probs[:, SWAP_CLASSES], atol=1e-6)
+    prior = np.broadcast_to(labels[:1100].mean(axis=0), (test.num_rows, 3))
+    baseline = prior if kind == "features" else np.full((test.num_rows, 3), 1 / 3)  # TF-IDF alone is weak on 1,100 battles
+    assert log_loss(labels[1100:], probs) < log_loss(labels[1100:], baseline)
+
+
+def test_fitted_member_round_trips_through_skops(tmp_path, real_battles):
+    member = make_member("tfidf").fit(real_battles.slice(0, 300), S.label_matrix(real_battles.slice(0, 300)))
+    save_estimator(member, str(tmp_path / "m.skops"))
+    loaded = load_estimator(str(tmp_path / "m.skops"))
+    np.testing.assert_array_equal(loaded.predict_proba(real_battles.slice(300, 50)), member.predict_proba(real_battles.slice(300, 50)))
+
+
+class NotAllowed:
+    pass
+
+
+@pytest.mark.parametrize("payload", [NotAllowed(), eval], ids=["foreign class", "builtin function"])
+def test_loading_refuses_types_outside_the_allow_list(tmp_path, payload):
+    member = make_member("tfidf")
+    member.planted = payload
+    save_estimator(member, str(tmp_path / "evil.skops"))
+    with pytest.raises(PrefscaleError, match="allow-list"):
+        load_estimator(str(tmp_path / "evil.skops"))
