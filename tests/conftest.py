@@ -131,16 +131,22 @@ class ProcessKiller:
         self._thread.join()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: every socket stays bound until all are picked."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
-def node_ports(node_manager_port: int | None = None) -> list[str]:
-    """Two nodes on one machine must not share their agents' and managers' default ports."""
-    names = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port", "object-manager-port")
-    return [f"--{name}={free_port()}" for name in names] + [f"--node-manager-port={node_manager_port or free_port()}", "--disable-usage-stats"]
+NODE_PORTS = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
+              "object-manager-port", "node-manager-port")
+
+
+def node_ports(ports: list[int]) -> list[str]:
+    """Two nodes on one machine must not share their agents' and managers' default ports (nor each other's)."""
+    return [f"--{name}={port}" for name, port in zip(NODE_PORTS, ports, strict=True)] + ["--disable-usage-stats"]
 
 
 @dataclass
@@ -158,17 +164,24 @@ class TwoNodeCluster:
         return len(victims)
 
 
+def start(command: list[str], env: dict[str, str]) -> None:
+    """Run `ray start`, failing with its output."""
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"{' '.join(command[1:3])} failed: {(result.stdout + result.stderr)[-2000:]}")
+
+
 @pytest.fixture
 def two_node_cluster():
     temp_dir = tempfile.mkdtemp(prefix="psmn-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    gcs, dashboard = free_port(), free_port()
+    gcs, dashboard, *head_ports = free_ports(2 + len(NODE_PORTS))  # picked together, so all distinct
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""}
-    subprocess.run([RAY, "start", "--head", f"--port={gcs}", "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", *node_ports()], check=True, env=env, capture_output=True)
-    worker_port = free_port()
-    subprocess.run([RAY, "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=2", *node_ports(worker_port)], check=True, env=env, capture_output=True)
     try:
-        yield TwoNodeCluster(f"http://127.0.0.1:{dashboard}", worker_port)
+        start([RAY, "start", "--head", f"--port={gcs}", "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+               f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", *node_ports(head_ports)], env)
+        worker_ports = free_ports(len(NODE_PORTS))  # the head's ports are bound by now, so these differ from them
+        start([RAY, "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=2", *node_ports(worker_ports)], env)
+        yield TwoNodeCluster(f"http://127.0.0.1:{dashboard}", worker_ports[-1])
     finally:
         # `ray stop` would also stop other Ray instances on the machine; stop only this cluster's.
         for proc in psutil.process_iter(["pid", "cmdline"]):
