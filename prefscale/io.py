@@ -138,9 +138,13 @@ def write_table(table: pa.Table, uri: str | os.PathLike[str]) -> None:
         sink.write(table)
 
 
-def write_json(obj: Any, uri: str | os.PathLike[str]) -> None:
+def write_bytes(data: bytes, uri: str | os.PathLike[str]) -> None:
     with atomic_path(uri) as (fs, tmp), fs.open_output_stream(tmp) as out:
-        out.write(json.dumps(obj, indent=2, sort_keys=True).encode())
+        out.write(data)
+
+
+def write_json(obj: Any, uri: str | os.PathLike[str]) -> None:
+    write_bytes(json.dumps(obj, indent=2, sort_keys=True).encode(), uri)
 
 
 def read_table(uri: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-
 import yaml
 
 from prefscale.config import Config
@@ -21,7 +20,7 @@ from prefscale.data import schema as S
 from prefscale.data.pairs import PairOptions
 from prefscale.data.stages import make_pairs, split, validate_file
 from prefscale.data.validate import ValidationOptions
-from prefscale.io import read_table, write_json
+from prefscale.io import read_table, write_bytes, write_json
 from prefscale.metrics import log_loss
 from prefscale.ray_runtime import ensure_ray
 from prefscale.score.jobs import text_options
@@ -41,11 +40,7 @@ def _timed(name: str, timings: dict[str, float], log: Callable[[str], None], wor
 
 
 def save_config(config: Config) -> None:
-    path = os.path.join(config.run_dir, "config.yaml")
-    os.makedirs(config.run_dir, exist_ok=True)
-    with open(f"{path}.tmp", "w", encoding="utf-8") as handle:
-        yaml.safe_dump(config.model_dump(mode="json"), handle, sort_keys=False)
-    os.replace(f"{path}.tmp", path)
+    write_bytes(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).encode(), os.path.join(config.run_dir, "config.yaml"))
 
 
 def run(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 import skops.io as sio
 
 from prefscale.errors import PrefscaleError
-from prefscale.io import atomic_path, resolve
+from prefscale.io import resolve, write_bytes
 
 # skops already trusts plain scikit-learn estimators and numpy arrays; beyond those, only our
 # own classes and the tree nodes of boosted trees. Functions (say builtins.eval planted as a
@@ -18,10 +18,7 @@ TRUSTED_TYPES = ("sklearn.ensemble._hist_gradient_boosting.predictor.TreePredict
 
 
 def save_estimator(obj: Any, uri: str) -> None:
-    data = sio.dumps(obj)
-    with atomic_path(uri) as (fs, tmp):
-        with fs.open_output_stream(tmp) as out:
-            out.write(data)
+    write_bytes(sio.dumps(obj), uri)
 
 
 def load_estimator(uri: str) -> Any:

@@ -4,13 +4,14 @@ reliability diagram before and after calibration. Reads only the run's Parquet o
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any
 
 import numpy as np
 
 from prefscale.data import schema as S
-from prefscale.io import read_table, write_json
+from prefscale.io import read_table, write_bytes, write_json
 from prefscale.metrics import log_loss
 from prefscale.stack.data import StackData, load_stack_data
 from prefscale.stack.stage import stack_dir
@@ -52,17 +53,16 @@ def reliability_plot(labels: np.ndarray, before: np.ndarray, after: np.ndarray, 
         axis.legend(loc="upper left")
     axes[0].set_ylabel("accuracy")
     figure.tight_layout()
-    tmp = f"{path}.tmp.png"
-    figure.savefig(tmp, dpi=100)
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=100)
     plt.close(figure)
-    os.replace(tmp, path)
+    write_bytes(png.getvalue(), path)
 
 
 def write_report(run_dir: str, members: list[str]) -> dict[str, Any]:
     data = load_stack_data(run_dir, members)
     predictions = prediction_table(data, run_dir)
     out = os.path.join(run_dir, "report")
-    os.makedirs(out, exist_ok=True)
     datasets = sorted(set(data.datasets))
     table = {
         name: {**_scores(data.labels, probs),
@@ -89,7 +89,4 @@ def _write_markdown(report: dict[str, Any], datasets: list[str], path: str) -> N
     for name, row in report["table"].items():
         lines.append(f"| {name} | {row['log_loss']} | {row['accuracy']} | " + " | ".join(str(row["per_dataset"][d]) for d in datasets) + " |")
     lines += ["", "![reliability](reliability.png)", ""]
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines))
-    os.replace(tmp, path)
+    write_bytes("\n".join(lines).encode(), path)
