@@ -5,13 +5,16 @@ Reads a finished local run (5-fold OOF over human_pairs plus the Kaggle sample, 
 stage on it (nested CV: every ensemble number is scored on folds its stacker, calibrator and
 rules never saw) and records the report table, the Ray Tune vs Powell blend search, and the
 issue's targets: ensemble at least 0.01 below the best member, calibration never worse,
-Tune within 0.001 of Powell.
+Tune within 0.001 of Powell. From the run's summary.json it also copies the recipe's stage
+times and each train run's OOF log loss against the class prior and the out-of-fold prior
+(the README's demo figures).
 Usage: python benchmarks/bench_stack.py [--run runs/local]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -44,6 +47,7 @@ def main() -> None:
         "rows": report["rows"], "datasets": report["datasets"],
         "table": {name: {"log_loss": row["log_loss"], "accuracy": row["accuracy"], "per_dataset": row["per_dataset"]} for name, row in table.items()},
         "method": stack["method"], "calibrator": stack["calibrator"], "calibrator_per_fold": nested["calibrator_per_fold"],
+        "calibrator_cv_log_loss": {k: round(v, 4) for k, v in stack["calibrator_cv"].items()},
         "blend_search": stack["blend_search"],
         "targets": {
             "ensemble_gain_vs_best_member": {"value": report["ensemble_gain_vs_best_member"], "best_member": best, "target": 0.01,
@@ -53,6 +57,16 @@ def main() -> None:
             "tune_within_0.001_of_powell": {"value": stack["blend_search"]["tune_minus_powell"], "met": stack["blend_search"]["tune_minus_powell"] < 0.001},
         },
     }
+    summary_path = os.path.join(args.run, "summary.json")
+    if os.path.exists(summary_path):
+        summary = json.load(open(summary_path))
+        record["recipe"] = {
+            "command": "prefscale run --config configs/local.yaml",
+            "seconds_end_to_end": summary.get("elapsed_s", round(sum(summary["timings_s"].values()), 1)),
+            "stage_seconds": {k: round(v, 1) for k, v in summary["timings_s"].items()},
+            "train_runs": {k.split(":", 1)[1]: {m: v.get(m) for m in ("oof_log_loss", "prior_log_loss", "oof_prior_log_loss", "oof_accuracy", "oof_rows")}
+                           for k, v in summary["stages"].items() if k.startswith("train:")},
+        }
     write_result("stacking", record)
     print(record["targets"])
 

@@ -45,6 +45,8 @@ class TextConfig(Section):
     turn_separator: str = "\n\n"
     elision_marker: str = "[...]"
     weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    shared_prefix_to_prompt: bool = Field(True, description="answers' shared opening (earlier turns) is shown as prompt context")
+    min_shared_tokens: int = Field(8, ge=1)
 
     @field_validator("template")
     @classmethod
@@ -136,6 +138,11 @@ class TrainRunConfig(Section):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     fsdp: bool = Field(False, description="shard teachers too large for one GPU (GPU only; see README)")
+    tune_samples: int = Field(0, ge=0, description="Ray Tune trials of lr x LoRA rank on the first fold before training (ASHA); 0: no search")
+    tune_ranks: list[int] = Field(default_factory=lambda: [4, 8, 16, 32], description="LoRA ranks the search may pick (alpha = 2 x rank)")
+    tune_cpus_per_trial: float = Field(0.5, gt=0, description="fractional CPUs per trial (a trial also takes a GPU on use_gpu runs)")
+    tune_eval_rows: int = Field(256, gt=0, description="held-out battles scored at each checkpoint, the trials' metric")
+    head_init: Literal["prior", "random"] = Field("prior", description="prior: the head starts at the training class balance (zero weights, bias log prior)")
     max_failures: int = Field(2, ge=0)
     extra_train: list[str] = Field(default_factory=list, description="soft-labeled Parquet added to every fold (pseudolabels)")
     distill: DistillSection | None = None

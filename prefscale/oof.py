@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from prefscale.data import schema as S
-from prefscale.metrics import log_loss
+from prefscale.metrics import log_loss, out_of_fold_prior
 
 OOF_COLUMNS = [S.ID, S.FOLD, "model", *S.LOGITS, *S.PROBS]
 
@@ -32,6 +32,8 @@ def oof_table(ids: np.ndarray, folds: np.ndarray, name: str, probs: np.ndarray) 
 
 
 def oof_metrics(oof: pa.Table, battles: pa.Table) -> dict[str, Any]:
+    """OOF log loss beside two baselines: the class prior of all rows, and the out-of-fold
+    prior (each fold predicted by the other folds' balance, the fair one for OOF logits)."""
     frame = oof.to_pandas().set_index(S.ID).join(battles.to_pandas().set_index(S.ID)[list(S.LABEL_COLUMNS)], how="inner")
     labels = frame[list(S.LABEL_COLUMNS)].to_numpy()
     probs = frame[list(S.PROBS)].to_numpy()
@@ -39,6 +41,7 @@ def oof_metrics(oof: pa.Table, battles: pa.Table) -> dict[str, Any]:
     return {
         "oof_log_loss": round(log_loss(labels, probs), 4),
         "prior_log_loss": round(log_loss(labels, prior), 4),
+        "oof_prior_log_loss": round(log_loss(labels, out_of_fold_prior(labels, frame[S.FOLD].to_numpy())), 4),
         "oof_accuracy": round(float((labels.argmax(axis=1) == probs.argmax(axis=1)).mean()), 4),
         "training_rows_with_oof": int(len(frame)),
     }

@@ -43,19 +43,17 @@ def save_config(config: Config) -> None:
     write_bytes(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).encode(), os.path.join(config.run_dir, "config.yaml"))
 
 
-def run(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
+def prepare_battles(config: Config, timings: dict[str, float], log: Callable[[str], None] = print) -> dict[str, Any]:
+    """validate every training input, then split: <run_dir>/battles.parquet with folds."""
     out = config.run_dir
-    timings: dict[str, float] = {}
-    summary: dict[str, Any] = {"name": config.name, "run_dir": out, "stages": {}}
-    save_config(config)
+    stages: dict[str, Any] = {}
     options = ValidationOptions(lenient_json=config.data.lenient_json, max_chars=config.data.max_chars)
-
     clean_paths = []
     for uri in config.data.train:
         clean = os.path.join(out, "validated", f"{_stem(uri)}.parquet")
         rejects = os.path.join(out, "rejects", f"{_stem(uri)}.parquet")
         result = _timed(f"validate:{_stem(uri)}", timings, log, lambda: validate_file(uri, clean, rejects, options))
-        summary["stages"][f"validate:{_stem(uri)}"] = result
+        stages[f"validate:{_stem(uri)}"] = result
         log(f"  {result['rows']} rows: {result['clean']} clean, {result['rejected']} rejected {result['reasons']}")
         clean_paths.append(clean)
 
@@ -64,8 +62,19 @@ def run(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
         clean_paths, battles, os.path.join(out, "rejects", "duplicates.parquet"),
         folds=config.data.folds, seed=config.data.fold_seed, dedup=config.data.dedup, merge_labels=config.data.merge_duplicate_labels,
     ))
-    summary["stages"]["split"] = result
+    stages["split"] = result
     log(f"  {result['kept']} battles in {result['folds']} folds {result['fold_sizes']}, {result['duplicates']} duplicates")
+    return stages
+
+
+def run(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
+    started = time.perf_counter()
+    out = config.run_dir
+    timings: dict[str, float] = {}
+    summary: dict[str, Any] = {"name": config.name, "run_dir": out, "stages": {}}
+    save_config(config)
+    summary["stages"].update(prepare_battles(config, timings, log))
+    battles = os.path.join(out, "battles.parquet")
 
     if config.data.unlabeled:
         pairs_out = os.path.join(out, "unlabeled_pairs.parquet")
@@ -85,7 +94,7 @@ def run(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
         for name in config.train_order():
             result = _timed(f"train:{name}", timings, log, lambda name=name: train_run(config, name, log))
             summary["stages"][f"train:{name}"] = result
-            log(f"  OOF log loss {result['oof_log_loss']} vs class prior {result['prior_log_loss']} over {result['oof_rows']} battles")
+            log(f"  OOF log loss {result['oof_log_loss']} vs class prior {result['prior_log_loss']} (out of fold {result['oof_prior_log_loss']}) over {result['oof_rows']} battles")
 
     from prefscale.score.stages import pseudolabel_stage, score_stage
 
@@ -114,6 +123,7 @@ def run(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
         log(f"  report: {os.path.join(out, 'report', 'report.md')}")
 
     summary["timings_s"] = timings
+    summary["elapsed_s"] = round(time.perf_counter() - started, 1)
     write_json(summary, os.path.join(out, "summary.json"))
     return summary
 

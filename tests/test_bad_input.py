@@ -64,13 +64,12 @@ def test_model_path_without_weights(tmp_path, capsys, battles_path):
 
 
 def test_gpu_recipe_on_a_cluster_without_gpus(tmp_path, capsys, ray_local, battles_path, tiny_bert_path):
-    from prefscale.data.folds import assign_folds
-    from prefscale.io import write_table
-
-    write_table(assign_folds(pq.read_table(battles_path).slice(0, 16), 2), tmp_path / "run" / "battles.parquet")
+    """`prefscale train` on raw data first validates and splits it, then refuses the GPU run."""
+    pq.write_table(pq.read_table(battles_path).slice(0, 16), tmp_path / "x.parquet")
     path = write_config(tmp_path, model={"path": tiny_bert_path}, train={"big": {"use_gpu": True, "folds": [0]}})
     code, err = run(capsys, "train", "--config", path)
     assert code == 2 and "asks for GPUs but the Ray cluster has none" in err
+    assert pq.read_table(tmp_path / "run" / "battles.parquet").num_rows == 16  # the data stages ran
     assert not os.path.exists(tmp_path / "run" / "oof")
 
 

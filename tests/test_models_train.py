@@ -34,6 +34,40 @@ def test_qlora_nf4_lora_gradients_are_nonzero(path_fixture, request):
     assert head and all(float(g.abs().sum()) > 0 for g in head), "the head stays unquantized and trainable"
 
 
+def test_head_starts_at_the_class_prior_and_still_learns():
+    """Zero head weights + bias log(prior): every battle is first predicted at the prior, and
+    one step moves the head (its weights get a non-zero gradient despite starting at zero)."""
+    prior = [0.5, 0.3, 0.2]
+    model = build_trainable(MINILM, "fp32", LoraSettings(r=4, alpha=8), class_prior=prior)
+    ids, mask = batch(load_tokenizer(MINILM))
+    model.eval()
+    with torch.no_grad():
+        probs = torch.softmax(model(input_ids=ids, attention_mask=mask).logits, -1)
+    assert torch.allclose(probs, torch.tensor(prior).expand_as(probs), atol=1e-6)
+    model.train()
+    soft_cross_entropy(model(input_ids=ids, attention_mask=mask).logits, torch.tensor([[0.0, 1.0, 0.0]] * 4)).backward()
+    head = [p.grad for n, p in model.named_parameters() if p.requires_grad and "classifier" in n and n.endswith("weight")]
+    assert head and float(head[0].abs().sum()) > 0
+
+
+def test_swap_balanced_prior_is_symmetric_in_a_and_b():
+    from prefscale.train.loop import swap_balanced_prior
+
+    labels = np.array([[1.0, 0, 0]] * 3 + [[0, 0, 1.0]])
+    assert np.allclose(swap_balanced_prior(labels, 0.5), [0.375, 0.375, 0.25])
+    assert np.allclose(swap_balanced_prior(labels, 0.0), [0.75, 0.0, 0.25])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "nf4"])
+def test_gradient_checkpointing_keeps_lora_gradients(precision, tiny_llama_path):
+    model = build_trainable(tiny_llama_path, precision, LoraSettings(r=4, alpha=8), gradient_checkpointing=True)
+    model.train()
+    ids, mask = batch(load_tokenizer(tiny_llama_path))
+    soft_cross_entropy(model(input_ids=ids, attention_mask=mask).logits.float(), torch.tensor([[1.0, 0, 0], [0, 1.0, 0]] * 2)).backward()
+    lora_b = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(g is not None and float(g.abs().sum()) > 0 for g in lora_b)
+
+
 def test_distillation_loss_matches_its_formula():
     student, teacher = torch.tensor([[1.0, 0.0, -1.0]]), torch.tensor([[0.0, 2.0, 0.0]])
     labels = torch.tensor([[0.0, 1.0, 0.0]])

@@ -116,3 +116,12 @@ def test_a_member_missing_battles_is_an_error_not_a_silent_drop(tmp_path):
     assert load_stack_data(str(tmp_path), ["full"]).logp.shape == (10, 1, 3)
     with pytest.raises(PrefscaleError, match="lacks 3 of 10 battles"):
         load_stack_data(str(tmp_path), ["full", "part"])
+
+
+def test_out_of_fold_prior_never_uses_its_own_folds_labels():
+    from prefscale.metrics import out_of_fold_prior
+
+    labels = np.array([[1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+    folds = np.array([0, 0, 1, 1])
+    probs = out_of_fold_prior(labels, folds)
+    assert np.allclose(probs[:2], [0, 0.5, 0.5]) and np.allclose(probs[2:], [1.0, 0, 0])

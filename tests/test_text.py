@@ -79,3 +79,18 @@ def test_swap_mirrors_responses_models_and_labels():
     assert swap_battles(swap_battles(table)).equals(table)
     probs = np.array([[0.7, 0.2, 0.1]])
     assert unswap_probs(probs).tolist() == [[0.2, 0.7, 0.1]]
+
+
+def test_answers_shared_opening_moves_to_the_prompt_so_their_difference_shows(minilm_tokenizer):
+    """One transcript continued two ways: at 64 tokens both answers would show only the shared
+    part; moved to the prompt's front, each answer's grant starts where they differ."""
+    shared = "user: where is the white house? assistant: " + "it is a famous building " * 10
+    a, b = json.dumps([shared + "in washington"]), json.dumps([shared + "i do not know"])
+    decode = lambda options: minilm_tokenizer.decode(BattleFormatter(minilm_tokenizer, options).encode(['["latest question"]'], [a], [b]).input_ids[0])
+    moved = decode(TextOptions(max_length=64))
+    assert "washington" in moved and "i do not know" in moved and "latest question" in moved
+    kept = decode(TextOptions(max_length=64, shared_prefix_to_prompt=False))
+    assert "washington" not in kept and "i do not know" not in kept
+    same = json.dumps([shared])  # identical answers are left as they are
+    text = minilm_tokenizer.decode(BattleFormatter(minilm_tokenizer, TextOptions(max_length=64)).encode(['["q"]'], [same], [same]).input_ids[0])
+    assert text.count("white house") == 2

@@ -23,19 +23,29 @@ class LoraSettings:
 
 
 def build_trainable(path: str, precision: str = "fp32", lora: LoraSettings = LoraSettings(), trust_remote_code: bool = False,
-                    device_map: dict | None = None, gradient_checkpointing: bool = False, fsdp: bool = False):
-    """Load the base (quantized per ``precision``) and wrap it with LoRA adapters."""
+                    device_map: dict | None = None, gradient_checkpointing: bool = False, fsdp: bool = False,
+                    class_prior=None):
+    """Load the base (quantized per ``precision``) and wrap it with LoRA adapters.
+
+    ``class_prior`` (3 probabilities) starts the head at the prior: zero weights and bias
+    log(prior). A fresh head otherwise starts near uniform (log loss 1.099), and a short
+    fine-tune spends its first steps just learning the class balance.
+    """
     kwargs = quantization_kwargs(precision, fsdp=fsdp)
     quantized = "quantization_config" in kwargs
     if quantized:
         kwargs["device_map"] = device_map or {"": "cpu"}
     model = load_classifier(path, trust_remote_code, **kwargs)
+    if class_prior is not None:
+        init_head_at_prior(model, class_prior)
     if quantized:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
     elif gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # non-reentrant: gradients reach the adapters even though the frozen embeddings need none
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora.r == 0:
         return model
     from peft import LoraConfig, TaskType, get_peft_model
@@ -45,21 +55,45 @@ def build_trainable(path: str, precision: str = "fp32", lora: LoraSettings = Lor
     return get_peft_model(model, config)
 
 
+def init_head_at_prior(model, prior) -> None:
+    """Output layer weights to zero and bias to log(prior); heads without a bias keep their init."""
+    import torch
+
+    head = _output_layer(model)
+    if head.bias is None:
+        return
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.log(torch.as_tensor(prior, dtype=head.bias.dtype).clamp_min(1e-6)))
+
+
+def _output_layer(model):
+    """The Linear that emits the class logits (a head may be a small MLP, e.g. 'classifier.out_proj')."""
+    import torch
+
+    for name in HEAD_MODULES:
+        heads = [m for n, m in model.named_modules() if n.split(".")[-1] == name]
+        if heads:
+            linears = [m for m in heads[0].modules() if isinstance(m, torch.nn.Linear)]
+            return linears[-1]
+    raise ValueError(f"no classification head named one of {HEAD_MODULES}")
+
+
 def _has_module(model, name: str) -> bool:
     return any(n.split(".")[-1] == name for n, _ in model.named_modules())
 
 
 def trainable_state(model) -> dict:
     """The parameters training changes (adapters and head): what a checkpoint must hold."""
-    return {name: p.detach().cpu().contiguous() for name, p in _unwrap(model).named_parameters() if p.requires_grad}
+    return {name: p.detach().cpu().contiguous() for name, p in unwrap_ddp(model).named_parameters() if p.requires_grad}
 
 
 def load_trainable_state(model, state: dict) -> None:
-    missing = set(state) - {n for n, _ in _unwrap(model).named_parameters()}
+    missing = set(state) - {n for n, _ in unwrap_ddp(model).named_parameters()}
     if missing:
         raise ValueError(f"checkpoint has parameters the model lacks: {sorted(missing)[:3]}")
-    _unwrap(model).load_state_dict(state, strict=False)
+    unwrap_ddp(model).load_state_dict(state, strict=False)
 
 
-def _unwrap(model):
+def unwrap_ddp(model):
     return model.module if hasattr(model, "module") and not hasattr(model, "peft_config") else model

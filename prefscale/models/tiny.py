@@ -49,7 +49,9 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 512):
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", padding_side="left")
 
 
-def tiny_llama(directory: str, hidden: int = 32, layers: int = 2, seed: int = 0, texts: Iterable[str] = _CORPUS) -> str:
+def tiny_llama(directory: str, hidden: int = 64, layers: int = 2, seed: int = 0, texts: Iterable[str] = _CORPUS) -> str:
+    """hidden 64: on CPUs where bitsandbytes repacks 4-bit weights for its CPU kernel, every
+    layer's input width must be a multiple of its 64-wide quantization block."""
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from prefscale.data import schema as S
 from prefscale.io import read_table, write_bytes, write_json
-from prefscale.metrics import log_loss
+from prefscale.metrics import log_loss, out_of_fold_prior
 from prefscale.stack.data import StackData, load_stack_data
 from prefscale.stack.stage import stack_dir
 
@@ -30,6 +30,7 @@ def prediction_table(data: StackData, run_dir: str) -> dict[str, np.ndarray]:
     for label, kind in ENSEMBLE_COLUMNS.items():
         predictions[label] = ensemble[[f"{kind}_{c}" for c in S.CLASSES]].to_numpy()
     predictions["class prior"] = np.broadcast_to(data.labels.mean(axis=0), data.labels.shape)
+    predictions["class prior (out of fold)"] = out_of_fold_prior(data.labels, data.folds)
     return predictions
 
 
@@ -88,5 +89,7 @@ def _write_markdown(report: dict[str, Any], datasets: list[str], path: str) -> N
              "| model | log loss | accuracy | " + " | ".join(datasets) + " |", "|---|---|---|" + "---|" * len(datasets)]
     for name, row in report["table"].items():
         lines.append(f"| {name} | {row['log_loss']} | {row['accuracy']} | " + " | ".join(str(row["per_dataset"][d]) for d in datasets) + " |")
-    lines += ["", "![reliability](reliability.png)", ""]
+    lines += ["", "`class prior` predicts every battle at the balance of all rows, its own fold's labels included; "
+              "`class prior (out of fold)` uses the other folds' balance, as every OOF prediction must.", "",
+              "![reliability](reliability.png)", ""]
     write_bytes("\n".join(lines).encode(), path)

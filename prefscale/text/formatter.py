@@ -4,7 +4,9 @@ Layout: special tokens + template literals + three components (prompt, response 
 B). Each component is its turns joined by a separator. The budget left after the fixed parts
 is split by ``allocate``; a component over its grant keeps its most recent turns (cut at the
 start, marked with the elision marker), or the head of its last turn when that turn alone is
-too long (an answer's opening says the most about it).
+too long (an answer's opening says the most about it). When both answers start with the same
+tokens (shared earlier turns, one transcript continued two ways), that shared part moves to
+the front of the prompt: otherwise a short budget shows the model two identical openings.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ class TextOptions:
     turn_separator: str = "\n\n"
     elision_marker: str = "[...]"
     weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # prompt, response_a, response_b
+    # Answers that open with the same tokens (earlier turns of one conversation, a shared
+    # transcript) give that shared part to the prompt, so the answers' budget shows where they differ.
+    shared_prefix_to_prompt: bool = True
+    min_shared_tokens: int = 8
 
 
 def parse_template(template: str) -> list[tuple[str, str | None]]:
@@ -82,10 +88,8 @@ class BattleFormatter:
         return text if len(text) <= 2 * c else text[:c] + " " + text[-c:]
 
     def _fit(self, turns: list[list[int]], grant: int) -> tuple[list[int], bool]:
-        sep, marker = self._separator, self._marker
-        joined: list[int] = []
-        for index, turn in enumerate(turns):
-            joined += (sep if index else []) + turn
+        marker = self._marker
+        joined = self._join(turns)
         if len(joined) <= grant:
             return joined, False
         last = next((turn for turn in reversed(turns) if turn), [])  # the latest turn with text
@@ -112,9 +116,32 @@ class BattleFormatter:
             rows.append(components)
         return rows
 
+    def _join(self, turns: list[list[int]]) -> list[int]:
+        joined: list[int] = []
+        for index, turn in enumerate(turns):
+            joined += (self._separator if index else []) + turn
+        return joined
+
+    def _move_shared_prefix(self, components: list[list[list[int]]]) -> list[list[list[int]]]:
+        """[shared opening + prompt, rest of A, rest of B]; unchanged when little is shared or one
+        answer is wholly the other's opening (identical answers stay visible as such). The shared
+        part goes first so a prompt over its grant keeps its own latest turn, the question answered."""
+        prompt, a, b = components
+        joined_a, joined_b = self._join(a), self._join(b)
+        shared = 0
+        for x, y in zip(joined_a, joined_b):
+            if x != y:
+                break
+            shared += 1
+        if shared < self.options.min_shared_tokens or shared >= min(len(joined_a), len(joined_b)):
+            return components
+        return [[joined_a[:shared]] + [t for t in prompt if t], [joined_a[shared:]], [joined_b[shared:]]]
+
     def _assemble(self, rows: list[list[list[list[int]]]]) -> Encoded:
         out = Encoded([], [], [])
         for components in rows:
+            if self.options.shared_prefix_to_prompt:
+                components = self._move_shared_prefix(components)
             lengths = [sum(map(len, c)) + len(self._separator) * (len(c) - 1) if any(c) else 0 for c in components]
             grants = allocate(lengths, self.component_budget, self.options.weights)
             fitted = {}

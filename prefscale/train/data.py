@@ -43,6 +43,14 @@ def select_rows(train_path: str, fold: int | None, extra: list[str], max_rows: i
     return table.take(order[:max_rows] if max_rows else order)
 
 
+def select_heldout(train_path: str, fold: int, rows: int, seed: int) -> pa.Table:
+    """Up to ``rows`` labeled battles of the held-out fold, in a seeded random order."""
+    table = read_table(train_path, [S.ID, *S.TEXT_COLUMNS, *S.LABEL_COLUMNS, S.FOLD])
+    table = table.filter(pc.and_(pc.equal(table[S.FOLD], fold), pc.invert(pc.is_null(table["winner_model_a"]))))
+    order = np.random.default_rng(seed).permutation(table.num_rows)
+    return table.take(order[:rows])
+
+
 def teacher_logits(paths: list[str], ids: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
     """Teacher OOF logits aligned to ``ids``.
 

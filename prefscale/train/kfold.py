@@ -8,6 +8,7 @@ Reruns skip finished folds; an interrupted fold resumes from its latest Ray Trai
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -28,6 +29,7 @@ from prefscale.score.engine import run_score_job
 from prefscale.score.jobs import score_job
 from prefscale.score.models import ScoringModel
 from prefscale.train.loop import TrainSettings, train_loop_per_worker
+from prefscale.train.tune import tuned
 
 
 
@@ -52,7 +54,7 @@ def _settings(config: Config, name: str, run: TrainRunConfig, battles: str, fold
         cosine_weight=run.distill.cosine_weight if run.distill else 0.0, epochs=run.epochs, lr=run.lr, weight_decay=run.weight_decay,
         batch_size=run.batch_size, grad_accum=run.grad_accum, warmup_ratio=run.warmup_ratio, schedule=run.schedule,
         swap_prob=run.swap_prob, autocast=run.autocast, max_rows=run.max_rows, checkpoint_every=run.checkpoint_every, seed=run.seed + fold,
-        use_gpu=run.use_gpu, gradient_checkpointing=run.gradient_checkpointing, fsdp=run.fsdp,
+        use_gpu=run.use_gpu, gradient_checkpointing=run.gradient_checkpointing, fsdp=run.fsdp, head_init=run.head_init,
     )
 
 
@@ -99,12 +101,15 @@ def train_run(config: Config, name: str, log=print) -> dict[str, Any]:
     table = all_battles.select([S.ID, S.FOLD, *S.LABEL_COLUMNS])
     folds = run.folds if run.folds is not None else sorted(set(table.column(S.FOLD).to_pylist()))
     started = time.perf_counter()
-    lora = LoraSettings(**run.lora.model_dump())
+    best = _searched(config, name, _settings(config, name, run, battles, folds[0]), log) if run.tune_samples else None
+    lora = LoraSettings(**{**run.lora.model_dump(), **({"r": best["r"], "alpha": 2 * best["r"]} if best else {})})
     fold_reports = []
     for fold in folds:
         fold_dir = os.path.join(config.run_dir, "models", name, f"fold{fold}")
         model_dir, adapter = os.path.join(fold_dir, "model"), os.path.join(fold_dir, "adapter")
         settings = _settings(config, name, run, battles, fold)
+        if best:
+            settings = tuned(settings, best)
         metrics: dict = {"skipped": "already trained"}
         if not exists(os.path.join(model_dir, "config.json")):
             t0 = time.perf_counter()
@@ -112,22 +117,36 @@ def train_run(config: Config, name: str, log=print) -> dict[str, Any]:
             if os.path.exists(adapter):
                 shutil.rmtree(adapter)
             shutil.copytree(checkpoint, adapter)
-            export_merged(settings.model_path, lora, load_file(os.path.join(adapter, "trainable.safetensors")), model_dir, settings.trust_remote_code)
+            export_merged(settings.model_path, lora, load_file(os.path.join(adapter, "trainable.safetensors")), model_dir, settings.trust_remote_code,
+                          settings.precision)
             log(f"  [{name}] fold {fold} trained in {time.perf_counter() - t0:.1f}s")
         heldout = os.path.join(fold_dir, "heldout.parquet")
         write_table(all_battles.filter(pc.equal(pc.field(S.FOLD), fold)), heldout)
-        model = ScoringModel(name, model_dir, settings_text(settings), "fp32", settings.trust_remote_code)
+        # held-out folds are scored at the training precision: a QLoRA teacher's merged model is requantized, never fp32
+        model = ScoringModel(name, model_dir, settings_text(settings), settings.precision, settings.trust_remote_code)
         scored = run_score_job(score_job(config, heldout, os.path.join(config.run_dir, "oof", name, f"fold{fold}"), [model], tta=run.oof_tta, rows=None))
         fold_reports.append({"fold": fold, "oof_scored": scored["output_rows"],
                              **{k: metrics.get(k) for k in ("train_rows", "samples", "samples_per_s", "loss", "skipped") if k in metrics}})
     oof = gather_oof(config, name, folds)
     summary = {"name": name, "folds": fold_reports, "oof_path": oof_path(config.run_dir, name), "oof_rows": oof.num_rows, **oof_metrics(oof, table)}
+    if best:
+        summary["tuned"] = best
     if run.average != "none" and len(folds) > 1:
         adapters = [os.path.join(config.run_dir, "models", name, f"fold{f}", "adapter") for f in folds]
         summary["averaged_model"] = export_average(settings.model_path, lora, adapters, os.path.join(config.run_dir, "models", name, "averaged"),
-                                                   run.average, settings.trust_remote_code)
+                                                   run.average, settings.trust_remote_code, settings.precision)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     return summary
+
+
+def _searched(config: Config, name: str, settings: TrainSettings, log) -> dict[str, Any]:
+    """The Ray Tune search's best lr and rank: searched once, then read back on reruns."""
+    from prefscale.train.tune import tune_train_run
+
+    path = os.path.join(config.run_dir, "tune", f"{name}.json")
+    if exists(path):
+        return json.loads(open(path).read())["best"]
+    return tune_train_run(config, name, settings, log)["best"]
 
 
 def settings_text(settings: TrainSettings):

@@ -52,6 +52,8 @@ class TrainSettings:
     use_gpu: bool = False
     gradient_checkpointing: bool = False
     fsdp: bool = False
+    head_init: str = "prior"  # prior: the head starts at the training labels' class balance | random
+    eval_rows: int = 0  # > 0: log loss on this many held-out-fold battles at every checkpoint (Ray Tune's metric)
 
 
 def _batches(rows, settings: TrainSettings, epoch: int, world: int, rank: int):
@@ -63,6 +65,37 @@ def _batches(rows, settings: TrainSettings, epoch: int, world: int, rank: int):
     for start in range(0, full_batches * settings.batch_size, settings.batch_size):
         index = order[start : start + settings.batch_size]
         yield index, swaps[index]
+
+
+def heldout_log_loss(model, rows, pad: int, device, settings: TrainSettings) -> float:
+    """Log loss of the live model on held-out rows; leaves it in training mode.
+
+    A quantized model on CPU is evaluated with autograd on: bitsandbytes repacks 4-bit weights
+    on a CPU no-grad forward, after which training silently gets zero gradients.
+    """
+    import torch
+
+    from prefscale.metrics import log_loss
+    from prefscale.score.batching import pad_batch
+
+    quantized_on_cpu = settings.precision in ("int8", "nf4") and device.type == "cpu"
+    model.eval()
+    probs = []
+    with torch.set_grad_enabled(quantized_on_cpu):
+        for start in range(0, len(rows), settings.batch_size):
+            ids, mask = pad_batch(rows.input_ids[start : start + settings.batch_size], pad)
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+            probs.append(torch.softmax(logits, -1).detach().cpu().numpy())
+    model.train()
+    return log_loss(rows.labels, np.concatenate(probs))
+
+
+def swap_balanced_prior(labels: np.ndarray, swap_prob: float) -> np.ndarray:
+    """The class balance training actually sees: a swapped row's A and B labels trade places."""
+    from prefscale.text.swap import SWAP_ORDER
+
+    mean = labels.mean(axis=0)
+    return (1 - swap_prob) * mean + swap_prob * mean[SWAP_ORDER]
 
 
 def steps_per_epoch(rows: int, settings: TrainSettings, world: int) -> int:
@@ -77,11 +110,11 @@ def run_training(settings: TrainSettings, *, rank: int = 0, world: int = 1, loca
     from transformers import get_scheduler
 
     from prefscale.models.loading import load_tokenizer
-    from prefscale.models.lora import LoraSettings, build_trainable, load_trainable_state, trainable_state
+    from prefscale.models.lora import LoraSettings, build_trainable, load_trainable_state, trainable_state, unwrap_ddp
     from prefscale.score.batching import pad_batch
     from prefscale.text.formatter import BattleFormatter
     from prefscale.text.swap import SWAP_ORDER
-    from prefscale.train.data import build_rows, select_rows
+    from prefscale.train.data import build_rows, select_heldout, select_rows
     from prefscale.train.losses import LossWeights, distillation_loss
 
     torch.manual_seed(settings.seed)
@@ -90,9 +123,13 @@ def run_training(settings: TrainSettings, *, rank: int = 0, world: int = 1, loca
     formatter = BattleFormatter(tokenizer, TextOptions(**{**settings.text, "weights": tuple(settings.text.get("weights", (1, 1, 1)))}))
     rows = build_rows(select_rows(settings.train_path, settings.fold, settings.extra_train, settings.max_rows, settings.seed), formatter, settings.teachers)
 
+    heldout = None
+    if settings.eval_rows and settings.fold is not None:
+        heldout = build_rows(select_heldout(settings.train_path, settings.fold, settings.eval_rows, settings.seed), formatter, [])
+
     model = build_trainable(settings.model_path, settings.precision, LoraSettings(**settings.lora), settings.trust_remote_code,
                             device_map={"": device.index if device.type == "cuda" else "cpu"}, gradient_checkpointing=settings.gradient_checkpointing,
-                            fsdp=settings.fsdp)
+                            fsdp=settings.fsdp, class_prior=swap_balanced_prior(rows.labels, settings.swap_prob) if settings.head_init == "prior" else None)
     if settings.precision in ("fp32", "bf16", "fp16"):
         model.to(device)
     model = wrap(model) if wrap else model
@@ -118,6 +155,8 @@ def run_training(settings: TrainSettings, *, rank: int = 0, world: int = 1, loca
 
     def save_and_report(metrics: dict) -> None:
         directory = None
+        if heldout is not None and rank == 0:
+            metrics["heldout_log_loss"] = heldout_log_loss(unwrap_ddp(model), heldout, pad, device, settings)
         if rank == 0:
             directory = tempfile.mkdtemp(prefix="prefscale-ckpt-")
             save_file(trainable_state(model), os.path.join(directory, "trainable.safetensors"))
