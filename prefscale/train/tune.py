@@ -14,6 +14,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from prefscale.config import Config
+from prefscale.errors import PrefscaleError
 from prefscale.io import write_json
 from prefscale.train.loop import TrainSettings, run_training
 
@@ -50,7 +51,7 @@ def tune_train_run(config: Config, name: str, settings: TrainSettings, log=print
     trials = [{"lr": r.config["lr"], "r": int(r.config["r"]), "heldout_log_loss": r.metrics.get("heldout_log_loss"),
                "reports": r.metrics.get("training_iteration")} for r in results if r.metrics]
     if not trials:
-        raise RuntimeError(f"train.{name}: no Ray Tune trial reported; see the Ray logs")
+        raise PrefscaleError(f"train.{name}: no Ray Tune trial reported; see the Ray logs")
     most = max(t["reports"] for t in trials)
     best = min((t for t in trials if t["reports"] == most), key=lambda t: t["heldout_log_loss"])  # ASHA-stopped trials saw fewer steps
     summary = {"best": {"lr": best["lr"], "r": best["r"]}, "best_heldout_log_loss": best["heldout_log_loss"], "fold": settings.fold,
