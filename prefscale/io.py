@@ -147,6 +147,13 @@ def write_json(obj: Any, uri: str | os.PathLike[str]) -> None:
     write_bytes(json.dumps(obj, indent=2, sort_keys=True).encode(), uri)
 
 
+def read_json(uri: str | os.PathLike[str]) -> Any:
+    require_file(uri)
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as stream:
+        return json.loads(stream.read())
+
+
 def read_table(uri: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:
     require_file(uri)
     fs, path = resolve(uri)

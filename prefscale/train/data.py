@@ -37,18 +37,20 @@ def select_rows(train_path: str, fold: int | None, extra: list[str], max_rows: i
             raise PrefscaleError(f"{train_path} has no fold column; run `prefscale data split` first")
         table = table.filter(pc.not_equal(table[S.FOLD], fold))
     parts = [table.select(columns)] + [read_table(path).select(columns) for path in extra]
-    table = pa.concat_tables([p.cast(parts[0].schema) for p in parts])
-    table = table.filter(pc.invert(pc.is_null(table["winner_model_a"])))
-    order = np.random.default_rng(seed).permutation(table.num_rows)
-    return table.take(order[:max_rows] if max_rows else order)
+    return _labeled_sample(pa.concat_tables([p.cast(parts[0].schema) for p in parts]), max_rows, seed)
 
 
 def select_heldout(train_path: str, fold: int, rows: int, seed: int) -> pa.Table:
     """Up to ``rows`` labeled battles of the held-out fold, in a seeded random order."""
     table = read_table(train_path, [S.ID, *S.TEXT_COLUMNS, *S.LABEL_COLUMNS, S.FOLD])
-    table = table.filter(pc.and_(pc.equal(table[S.FOLD], fold), pc.invert(pc.is_null(table["winner_model_a"]))))
+    return _labeled_sample(table.filter(pc.equal(table[S.FOLD], fold)), rows, seed)
+
+
+def _labeled_sample(table: pa.Table, rows: int | None, seed: int) -> pa.Table:
+    """The labeled rows in a seeded random order, the first ``rows`` of them (all when None or 0)."""
+    table = table.filter(pc.invert(pc.is_null(table["winner_model_a"])))
     order = np.random.default_rng(seed).permutation(table.num_rows)
-    return table.take(order[:rows])
+    return table.take(order[:rows] if rows else order)
 
 
 def teacher_logits(paths: list[str], ids: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:

@@ -8,7 +8,6 @@ Reruns skip finished folds; an interrupted fold resumes from its latest Ray Trai
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -22,7 +21,7 @@ import pyarrow.compute as pc
 from prefscale.config import Config, TrainRunConfig
 from prefscale.data import schema as S
 from prefscale.errors import PrefscaleError
-from prefscale.io import absolute, exists, read_table, write_table
+from prefscale.io import absolute, exists, read_json, read_table, write_table
 from prefscale.models.lora import LoraSettings
 from prefscale.oof import OOF_COLUMNS, oof_metrics, oof_path
 from prefscale.score.engine import run_score_job
@@ -102,7 +101,6 @@ def train_run(config: Config, name: str, log=print) -> dict[str, Any]:
     folds = run.folds if run.folds is not None else sorted(set(table.column(S.FOLD).to_pylist()))
     started = time.perf_counter()
     best = _searched(config, name, _settings(config, name, run, battles, folds[0]), log) if run.tune_samples else None
-    lora = LoraSettings(**{**run.lora.model_dump(), **({"r": best["r"], "alpha": 2 * best["r"]} if best else {})})
     fold_reports = []
     for fold in folds:
         fold_dir = os.path.join(config.run_dir, "models", name, f"fold{fold}")
@@ -110,6 +108,7 @@ def train_run(config: Config, name: str, log=print) -> dict[str, Any]:
         settings = _settings(config, name, run, battles, fold)
         if best:
             settings = tuned(settings, best)
+        lora = LoraSettings(**settings.lora)
         metrics: dict = {"skipped": "already trained"}
         if not exists(os.path.join(model_dir, "config.json")):
             t0 = time.perf_counter()
@@ -145,7 +144,7 @@ def _searched(config: Config, name: str, settings: TrainSettings, log) -> dict[s
 
     path = os.path.join(config.run_dir, "tune", f"{name}.json")
     if exists(path):
-        return json.loads(open(path).read())["best"]
+        return read_json(path)["best"]
     return tune_train_run(config, name, settings, log)["best"]
 
 

@@ -22,8 +22,7 @@ from prefscale.train.loop import TrainSettings, run_training
 def _trial(params: dict[str, Any], base: dict[str, Any]) -> None:
     from ray import tune
 
-    rank = int(params["r"])
-    settings = TrainSettings(**{**base, "lr": float(params["lr"]), "lora": {**base["lora"], "r": rank, "alpha": 2 * rank}})
+    settings = tuned(TrainSettings(**base), {"lr": float(params["lr"]), "r": int(params["r"])})
     run_training(settings, report=lambda metrics, _directory: tune.report({k: v for k, v in metrics.items() if v is not None}))
 
 
