@@ -38,10 +38,15 @@ def battles(rows: int) -> pa.Table:
     return table.take(np.sort(rng.choice(table.num_rows, rows, replace=False)))
 
 
+def fixed_size_batches(count: int, batch_size: int) -> list[np.ndarray]:
+    """The naive alternative to token-budget batches, in input order."""
+    return [np.arange(s, min(s + batch_size, count)) for s in range(0, count, batch_size)]
+
+
 def bare_loop(model, pad_id: int, sequences: list[list[int]], batch_size: int) -> float:
     import torch
 
-    from prefscale.score.batching import pad_batch
+    from prefscale.batching import pad_batch
 
     started = time.perf_counter()
     with torch.inference_mode():
@@ -61,14 +66,15 @@ def main() -> None:
     import torch
 
     from prefscale.models.loading import load_classifier, load_tokenizer
-    from prefscale.score.batching import fixed_size_batches, padded_tokens, token_budget_batches
-    from prefscale.text.formatter import BattleFormatter, TextOptions
+    from prefscale.batching import padded_tokens, token_budget_batches
+    from prefscale.config import TextConfig
+    from prefscale.text.formatter import BattleFormatter
 
     table = battles(args.rows)
     torch.set_num_threads(2)
     tokenizer = load_tokenizer(MODEL)
     model = load_classifier(MODEL).eval()
-    text = TextOptions(max_length=args.max_length)
+    text = TextConfig(max_length=args.max_length)
     cells = [table.column(c).to_pylist() for c in ("prompt", "response_a", "response_b")]
 
     started = time.perf_counter()
@@ -81,19 +87,19 @@ def main() -> None:
 
     from prefscale.io import write_table
     from prefscale.ray_runtime import ensure_ray
-    from prefscale.score.engine import ScoreJob, run_score_job
-    from prefscale.score.models import ScoringModel
+    from prefscale.config import ScoreConfig
+    from prefscale.score.engine import score_battles
+    from prefscale.score.scoring_model import ScoringModel
 
     with tempfile.TemporaryDirectory() as tmp:
         write_table(table, os.path.join(tmp, "battles.parquet"))
         ensure_ray(None, num_cpus=2)
-        job = ScoreJob(input=os.path.join(tmp, "battles.parquet"), output=os.path.join(tmp, "scores"),
-                       models=[ScoringModel("minilm", MODEL, text)], tta=False, block_rows=256,
-                       max_tokens=best * args.max_length, actors=1, cpus_per_actor=1.0, format_cpus=0.5, threads_per_actor=2)
-        summary = run_score_job(job)
+        settings = ScoreConfig(tta=False, block_rows=256, max_tokens=best * args.max_length, actors=1, cpus_per_actor=1.0, format_cpus=0.5,
+                               threads_per_actor=2)
+        summary = score_battles(os.path.join(tmp, "battles.parquet"), os.path.join(tmp, "scores"), [ScoringModel("minilm", MODEL, text)], settings)
     ray_rate = summary["rows_per_s"]
 
-    lengths = np.array([len(s) for s in BattleFormatter(tokenizer, TextOptions(max_length=512)).encode(*cells).input_ids])
+    lengths = np.array([len(s) for s in BattleFormatter(tokenizer, TextConfig(max_length=512)).encode(*cells).input_ids])
     efficiency = {
         "token_budget_8192": lengths.sum() / padded_tokens(lengths, token_budget_batches(lengths, 8192)),
         "pad_to_longest_bs16": lengths.sum() / padded_tokens(lengths, fixed_size_batches(len(lengths), 16)),

@@ -1,14 +1,14 @@
 """The stacked, calibrated ensemble against its members on the shared real data.
 
 Reads a finished local run (5-fold OOF over human_pairs plus the Kaggle sample, from
-`make demo` or `prefscale run --config configs/local.yaml --out RUN`), reruns the stacking
+`make demo` or `prefscale run --config configs/local.yaml --run-dir RUN`), reruns the stacking
 stage on it (nested CV: every ensemble number is scored on folds its stacker, calibrator and
 rules never saw) and records the report table, the Ray Tune vs Powell blend search, and the
 issue's targets: ensemble at least 0.01 below the best member, calibration never worse,
 Tune within 0.001 of Powell. From the run's summary.json it also copies the recipe's stage
 times and each train run's OOF log loss against the class prior and the out-of-fold prior
 (the README's demo figures).
-Usage: python benchmarks/bench_stack.py [--run runs/local]
+Usage: python benchmarks/bench_stack.py [--run-dir runs/local]
 """
 
 from __future__ import annotations
@@ -25,25 +25,24 @@ from common import REPO, write_result  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--run", default=str(REPO / "runs" / "local"), help="run directory of a finished local run")
+    parser.add_argument("--run-dir", default=str(REPO / "runs" / "local"), help="run directory of a finished local run")
     args = parser.parse_args()
     from prefscale.config import load_config
-    from prefscale.predict import RUN_CONFIG
-    from prefscale.stack.report import write_report
-    from prefscale.stack.stage import run_stack
+    from prefscale.layout import RunLayout
+    from prefscale.pipeline import run_stages
 
-    config_path = os.path.join(args.run, RUN_CONFIG)
-    if not os.path.exists(config_path):
-        sys.exit(f"needs a finished run at {args.run}: run `make demo` first")
-    config = load_config(config_path).model_copy(update={"output_dir": args.run})
-    stack = run_stack(config, log=print)
-    report = write_report(args.run, config.stack_members())
+    layout = RunLayout(args.run_dir)
+    if not os.path.exists(layout.config):
+        sys.exit(f"needs a finished run at {args.run_dir}: run `make demo` first")
+    config = load_config(layout.config).model_copy(update={"output_dir": args.run_dir})
+    stages = run_stages(config, ["stack", "report"], log=print)["stages"]
+    stack, report = stages["stack"], stages["report"]
     table = report["table"]
     nested = stack["nested_cv"]
     best = report["best_member"]
     record = {
         "benchmark": "stacked + calibrated ensemble vs members, 5-fold OOF, nested CV, shared real data",
-        "command": "python benchmarks/bench_stack.py --run " + os.path.relpath(args.run, REPO),
+        "command": "python benchmarks/bench_stack.py --run-dir " + os.path.relpath(args.run_dir, REPO),
         "rows": report["rows"], "datasets": report["datasets"],
         "table": {name: {"log_loss": row["log_loss"], "accuracy": row["accuracy"], "per_dataset": row["per_dataset"]} for name, row in table.items()},
         "method": stack["method"], "calibrator": stack["calibrator"], "calibrator_per_fold": nested["calibrator_per_fold"],
@@ -57,9 +56,8 @@ def main() -> None:
             "tune_within_0.001_of_powell": {"value": stack["blend_search"]["tune_minus_powell"], "met": stack["blend_search"]["tune_minus_powell"] < 0.001},
         },
     }
-    summary_path = os.path.join(args.run, "summary.json")
-    if os.path.exists(summary_path):
-        summary = json.load(open(summary_path))
+    if os.path.exists(layout.summary):
+        summary = json.load(open(layout.summary))
         record["recipe"] = {
             "command": "prefscale run --config configs/local.yaml",
             "seconds_end_to_end": summary.get("elapsed_s", round(sum(summary["timings_s"].values()), 1)),

@@ -29,24 +29,23 @@ def main() -> None:
     args = parser.parse_args()
     if not SHARED_DATA.exists():
         sys.exit(f"needs {SHARED_DATA}")
-    from dataclasses import asdict
-
     import torch
 
-    from prefscale.data.stages import validate_file
-    from prefscale.train.loop import TrainSettings, run_training
+    from prefscale.config import ModelConfig, TextConfig, TrainRunConfig
+    from prefscale.data.files import validate_file
+    from prefscale.train.loop import FoldJob, run_training
 
     with tempfile.TemporaryDirectory() as tmp:
         battles = os.path.join(tmp, "battles.parquet")
         validate_file(str(SHARED_DATA / "human_pairs.parquet"), battles, os.path.join(tmp, "rejects.parquet"))
-        settings = TrainSettings(model_path=MODEL, train_path=battles, max_rows=args.rows, text={"max_length": 128}, batch_size=16,
-                                 checkpoint_every=10, lr=2e-4)
+        run = TrainRunConfig(max_rows=args.rows, batch_size=16, checkpoint_every=10, lr=2e-4)
+        job = FoldJob(run=run, model=ModelConfig(path=MODEL), text=TextConfig(max_length=128), battles=battles)
         torch.set_num_threads(2)
-        plain = run_training(settings)
-        from dataclasses import replace
+        plain = run_training(job)
 
-        probe = replace(settings, max_rows=64)  # bf16 is many times slower here: a short probe tells
-        fp32_probe, bf16 = run_training(probe), run_training(replace(probe, autocast="bf16"))
+        probe = run.model_copy(update={"max_rows": 64})  # bf16 is many times slower here: a short probe tells
+        fp32_probe = run_training(job.model_copy(update={"run": probe}))
+        bf16 = run_training(job.model_copy(update={"run": probe.model_copy(update={"autocast": "bf16"})}))
 
         import ray.train
         from ray.train.torch import TorchTrainer
@@ -55,7 +54,7 @@ def main() -> None:
         from prefscale.train.loop import train_loop_per_worker
 
         ensure_ray(None, num_cpus=2)
-        trainer = TorchTrainer(train_loop_per_worker, train_loop_config=asdict(settings),
+        trainer = TorchTrainer(train_loop_per_worker, train_loop_config=job.model_dump(),
                                scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 2}),
                                run_config=ray.train.RunConfig(name="bench", storage_path=os.path.join(tmp, "ray_train")))
         result = trainer.fit()

@@ -22,105 +22,97 @@ def _sibling(out: str, suffix: str) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> dict[str, Any]:
-    from prefscale.data.stages import validate_file
-    from prefscale.data.validate import ValidationOptions
+    from prefscale.config import ValidationConfig
+    from prefscale.data.files import validate_file
 
     out = args.out or _sibling(args.input, "clean")
     rejects = args.rejects or _sibling(out, "rejects")
-    return validate_file(args.input, out, rejects, ValidationOptions(lenient_json=args.lenient, max_chars=args.max_chars))
+    return validate_file(args.input, out, rejects, ValidationConfig(lenient_json=args.lenient, max_chars=args.max_chars))
 
 
 def cmd_split(args: argparse.Namespace) -> dict[str, Any]:
-    from prefscale.data.stages import split
+    from prefscale.data.files import split
 
     rejects = args.rejects or _sibling(args.out, "duplicates")
     return split(args.inputs, args.out, rejects, folds=args.folds, seed=args.seed, dedup=args.dedup, merge_labels=not args.no_merge)
 
 
 def cmd_pairs(args: argparse.Namespace) -> dict[str, Any]:
-    from prefscale.data.pairs import PairOptions
-    from prefscale.data.stages import make_pairs
+    from pydantic import ValidationError
 
-    options = PairOptions(
-        swap=args.swap,
-        sample_fraction=args.sample_fraction,
-        max_pairs_per_instruction=args.max_pairs_per_instruction,
-        max_instructions=args.max_instructions,
-        seed=args.seed,
-    )
-    if not 0 < options.sample_fraction <= 1:
-        raise PrefscaleError(f"--sample-fraction must be in (0, 1], got {options.sample_fraction}")
+    from prefscale.config import PairsConfig
+    from prefscale.data.files import make_pairs
+
+    try:
+        options = PairsConfig(swap=args.swap, sample_fraction=args.sample_fraction, max_pairs_per_instruction=args.max_pairs_per_instruction,
+                              max_instructions=args.max_instructions, seed=args.seed)
+    except ValidationError as exc:
+        raise PrefscaleError("; ".join(f"--{'-'.join(str(e['loc'][0]).split('_'))}: {e['msg']}" for e in exc.errors())) from None
     return make_pairs(args.input, args.out, options)
 
 
 def cmd_stats(args: argparse.Namespace) -> dict[str, Any]:
-    from prefscale.data.stages import stats
+    from prefscale.data.files import stats
 
     return stats(args.input)
 
 
+def _config(args: argparse.Namespace, **sections: dict[str, Any]):
+    """The config of --config, moved to --run-dir, with command-line overrides of whole sections' keys."""
+    from prefscale.config import load_config
+
+    config = load_config(args.config)
+    update: dict[str, Any] = {"output_dir": args.run_dir} if args.run_dir else {}
+    for section, values in sections.items():
+        values = {key: value for key, value in values.items() if value is not None}
+        if values:
+            update[section] = getattr(config, section).model_copy(update=values)
+    return config.model_copy(update=update) if update else config
+
+
+def _stages(args: argparse.Namespace, config, names: list[str] | None) -> dict[str, Any]:
+    from prefscale.pipeline import run_stages
+
+    return run_stages(config, names, log=_log(args))
+
+
 def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
-    from prefscale.config import load_config
-    from prefscale.pipeline import run
-
-    config = load_config(args.config)
-    if args.out:
-        config = config.model_copy(update={"output_dir": args.out})
-    return run(config, log=_log(args))
-
-
-def _config(args: argparse.Namespace):
-    from prefscale.config import load_config
-
-    config = load_config(args.config)
-    return config.model_copy(update={"output_dir": args.run_dir}) if getattr(args, "run_dir", None) else config
+    return _stages(args, _config(args), None)
 
 
 def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
-    from prefscale.score.stages import score_stage
-
-    overrides = {"rows": args.rows} if args.rows else {}
-    if args.no_tta:
-        overrides["tta"] = False
-    return score_stage(_config(args), args.input, args.out, **overrides)
+    config = _config(args, score={"input": args.input, "output": args.out, "rows": args.rows, "tta": False if args.no_tta else None})
+    return _stages(args, config, ["score"])
 
 
 def cmd_pseudolabel(args: argparse.Namespace) -> dict[str, Any]:
-    from prefscale.score.stages import pseudolabel_stage
-
-    config = _config(args)
-    return pseudolabel_stage(config, input_uri=args.input, score_dirs=args.scores or None, out_uri=args.out, rows=args.rows)
+    config = _config(args, pseudolabel={"input": args.input, "scores": args.scores, "output": args.out, "rows": args.rows})
+    return _stages(args, config, ["pseudolabel"])
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
-    from prefscale.train.stages import train_stage
-
-    return train_stage(_config(args), only=args.only, log=_log(args))
+    config = _config(args)
+    if not config.train:
+        raise PrefscaleError("the config has no train section; add one (see configs/local.yaml)")
+    if args.only:
+        if args.only not in config.train:
+            raise PrefscaleError(f"no train run named '{args.only}'; the config has {', '.join(config.train)}")
+        config = config.model_copy(update={"train": {args.only: config.train[args.only]}})
+    return _stages(args, config, ["train"])
 
 
 def cmd_members(args: argparse.Namespace) -> dict[str, Any]:
-    from prefscale.members.oof import train_members
-    from prefscale.ray_runtime import ensure_ray
-
-    config = _config(args)
-    ensure_ray(config.ray.address, config.ray.num_cpus, config.ray.object_store_mb)
-    return train_members(config, log=_log(args))
+    return _stages(args, _config(args), ["members"])
 
 
 def cmd_stack(args: argparse.Namespace) -> dict[str, Any]:
-    from prefscale.stack.report import write_report
-    from prefscale.stack.stage import run_stack
-
-    config = _config(args)
-    summary = run_stack(config, log=_log(args))
-    summary["report"] = write_report(config.run_dir, config.stack_members())
-    return summary
+    return _stages(args, _config(args), ["stack", "report"])
 
 
 def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
     from prefscale.predict import predict
 
-    return predict(args.run, args.input, args.out, log=_log(args))
+    return predict(args.run_dir, args.input, args.out, log=_log(args))
 
 
 def _log(args: argparse.Namespace):
@@ -137,8 +129,8 @@ def cmd_config_check(args: argparse.Namespace) -> dict[str, Any]:
 def _stage_parser(commands: Any, name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
     """A stage command: reads --config, may move the run directory with --run-dir."""
     parser = commands.add_parser(name, help=help_text)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--run-dir", help="override the config's run directory")
+    parser.add_argument("--config", required=True, help="YAML recipe (see configs/)")
+    parser.add_argument("--run-dir", help="run directory (default: the config's output_dir, else runs/<name>)")
     parser.set_defaults(func=func)
     return parser
 
@@ -181,10 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input")
     p.set_defaults(func=cmd_stats)
 
-    p = commands.add_parser("run", help="run the whole recipe from a config (the main job)")
-    p.add_argument("--config", required=True)
-    p.add_argument("--out", help="run directory (default: runs/<name>)")
-    p.set_defaults(func=cmd_run)
+    _stage_parser(commands, "run", "run the whole recipe from a config (the main job)", cmd_run)
 
     p = _stage_parser(commands, "score", "score battles with the config's models on a Ray Data actor pool (resumable)", cmd_score)
     p.add_argument("--input", help="battles Parquet (default: score.input or <run_dir>/battles.parquet)")
@@ -206,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     _stage_parser(commands, "stack", "stack and calibrate the members' OOF logits (nested CV), then write the report", cmd_stack)
 
     p = commands.add_parser("predict", help="apply a finished run's ensemble to new battles; writes a Kaggle submission CSV")
-    p.add_argument("--run", required=True, help="run directory of a finished `prefscale run`")
+    p.add_argument("--run-dir", required=True, help="run directory of a finished `prefscale run`")
     p.add_argument("--input", required=True, help="battles in any supported format (labels optional: log loss is printed when present)")
     p.add_argument("--out", required=True, help="submission CSV: id, winner_model_a, winner_model_b, winner_tie")
     p.set_defaults(func=cmd_predict)

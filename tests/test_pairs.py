@@ -3,7 +3,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from prefscale.data import schema as S
-from prefscale.data.pairs import PairOptions, count_distinct_pairs, generate_pairs, load_long_table
+from prefscale.config import PairsConfig
+from prefscale.data.pairs import count_distinct_pairs, generate_pairs, load_long_table
 from prefscale.data.readers import open_battles
 from prefscale.data.validate import Validator
 from prefscale.errors import PrefscaleError
@@ -17,7 +18,7 @@ LONG = pa.table(
 )
 
 
-def pairs(options=PairOptions()):
+def pairs(options=PairsConfig()):
     return pa.concat_tables(list(generate_pairs(LONG, options)))
 
 
@@ -30,7 +31,7 @@ def test_all_pairs_per_instruction_once():
 
 
 def test_swap_doubles_and_ids_stay_stable():
-    plain, swapped = pairs(), pairs(PairOptions(swap=True))
+    plain, swapped = pairs(), pairs(PairsConfig(swap=True))
     assert swapped.num_rows == 2 * plain.num_rows
     assert set(plain.column("id").to_pylist()) <= set(swapped.column("id").to_pylist())
     assert len(set(swapped.column("id").to_pylist())) == swapped.num_rows
@@ -38,11 +39,11 @@ def test_swap_doubles_and_ids_stay_stable():
 
 
 def test_sampling_options_are_seeded():
-    capped = pairs(PairOptions(max_pairs_per_instruction=2))
+    capped = pairs(PairsConfig(max_pairs_per_instruction=2))
     assert capped.num_rows == 4
-    sampled = pairs(PairOptions(sample_fraction=0.5, seed=3))
-    assert sampled.column("id").to_pylist() == pairs(PairOptions(sample_fraction=0.5, seed=3)).column("id").to_pylist()
-    assert pairs(PairOptions(max_instructions=1)).num_rows == 6
+    sampled = pairs(PairsConfig(sample_fraction=0.5, seed=3))
+    assert sampled.column("id").to_pylist() == pairs(PairsConfig(sample_fraction=0.5, seed=3)).column("id").to_pylist()
+    assert pairs(PairsConfig(max_instructions=1)).num_rows == 6
 
 
 def test_pairs_are_valid_unlabeled_battles(tmp_path):
@@ -62,5 +63,5 @@ def test_repeated_generator_is_an_error(tmp_path):
 def test_real_dump_has_the_documented_pair_count(alpacaeval):
     long = load_long_table(str(alpacaeval))
     assert count_distinct_pairs(long) == 1_622_880
-    first = next(generate_pairs(long, PairOptions(max_instructions=2)))
+    first = next(generate_pairs(long, PairsConfig(max_instructions=2)))
     assert first.num_rows == 2 * 2016

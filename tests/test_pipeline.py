@@ -31,7 +31,7 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     out = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "prefscale.cli", "run", "--config", str(path), "--out", str(out), "--json"],
+    result = subprocess.run([sys.executable, "-m", "prefscale.cli", "run", "--config", str(path), "--run-dir", str(out), "--json"],
                             capture_output=True, text=True, cwd=REPO, timeout=900, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -60,7 +60,7 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
     assert (out / "report" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
 
     submission = tmp_path / "submission.csv"
-    result = subprocess.run([sys.executable, "-m", "prefscale.cli", "predict", "--run", str(out), "--input", str(kaggle_sample),
+    result = subprocess.run([sys.executable, "-m", "prefscale.cli", "predict", "--run-dir", str(out), "--input", str(kaggle_sample),
                              "--out", str(submission), "--json"], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     predicted = json.loads(result.stdout.strip().splitlines()[-1])

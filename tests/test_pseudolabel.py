@@ -8,8 +8,9 @@ from prefscale.data.pairs import generate_pairs
 from prefscale.data.readers import open_battles
 from prefscale.data.validate import Validator
 from prefscale.io import write_table
-from prefscale.score.engine import SCORE_SCHEMA
-from prefscale.score.pseudolabel import PseudolabelOptions, ensemble, write_pseudolabels
+from prefscale.artifacts import SCORE_SCHEMA
+from prefscale.config import PseudolabelConfig
+from prefscale.score.pseudolabel import ensemble, write_pseudolabels
 
 LONG = pa.table({"instruction": ["i"] * 5, "generator": list("abcde"), "output": list("vwxyz")})
 
@@ -44,7 +45,7 @@ def test_ensemble_averages_models_and_scores_agreement(setup):
 def test_every_battle_is_labeled_or_rejected_with_a_reason(setup):
     tmp, ids, mean = setup
     summary = write_pseudolabels(str(tmp / "pairs.parquet"), [str(tmp / "s1"), str(tmp / "s2")], str(tmp / "pl.parquet"),
-                                 str(tmp / "rej.parquet"), PseudolabelOptions(min_confidence=0.5))
+                                 str(tmp / "rej.parquet"), PseudolabelConfig(min_confidence=0.5))
     labeled, rejects = pq.read_table(tmp / "pl.parquet"), pq.read_table(tmp / "rej.parquet")
     assert labeled.num_rows + rejects.num_rows == 10 == summary["battles"]
     assert rejects.filter(pa.compute.equal(rejects["id"], ids[9])).column("reject_reason").to_pylist() == ["unscored"]
@@ -59,7 +60,7 @@ def test_every_battle_is_labeled_or_rejected_with_a_reason(setup):
 def test_uniform_balance_evens_out_top_classes(setup):
     tmp, ids, _ = setup
     write_pseudolabels(str(tmp / "pairs.parquet"), [str(tmp / "s1")], str(tmp / "pl.parquet"), str(tmp / "rej.parquet"),
-                       PseudolabelOptions(balance="uniform"))
+                       PseudolabelConfig(balance="uniform"))
     labels = S.label_matrix(pq.read_table(tmp / "pl.parquet")).argmax(axis=1)
     counts = np.bincount(labels, minlength=3)
     assert counts.max() - counts.min() <= 1

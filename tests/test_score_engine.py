@@ -14,21 +14,22 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from battle_tables import swap_battles
 from conftest import ProcessKiller
+from prefscale.artifacts import read_parts
+from prefscale.config import ScoreConfig, TextConfig
 from prefscale.data import schema as S
 from prefscale.io import write_table
-from prefscale.score.engine import ScoreJob, read_parts, run_score_job
-from prefscale.score.models import ScoringModel
-from prefscale.text.formatter import TextOptions
-from prefscale.text.swap import swap_battles
+from prefscale.score.engine import score_battles
+from prefscale.score.scoring_model import ScoringModel
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def job(input_path, output, models, **kw):
+def score(input_path, output, models, **kw):
     defaults = dict(block_rows=16, part_rows=32, cpus_per_actor=0.5, format_cpus=0.25, threads_per_actor=1)
-    return ScoreJob(input=input_path, output=str(output), models=models, **{**defaults, **kw})
+    return score_battles(input_path, str(output), models, ScoreConfig(**{**defaults, **kw}))
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +44,8 @@ def ids_of(path):
 
 
 def test_scores_every_id_once_with_two_models_in_one_pass(ray_local, small_battles, tiny_bert_path, tiny_llama_path, tmp_path):
-    models = [ScoringModel("bert", tiny_bert_path, TextOptions(max_length=64)), ScoringModel("llama", tiny_llama_path, TextOptions(max_length=96))]
-    summary = run_score_job(job(small_battles, tmp_path / "out", models))
+    models = [ScoringModel("bert", tiny_bert_path, TextConfig(max_length=64)), ScoringModel("llama", tiny_llama_path, TextConfig(max_length=96))]
+    summary = score(small_battles, tmp_path / "out", models)
     scores = read_parts(str(tmp_path / "out")).to_pandas()
     assert summary["scored"] == 64 and summary["output_rows"] == 128
     for name in ("bert", "llama"):
@@ -60,9 +61,9 @@ def test_swap_tta_is_symmetric_on_real_battles(ray_local, small_battles, tiny_be
     table = pq.read_table(small_battles).slice(0, 24)
     write_table(table, tmp_path / "a.parquet")
     write_table(swap_battles(table), tmp_path / "b.parquet")
-    model = [ScoringModel("bert", tiny_bert_path, TextOptions(max_length=64))]
-    run_score_job(job(str(tmp_path / "a.parquet"), tmp_path / "sa", model))
-    run_score_job(job(str(tmp_path / "b.parquet"), tmp_path / "sb", model))
+    model = [ScoringModel("bert", tiny_bert_path, TextConfig(max_length=64))]
+    score(str(tmp_path / "a.parquet"), tmp_path / "sa", model)
+    score(str(tmp_path / "b.parquet"), tmp_path / "sb", model)
     a = read_parts(str(tmp_path / "sa")).to_pandas().set_index("id").sort_index()
     b = read_parts(str(tmp_path / "sb")).to_pandas().set_index("id").sort_index()
     assert np.allclose(a[["prob_a", "prob_b", "prob_tie"]].to_numpy(), b[["prob_b", "prob_a", "prob_tie"]].to_numpy(), atol=1e-5)
@@ -74,7 +75,7 @@ def test_unformattable_rows_go_to_rejects(ray_local, small_battles, tiny_bert_pa
     prompts[3] = '["cut off'
     table = table.set_column(table.schema.get_field_index("prompt"), "prompt", pa.array(prompts, pa.string()))
     write_table(table, tmp_path / "raw.parquet")
-    summary = run_score_job(job(str(tmp_path / "raw.parquet"), tmp_path / "out", [ScoringModel("bert", tiny_bert_path, TextOptions(max_length=64))]))
+    summary = score(str(tmp_path / "raw.parquet"), tmp_path / "out", [ScoringModel("bert", tiny_bert_path, TextConfig(max_length=64))])
     rejects = pq.read_table(tmp_path / "out" / "_rejects")
     assert summary["scored"] == 19 and summary["rejected"] == 1
     assert rejects.column("id").to_pylist() == [table.column("id")[3].as_py()]
@@ -82,9 +83,9 @@ def test_unformattable_rows_go_to_rejects(ray_local, small_battles, tiny_bert_pa
 
 
 def test_killed_actor_is_replaced_and_no_row_is_lost_or_doubled(ray_local, battles_path, tiny_bert_path, tmp_path):
-    models = [ScoringModel("bert", tiny_bert_path, TextOptions(max_length=256))]
+    models = [ScoringModel("bert", tiny_bert_path, TextConfig(max_length=256))]
     with ProcessKiller("ModelScorer", ready=lambda: (tmp_path / "out").exists(), timeout=60) as killer:
-        summary = run_score_job(job(battles_path, tmp_path / "out", models, block_rows=8, part_rows=8))
+        summary = score(battles_path, tmp_path / "out", models, block_rows=8, part_rows=8)
     assert killer.killed, "no scorer actor was found to kill"
     assert summary["output_rows"] == summary["unique_ids"] == 200
     assert sorted(read_parts(str(tmp_path / "out")).column("id").to_pylist()) == ids_of(battles_path)
@@ -109,7 +110,7 @@ def test_interrupted_job_resumes_scoring_only_missing_ids(battles_path, tmp_path
 
     second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-2000:]
-    summary = json.loads(second.stdout.strip().splitlines()[-1])
+    summary = json.loads(second.stdout.strip().splitlines()[-1])["stages"]["score"]
     assert summary["already_done"] == done_before
     assert summary["scored"] == 200 - done_before
     assert summary["output_rows"] == summary["unique_ids"] == 200

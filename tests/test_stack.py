@@ -6,7 +6,7 @@ import pytest
 from scipy.special import log_softmax
 
 from prefscale.data import schema as S
-from prefscale.members.models import SWAP_CLASSES
+from prefscale.data.schema import SWAP_ORDER
 from prefscale.metrics import log_loss
 from prefscale.stack.blend import blend_loss, powell_weights
 from prefscale.stack.calibration import CALIBRATORS, TemperatureCalibrator, choose_calibrator
@@ -51,7 +51,7 @@ def test_logistic_stacker_is_swap_symmetric():
     data = synthetic()
     stacker = LogisticStacker().fit(data.logp[:2000], data.labels[:2000])
     probs = stacker.predict_proba(data.logp[2000:])
-    np.testing.assert_allclose(stacker.predict_proba(data.logp[2000:][:, :, SWAP_CLASSES]), probs[:, SWAP_CLASSES], atol=1e-9)
+    np.testing.assert_allclose(stacker.predict_proba(data.logp[2000:][:, :, SWAP_ORDER]), probs[:, SWAP_ORDER], atol=1e-9)
     assert log_loss(data.labels[2000:], probs) < log_loss(data.labels[2000:], np.exp(data.logp[2000:, 0]))
 
 
@@ -105,7 +105,8 @@ def test_degenerate_rules_are_fitted_on_data_and_stay_off_when_rare():
 def test_a_member_missing_battles_is_an_error_not_a_silent_drop(tmp_path):
     from prefscale.errors import PrefscaleError
     from prefscale.io import write_table
-    from prefscale.oof import oof_table
+    from prefscale.artifacts import oof_table
+    from prefscale.layout import RunLayout
     from prefscale.stack.data import load_stack_data
 
     ids = np.arange(10)
@@ -113,9 +114,9 @@ def test_a_member_missing_battles_is_an_error_not_a_silent_drop(tmp_path):
     write_table(battles, tmp_path / "battles.parquet")
     write_table(oof_table(ids, ids % 2, "full", np.full((10, 3), 1 / 3)), tmp_path / "oof" / "full.parquet")
     write_table(oof_table(ids[:7], ids[:7] % 2, "part", np.full((7, 3), 1 / 3)), tmp_path / "oof" / "part.parquet")
-    assert load_stack_data(str(tmp_path), ["full"]).logp.shape == (10, 1, 3)
+    assert load_stack_data(RunLayout(str(tmp_path)), ["full"]).logp.shape == (10, 1, 3)
     with pytest.raises(PrefscaleError, match="lacks 3 of 10 battles"):
-        load_stack_data(str(tmp_path), ["full", "part"])
+        load_stack_data(RunLayout(str(tmp_path)), ["full", "part"])
 
 
 def test_out_of_fold_prior_never_uses_its_own_folds_labels():

@@ -8,8 +8,11 @@ from hypothesis import strategies as st
 
 from prefscale.data import schema as S
 from prefscale.text.budget import allocate
-from prefscale.text.formatter import BattleFormatter, TextOptions, parse_template
-from prefscale.text.swap import swap_battles, unswap_probs
+from prefscale.config import TextConfig
+from prefscale.text.formatter import BattleFormatter
+from prefscale.text.template import parse_template
+from battle_tables import swap_battles
+from prefscale.score.tta import unswap_probs
 
 
 @given(st.lists(st.integers(0, 5000), min_size=3, max_size=3), st.integers(0, 3000),
@@ -38,7 +41,7 @@ def test_short_component_budget_flows_to_the_others():
 def test_formatted_battles_fit_and_keep_every_nonempty_component(minilm_tokenizer, data, max_length):
     n = data.draw(st.integers(1, 4))
     cells = [data.draw(st.lists(st.text(max_size=300), min_size=n, max_size=n)) for _ in range(3)]
-    formatter = BattleFormatter(minilm_tokenizer, TextOptions(max_length=max_length))
+    formatter = BattleFormatter(minilm_tokenizer, TextConfig(max_length=max_length))
     encoded = formatter.encode(*[[json.dumps(c)] for c in cells])
     ids = encoded.input_ids[0]
     assert len(ids) <= max_length
@@ -49,7 +52,7 @@ def test_formatted_battles_fit_and_keep_every_nonempty_component(minilm_tokenize
 
 
 def test_long_conversation_keeps_recent_turns_and_marks_elision(minilm_tokenizer):
-    formatter = BattleFormatter(minilm_tokenizer, TextOptions(max_length=64))
+    formatter = BattleFormatter(minilm_tokenizer, TextConfig(max_length=64))
     prompt = json.dumps([f"old question {i} " + "filler " * 20 for i in range(5)] + ["newest question"])
     response = json.dumps(["answer"] * 6)
     text = minilm_tokenizer.decode(formatter.encode([prompt], [response], [response]).input_ids[0])
@@ -58,14 +61,14 @@ def test_long_conversation_keeps_recent_turns_and_marks_elision(minilm_tokenizer
 
 
 def test_single_long_answer_keeps_its_head(minilm_tokenizer):
-    formatter = BattleFormatter(minilm_tokenizer, TextOptions(max_length=48))
+    formatter = BattleFormatter(minilm_tokenizer, TextConfig(max_length=48))
     answer = json.dumps(["beginning " + "middle " * 300 + "ending"])
     text = minilm_tokenizer.decode(formatter.encode(['["q"]'], [answer], ['["b"]']).input_ids[0])
     assert "beginning" in text and "ending" not in text
 
 
 def test_template_is_configurable_and_checked(minilm_tokenizer):
-    formatter = BattleFormatter(minilm_tokenizer, TextOptions(template="Q {prompt} A {response_a} B {response_b}"))
+    formatter = BattleFormatter(minilm_tokenizer, TextConfig(template="Q {prompt} A {response_a} B {response_b}"))
     assert minilm_tokenizer.decode(formatter.encode(['["x"]'], ['["y"]'], ['["z"]']).input_ids[0]) == "[CLS] q x a y b z [SEP]"
     with pytest.raises(ValueError, match="once"):
         parse_template("{prompt} {response_a}")
@@ -87,10 +90,10 @@ def test_answers_shared_opening_moves_to_the_prompt_so_their_difference_shows(mi
     shared = "user: where is the white house? assistant: " + "it is a famous building " * 10
     a, b = json.dumps([shared + "in washington"]), json.dumps([shared + "i do not know"])
     decode = lambda options: minilm_tokenizer.decode(BattleFormatter(minilm_tokenizer, options).encode(['["latest question"]'], [a], [b]).input_ids[0])
-    moved = decode(TextOptions(max_length=64))
+    moved = decode(TextConfig(max_length=64))
     assert "washington" in moved and "i do not know" in moved and "latest question" in moved
-    kept = decode(TextOptions(max_length=64, shared_prefix_to_prompt=False))
+    kept = decode(TextConfig(max_length=64, shared_prefix_to_prompt=False))
     assert "washington" not in kept and "i do not know" not in kept
     same = json.dumps([shared])  # identical answers are left as they are
-    text = minilm_tokenizer.decode(BattleFormatter(minilm_tokenizer, TextOptions(max_length=64)).encode(['["q"]'], [same], [same]).input_ids[0])
+    text = minilm_tokenizer.decode(BattleFormatter(minilm_tokenizer, TextConfig(max_length=64)).encode(['["q"]'], [same], [same]).input_ids[0])
     assert text.count("white house") == 2

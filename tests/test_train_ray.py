@@ -2,35 +2,42 @@
 
 import os
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from conftest import ProcessKiller
 from prefscale.config import Config
+from prefscale.data.folds import assign_folds
 from prefscale.io import write_table
 
 pytestmark = pytest.mark.slow
 
 
+def one_run_config(tmp_path, battles_path, rows: int, block_rows: int, **teacher) -> Config:
+    """A config with one train run 'teacher' over the first ``rows`` real battles in 3 folds."""
+    table = assign_folds(pq.read_table(battles_path).slice(0, rows), 3)
+    assert set(teacher["folds"]) <= set(table.column("fold").to_pylist())
+    write_table(table, tmp_path / "battles.parquet")
+    return Config.model_validate({
+        "name": "t", "output_dir": str(tmp_path), "data": {"train": ["unused"]}, "text": {"max_length": 48},
+        "score": {"block_rows": block_rows, "cpus_per_actor": 0.5, "format_cpus": 0.25, "threads_per_actor": 1},
+        "train": {"teacher": {"batch_size": 8, "cpus_per_worker": 0.5, **teacher}},
+    })
+
+
 def test_killed_worker_resumes_from_checkpoint_and_every_oof_row_appears_once(ray_local, battles_path, tiny_bert_path, tmp_path):
     from prefscale.train.kfold import train_run
 
-    from prefscale.data.folds import assign_folds
-
-    table = assign_folds(pq.read_table(battles_path).slice(0, 96), 3)
-    write_table(table, tmp_path / "battles.parquet")
-    folds = sorted(set(table.column("fold").to_pylist()))[:2]
-    config = Config.model_validate({
-        "name": "t", "output_dir": str(tmp_path), "data": {"train": ["unused"]}, "text": {"max_length": 48},
-        "score": {"block_rows": 32, "cpus_per_actor": 0.5, "format_cpus": 0.25, "threads_per_actor": 1},
-        "train": {"teacher": {"model": {"path": tiny_bert_path}, "folds": folds, "epochs": 6, "batch_size": 8, "checkpoint_every": 2,
-                              "workers": 2, "cpus_per_worker": 0.5, "max_failures": 3, "oof_tta": False, "average": "exact"}},
-    })
+    folds = [0, 1]
+    config = one_run_config(tmp_path, battles_path, 96, 32, model={"path": tiny_bert_path}, folds=folds, epochs=6, checkpoint_every=2, workers=2,
+                            max_failures=3, oof_tta=False, average="exact")
     first_checkpoint = lambda: bool(list((tmp_path / "ray_train" / f"teacher-fold{folds[0]}").glob("checkpoint_*")))
     with ProcessKiller("RayTrainWorker", ready=first_checkpoint) as killer:
         summary = train_run(config, "teacher", log=lambda line: None)
     assert killer.killed, "no training worker was killed"
     oof = pq.read_table(tmp_path / "oof" / "teacher.parquet")
+    table = pq.read_table(tmp_path / "battles.parquet")
     expected = sorted(i for i, f in zip(table.column("id").to_pylist(), table.column("fold").to_pylist()) if f in folds)
     assert sorted(oof.column("id").to_pylist()) == expected  # every held-out row exactly once
     assert summary["oof_rows"] == len(expected)
@@ -44,19 +51,11 @@ def test_ray_tune_picks_lr_and_lora_rank_and_training_uses_them(ray_local, battl
 
     from safetensors.torch import load_file
 
-    from prefscale.data.folds import assign_folds
     from prefscale.train.kfold import train_run
 
-    table = assign_folds(pq.read_table(battles_path).slice(0, 120), 3)
-    write_table(table, tmp_path / "battles.parquet")
-    fold = sorted(set(table.column("fold").to_pylist()))[0]
-    config = Config.model_validate({
-        "name": "t", "output_dir": str(tmp_path), "data": {"train": ["unused"]}, "text": {"max_length": 48},
-        "score": {"block_rows": 64, "cpus_per_actor": 0.5, "format_cpus": 0.25, "threads_per_actor": 1},
-        "train": {"teacher": {"model": {"path": tiny_bert_path}, "folds": [fold], "max_rows": 64, "batch_size": 8, "checkpoint_every": 2,
-                              "workers": 1, "cpus_per_worker": 0.5, "oof_tta": False, "average": "none",
-                              "tune_samples": 4, "tune_ranks": [2, 4], "tune_eval_rows": 32}},
-    })
+    fold = 0
+    config = one_run_config(tmp_path, battles_path, 120, 64, model={"path": tiny_bert_path}, folds=[fold], max_rows=64, checkpoint_every=2,
+                            workers=1, oof_tta=False, average="none", tune_samples=4, tune_ranks=[2, 4], tune_eval_rows=32)
     summary = train_run(config, "teacher", log=lambda line: None)
     search = json.loads((tmp_path / "tune" / "teacher.json").read_text())
     assert len(search["trials"]) == 4 and all(t["heldout_log_loss"] > 0 for t in search["trials"])
@@ -64,3 +63,44 @@ def test_ray_tune_picks_lr_and_lora_rank_and_training_uses_them(ray_local, battl
     adapter = load_file(str(tmp_path / "models" / "teacher" / f"fold{fold}" / "adapter" / "trainable.safetensors"))
     ranks = {t.shape[0] for n, t in adapter.items() if "lora_A" in n}
     assert ranks == {search["best"]["r"]}
+    predicted_equals_oof(config, "teacher", fold)  # an fp32 run, without TTA
+
+
+def predicted_equals_oof(config, name: str, fold: int) -> None:
+    """predict's neural path on a held-out fold gives the OOF rows' probabilities: one model
+    resolver, so the same model, precision, text options and TTA."""
+    from prefscale.predict import neural_probs
+
+    layout = config.layout
+    oof = pq.read_table(layout.oof(name)).to_pandas().set_index("id")
+    predicted = neural_probs(config, name, layout.heldout(name, fold), "equality-check")
+    assert sorted(predicted) == sorted(oof.index)
+    np.testing.assert_allclose(np.stack([predicted[i] for i in oof.index]), oof[["prob_a", "prob_b", "prob_tie"]].to_numpy(), atol=2e-4)
+
+
+def fp32_differs_from_oof(config, name: str, fold: int) -> float:
+    """Largest probability difference between the OOF rows and the same model scored in fp32, in process."""
+    import dataclasses
+
+    from prefscale.score.encode import encode_battles
+    from prefscale.score.scorer import ModelScorer
+    from prefscale.score.scoring_model import train_run_models
+    from prefscale.score.tta import softmax
+
+    model = dataclasses.replace(train_run_models(config, name)[0], precision="fp32")
+    heldout = pq.read_table(config.layout.heldout(name, fold))
+    scored = ModelScorer(model, max_tokens=4096, threads=1)(encode_battles(heldout, [model], tta=True))
+    logits = np.stack([scored.column(model.column(c)).to_numpy() for c in ("logit_a", "logit_b", "logit_tie")], axis=1)
+    oof = pq.read_table(config.layout.oof(name)).to_pandas().set_index("id").loc[scored.column("id").to_numpy()]
+    return float(np.abs(softmax(logits.astype(np.float64)) - oof[["prob_a", "prob_b", "prob_tie"]].to_numpy()).max())
+
+
+def test_predict_scores_training_battles_as_the_nf4_oof_did(ray_local, battles_path, tiny_llama_path, tmp_path):
+    """A QLoRA run: held-out folds and predict both score the merged model 4-bit, with swap TTA."""
+    from prefscale.train.kfold import train_run
+
+    config = one_run_config(tmp_path, battles_path, 60, 16, model={"path": tiny_llama_path, "precision": "nf4"}, folds=[0], max_rows=16,
+                            checkpoint_every=100, workers=1, oof_tta=True, average="none")
+    train_run(config, "teacher", log=lambda line: None)
+    predicted_equals_oof(config, "teacher", 0)
+    assert fp32_differs_from_oof(config, "teacher", 0) > 1e-3  # so the equality above holds only at the run's precision

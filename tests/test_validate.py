@@ -5,7 +5,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from prefscale.data import schema as S
-from prefscale.data.validate import REASONS, ValidationOptions, Validator
+from prefscale.config import ValidationConfig
+from prefscale.data.validate import REASONS, Validator
 
 
 def battle(i=1, prompt='["hi"]', a='["hello"]', b='["hey"]', labels=(1, 0, 0), **extra):
@@ -39,7 +40,7 @@ def text_batch(rows):
 
 
 def run(rows, **options):
-    validator = Validator(ValidationOptions(**{"max_chars": 300, **options}))
+    validator = Validator(ValidationConfig(**{"max_chars": 300, **options}))
     batch = text_batch(rows)
     clean, rejects = validator.validate_batch(batch)
     return clean, rejects, validator

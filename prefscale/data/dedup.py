@@ -60,7 +60,7 @@ def _merge(table: pa.Table, kept: pa.Table, group_of: np.ndarray, swapped: np.nd
     labels = S.label_matrix(table)
     oriented = labels.copy()
     flip = swapped != swapped[group_of]
-    oriented[flip] = oriented[flip][:, [1, 0, 2]]
+    oriented[flip] = oriented[flip][:, S.SWAP_ORDER]
     voted = ~np.isnan(oriented).any(axis=1)
     sums = np.zeros((table.num_rows, 3))
     votes = np.zeros(table.num_rows)

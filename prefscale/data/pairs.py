@@ -9,13 +9,13 @@ by one instruction group plus one output batch, whatever the number of pairs.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from prefscale.config import PairsConfig
 from prefscale.data import schema as S
 from prefscale.data.kaggle_json import encode_turns
 from prefscale.data.readers import stable_id
@@ -23,16 +23,6 @@ from prefscale.errors import PrefscaleError
 from prefscale.io import read_table, require_file, resolve
 
 LONG_COLUMNS = ("instruction", "generator", "output")
-
-
-@dataclass(frozen=True)
-class PairOptions:
-    swap: bool = False  # also emit (b, a) for every (a, b)
-    sample_fraction: float = 1.0  # keep each pair with this probability (seeded, stable)
-    max_pairs_per_instruction: int | None = None
-    max_instructions: int | None = None
-    seed: int = 0
-    batch_rows: int = 65_536
 
 
 def load_long_table(uri: str) -> pa.Table:
@@ -49,7 +39,7 @@ def load_long_table(uri: str) -> pa.Table:
     return table
 
 
-def _pair_indices(n: int, options: PairOptions, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _pair_indices(n: int, options: PairsConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     first, second = np.triu_indices(n, k=1)
     if options.sample_fraction < 1.0:
         keep = rng.random(len(first)) < options.sample_fraction
@@ -67,7 +57,7 @@ def count_distinct_pairs(table: pa.Table) -> int:
     return int(sum(n * (n - 1) // 2 for n in sizes.to_pylist()))
 
 
-def generate_pairs(table: pa.Table, options: PairOptions = PairOptions()) -> Iterator[pa.Table]:
+def generate_pairs(table: pa.Table, options: PairsConfig = PairsConfig(), batch_rows: int = 65_536) -> Iterator[pa.Table]:
     """Yield battle tables of about ``batch_rows`` rows in a stable order (sorted instructions)."""
     table = table.sort_by([("instruction", "ascending"), ("generator", "ascending")])
     instructions = table.column("instruction").to_numpy(zero_copy_only=False)
@@ -82,14 +72,14 @@ def generate_pairs(table: pa.Table, options: PairOptions = PairOptions()) -> Ite
         battles = _group_battles(group, options)
         pending.append(battles)
         pending_rows += battles.num_rows
-        if pending_rows >= options.batch_rows:
+        if pending_rows >= batch_rows:
             yield pa.concat_tables(pending)
             pending, pending_rows = [], 0
     if pending:
         yield pa.concat_tables(pending)
 
 
-def _group_battles(group: pa.Table, options: PairOptions) -> pa.Table:
+def _group_battles(group: pa.Table, options: PairsConfig) -> pa.Table:
     instruction = group.column("instruction")[0].as_py()
     generators = group.column("generator").to_pylist()
     if len(set(generators)) != len(generators):

@@ -25,6 +25,7 @@ REQUIRED_COLUMNS = (ID, *TEXT_COLUMNS)
 CLASSES = ("a", "b", "tie")
 LOGITS = ("logit_a", "logit_b", "logit_tie")
 PROBS = ("prob_a", "prob_b", "prob_tie")
+SWAP_ORDER = [1, 0, 2]  # class order after exchanging A and B: (a, b, tie) -> (b, a, tie)
 
 BATTLE_FIELDS = [
     pa.field(ID, pa.int64(), nullable=False),

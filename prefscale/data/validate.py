@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from prefscale.config import ValidationConfig
 from prefscale.data import schema as S
 from prefscale.data.kaggle_json import TurnsDecodeError, decode_turns, encode_turns, turns_text
 
@@ -32,12 +33,6 @@ REASONS = {
     "duplicate_id": "an earlier clean row has the same id",
 }
 LABEL_TOLERANCE = 1e-3
-
-
-@dataclass
-class ValidationOptions:
-    lenient_json: bool = False  # salvage broken JSON as one raw turn, flagged 'json_salvaged'
-    max_chars: int = 200_000  # total characters of prompt + responses
 
 
 @dataclass
@@ -128,7 +123,7 @@ def _text(column: str, value: Any, lenient: bool, flags: list[str]) -> tuple[lis
         raise Rejected(exc.reason, f"{column}: {exc}") from None
 
 
-def check_row(row: dict[str, Any], options: ValidationOptions) -> dict[str, Any]:
+def check_row(row: dict[str, Any], options: ValidationConfig) -> dict[str, Any]:
     """Return the clean core fields of one raw row, or raise Rejected."""
     battle_id = _coerce_id(row.get(S.ID))
     flags: list[str] = []  # recomputed here; flags from earlier stages (e.g. 'pseudolabel') are kept below
@@ -178,8 +173,8 @@ def _earlier_flags(value: Any) -> list[str]:
 class Validator:
     """Validates a stream of raw batches; remembers ids across batches to catch duplicates."""
 
-    def __init__(self, options: ValidationOptions | None = None) -> None:
-        self.options = options or ValidationOptions()
+    def __init__(self, options: ValidationConfig = ValidationConfig()) -> None:
+        self.options = options
         self.stats = ValidationStats()
         self._seen_ids: set[int] = set()
 

@@ -8,21 +8,11 @@ built here for training must not be used for inference first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
+from prefscale.config import LoraConfig
 from prefscale.models.loading import HEAD_MODULES, load_classifier, quantization_kwargs
 
 
-@dataclass(frozen=True)
-class LoraSettings:
-    r: int = 16  # 0 = full fine-tuning (small models only)
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] | str = "all-linear"
-    extra_trainable: list[str] = field(default_factory=list)  # e.g. ["pooler"] for BERT
-
-
-def build_trainable(path: str, precision: str = "fp32", lora: LoraSettings = LoraSettings(), trust_remote_code: bool = False,
+def build_trainable(path: str, precision: str = "fp32", lora: LoraConfig = LoraConfig(), trust_remote_code: bool = False,
                     device_map: dict | None = None, gradient_checkpointing: bool = False, fsdp: bool = False,
                     class_prior=None):
     """Load the base (quantized per ``precision``) and wrap it with LoRA adapters.
@@ -51,7 +41,7 @@ def build_trainable(path: str, precision: str = "fp32", lora: LoraSettings = Lor
     from peft import LoraConfig, TaskType, get_peft_model
 
     config = LoraConfig(task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=lora.target_modules, modules_to_save=[m for m in HEAD_MODULES if _has_module(model, m)] + lora.extra_trainable)
+                        target_modules=lora.target_modules, modules_to_save=[m for m in HEAD_MODULES if _has_module(model, m)])
     return get_peft_model(model, config)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,51 +22,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from prefscale.artifacts import SCORE_SCHEMA, read_parts
+from prefscale.config import ScoreConfig
 from prefscale.data import schema as S
 from prefscale.errors import PrefscaleError
 from prefscale.io import ParquetSink, exists, read_table, resolve, write_json
 from prefscale.progress import bar
-from prefscale.score.format import ERROR, format_battles
-from prefscale.score.models import ScoringModel
-from prefscale.score.scorer import LOGITS, ModelScorer
-from prefscale.score.tta import TTASpace, softmax
+from prefscale.score.encode import ERROR, encode_battles
+from prefscale.score.scorer import ModelScorer
+from prefscale.score.scoring_model import ScoringModel
+from prefscale.score.tta import softmax
 
-from prefscale.data.schema import PROBS
-SCORE_SCHEMA = pa.schema(
-    [pa.field(S.ID, pa.int64()), pa.field("model", pa.string())]
-    + [pa.field(c, pa.float32()) for c in (*LOGITS, *PROBS)]
-    + [pa.field("tokens", pa.int32()), pa.field("computed_tokens", pa.int32())]
-)
 REJECT_SCHEMA = pa.schema([pa.field(S.ID, pa.int64()), pa.field(S.REJECT_REASON, pa.string()), pa.field(S.REJECT_DETAIL, pa.string())])
 REJECTS_DIR = "_rejects"
 DONE_FILE = "_SUCCESS.json"
-
-
-@dataclass
-class ScoreJob:
-    input: str
-    output: str  # a directory of Parquet parts, readable as one table by pandas, Spark, Ray
-    models: list[ScoringModel]
-    tta: bool = True
-    tta_space: TTASpace = "prob"
-    rows: int | None = None
-    max_tokens: int = 8192  # padded tokens per forward batch
-    block_rows: int = 256  # rows per actor call: the window sorted by length
-    actors: int = 1
-    cpus_per_actor: float = 1.0
-    gpus_per_actor: float = 0.0
-    threads_per_actor: int | None = None
-    format_cpus: float = 0.5
-    part_rows: int = 50_000
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def read_parts(output: str, columns: list[str] | None = None) -> pa.Table:
-    """Everything scored so far in an output directory (empty table when none)."""
-    if not exists(output):
-        return SCORE_SCHEMA.empty_table() if columns is None else SCORE_SCHEMA.empty_table().select(columns)
-    fs, path = resolve(output)
-    return pads.dataset(path, filesystem=fs, format="parquet", schema=SCORE_SCHEMA).to_table(columns=columns)
 
 
 def _read_rejects(output: str) -> pa.Table:
@@ -119,11 +87,11 @@ def _long_rows(batch: pa.Table, models: list[ScoringModel]) -> pa.Table:
     """Wide per-model columns -> one row per (id, model)."""
     tables = []
     for m in models:
-        logits = np.stack([batch.column(m.column(c)).to_numpy(zero_copy_only=False) for c in LOGITS], axis=1)
+        logits = np.stack([batch.column(m.column(c)).to_numpy(zero_copy_only=False) for c in S.LOGITS], axis=1)
         probs = softmax(logits.astype(np.float64))
         columns = {S.ID: batch.column(S.ID), "model": pa.array([m.name] * batch.num_rows, pa.string())}
-        columns |= {c: pa.array(logits[:, i], pa.float32()) for i, c in enumerate(LOGITS)}
-        columns |= {c: pa.array(probs[:, i], pa.float32()) for i, c in enumerate(PROBS)}
+        columns |= {c: pa.array(logits[:, i], pa.float32()) for i, c in enumerate(S.LOGITS)}
+        columns |= {c: pa.array(probs[:, i], pa.float32()) for i, c in enumerate(S.PROBS)}
         columns |= {"tokens": batch.column(m.column("tokens")), "computed_tokens": batch.column(m.column("computed_tokens"))}
         tables.append(pa.table(columns, schema=SCORE_SCHEMA))
     return pa.concat_tables(tables)
@@ -161,68 +129,70 @@ def _row_group_dataset(uri: str, columns: list[str]):
     return ds.map_batches(_read_row_groups, fn_kwargs={"columns": columns}, batch_size=1, batch_format="pyarrow", num_cpus=0.25), total
 
 
-def _input_dataset(job: ScoreJob, done: np.ndarray):
+def _input_dataset(input_uri: str, settings: ScoreConfig, done: np.ndarray):
     import ray
 
     columns = [S.ID, *S.TEXT_COLUMNS]
-    if job.rows is not None:
+    if settings.rows is not None:
         # A fixed head of the file (not Dataset.limit, whose rows can differ between runs).
-        head = read_table(job.input, columns=columns).slice(0, job.rows)
+        head = read_table(input_uri, columns=columns).slice(0, settings.rows)
         ds, total = ray.data.from_arrow(head), head.num_rows
     else:
-        ds, total = _row_group_dataset(job.input, columns)
+        ds, total = _row_group_dataset(input_uri, columns)
     if len(done):
-        ds = ds.map_batches(_drop_done, fn_kwargs={"done": done}, batch_format="pyarrow", batch_size=None, num_cpus=job.format_cpus)
+        ds = ds.map_batches(_drop_done, fn_kwargs={"done": done}, batch_format="pyarrow", batch_size=None, num_cpus=settings.format_cpus)
     # One Parquet file reads as one block, which only one actor could work on: cut the stream
     # into blocks of block_rows (a streaming repartition, nothing is materialized).
-    return ds.repartition(target_num_rows_per_block=job.block_rows), total
+    return ds.repartition(target_num_rows_per_block=settings.block_rows), total
 
 
-def _check_fits(job: ScoreJob, cluster: dict[str, float]) -> None:
+def _check_fits(models: list[ScoringModel], settings: ScoreConfig, cluster: dict[str, float]) -> None:
     """Every model's actor pool runs at once; pools that cannot all be placed would wait forever."""
-    pools = len(job.models) * job.actors
-    cpus, gpus = pools * job.cpus_per_actor + job.format_cpus, pools * job.gpus_per_actor
+    pools = len(models) * settings.actors
+    cpus, gpus = pools * settings.cpus_per_actor + settings.format_cpus, pools * settings.gpus_per_actor
     if cpus > cluster.get("CPU", 0) or gpus > cluster.get("GPU", 0):
-        raise PrefscaleError(f"{len(job.models)} models x {job.actors} actors need {cpus:g} CPUs and {gpus:g} GPUs at once but the cluster has "
+        raise PrefscaleError(f"{len(models)} models x {settings.actors} actors need {cpus:g} CPUs and {gpus:g} GPUs at once but the cluster has "
                              f"{cluster.get('CPU', 0):g} and {cluster.get('GPU', 0):g}; score fewer models per pass or lower score.cpus_per_actor / score.actors")
 
 
-def run_score_job(job: ScoreJob) -> dict[str, Any]:
-    """Score every id of ``job.input`` not yet in ``job.output``; returns a JSON-ready summary."""
+def score_battles(input_uri: str, output_uri: str, models: list[ScoringModel], settings: ScoreConfig = ScoreConfig()) -> dict[str, Any]:
+    """Score every id of ``input_uri`` not yet in ``output_uri`` (a directory of Parquet parts,
+    readable as one table by pandas, Spark, Ray) with each model; returns a JSON-ready summary.
+    ``settings`` is the config's score section (its input, output and models are not read here)."""
     import ray
 
     started = time.perf_counter()
-    if not exists(job.input):
-        raise PrefscaleError(f"input not found: {job.input}; run the data stages first or pass --input")
-    names = [m.name for m in job.models]
+    if not exists(input_uri):
+        raise PrefscaleError(f"input not found: {input_uri}; run the data stages first or pass --input")
+    names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise PrefscaleError(f"model names must be unique, got {names}")
-    _check_fits(job, ray.cluster_resources())
-    previous = read_parts(job.output, [S.ID, "model"])
-    previous_rejects = _read_rejects(job.output).column(S.ID).to_numpy()
+    _check_fits(models, settings, ray.cluster_resources())
+    previous = read_parts(output_uri, [S.ID, "model"])
+    previous_rejects = _read_rejects(output_uri).column(S.ID).to_numpy()
     done = np.union1d(pc.unique(previous.column(S.ID)).to_numpy(), previous_rejects)
-    ds, total = _input_dataset(job, done)
+    ds, total = _input_dataset(input_uri, settings, done)
 
     # ray_remote_args_fn keeps tokenization in its own CPU tasks: without it Ray fuses this
     # stage into the model actors, and the model (a GPU) would wait on the tokenizer.
-    ds = ds.map_batches(format_battles, fn_kwargs={"models": job.models, "tta": job.tta}, batch_format="pyarrow",
-                        batch_size=job.block_rows, num_cpus=job.format_cpus, ray_remote_args_fn=_no_extra_args)
-    threads = job.threads_per_actor or max(1, (os.cpu_count() or 1) // job.actors)
-    for model in job.models:
+    ds = ds.map_batches(encode_battles, fn_kwargs={"models": models, "tta": settings.tta}, batch_format="pyarrow",
+                        batch_size=settings.block_rows, num_cpus=settings.format_cpus, ray_remote_args_fn=_no_extra_args)
+    threads = settings.threads_per_actor or max(1, (os.cpu_count() or 1) // settings.actors)
+    for model in models:
         ds = ds.map_batches(
             ModelScorer,
-            fn_constructor_kwargs={"model": model, "max_tokens": job.max_tokens, "threads": threads,
-                                   "use_gpu": job.gpus_per_actor > 0, "tta_space": job.tta_space},
-            batch_size=job.block_rows,
+            fn_constructor_kwargs={"model": model, "max_tokens": settings.max_tokens, "threads": threads,
+                                   "use_gpu": settings.gpus_per_actor > 0, "tta_space": settings.tta_space},
+            batch_size=settings.block_rows,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=job.actors),
-            num_cpus=job.cpus_per_actor,
-            num_gpus=job.gpus_per_actor,
+            compute=ray.data.ActorPoolStrategy(size=settings.actors),
+            num_cpus=settings.cpus_per_actor,
+            num_gpus=settings.gpus_per_actor,
         )
 
-    scores = _PartWriter(job.output, job.part_rows)
-    rejects = _PartWriter(os.path.join(job.output, REJECTS_DIR), job.part_rows)
-    tokens = {m.name: [0, 0] for m in job.models}
+    scores = _PartWriter(output_uri, settings.part_rows)
+    rejects = _PartWriter(os.path.join(output_uri, REJECTS_DIR), settings.part_rows)
+    tokens = {m.name: [0, 0] for m in models}
     remaining = max(total - len(done), 0)
     with bar(remaining, f"score {','.join(names)}") as progress:
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
@@ -232,22 +202,22 @@ def run_score_job(job: ScoreJob) -> dict[str, Any]:
                 rejects.add(pa.table({S.ID: bad.column(S.ID), S.REJECT_REASON: pa.array(["format_error"] * bad.num_rows),
                                       S.REJECT_DETAIL: bad.column(ERROR)}, schema=REJECT_SCHEMA))
             good = batch.filter(pc.invert(failed))
-            for m in job.models:
+            for m in models:
                 tokens[m.name][0] += pc.sum(good.column(m.column("tokens"))).as_py() or 0
                 tokens[m.name][1] += pc.sum(good.column(m.column("computed_tokens"))).as_py() or 0
-            scores.add(_long_rows(good, job.models))
+            scores.add(_long_rows(good, models))
             progress.update(batch.num_rows)
     scores.flush()
     rejects.flush()
 
     seconds = time.perf_counter() - started
-    new_rows = scores.rows // max(len(job.models), 1)
-    final = read_parts(job.output, [S.ID, "model"])
+    new_rows = scores.rows // max(len(models), 1)
+    final = read_parts(output_uri, [S.ID, "model"])
     summary = {
-        "input": job.input,
-        "output": job.output,
+        "input": input_uri,
+        "output": output_uri,
         "models": names,
-        "tta": job.tta,
+        "tta": settings.tta,
         "input_rows": total,
         "already_done": int(len(done)),
         "scored": new_rows,
@@ -258,5 +228,5 @@ def run_score_job(job: ScoreJob) -> dict[str, Any]:
         "seconds": round(seconds, 2),
         "rows_per_s": round(new_rows / seconds, 2) if seconds else None,
     }
-    write_json(summary, os.path.join(job.output, DONE_FILE))
+    write_json(summary, os.path.join(output_uri, DONE_FILE))
     return summary

@@ -11,31 +11,22 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from prefscale.config import PseudolabelConfig
 from prefscale.data import schema as S
 from prefscale.data.readers import open_battles
 from prefscale.errors import PrefscaleError
 from prefscale.io import ParquetSink
 from prefscale.progress import bar
+from prefscale.artifacts import read_parts
 from prefscale.data.schema import PROBS
-from prefscale.score.engine import read_parts
 
 QUALITY_COLUMNS = ("pl_confidence", "pl_entropy", "pl_agreement", "pl_models")
-
-
-@dataclass(frozen=True)
-class PseudolabelOptions:
-    min_confidence: float = 0.0
-    max_entropy: float | None = None
-    balance: Literal["none", "uniform", "prior"] = "none"
-    prior: tuple[float, float, float] | None = None  # class shares for balance="prior"
-    seed: int = 0
 
 
 def ensemble(score_dirs: list[str]) -> pd.DataFrame:
@@ -58,7 +49,7 @@ def ensemble(score_dirs: list[str]) -> pd.DataFrame:
     )
 
 
-def _reasons(table: pd.DataFrame, options: PseudolabelOptions) -> pd.Series:
+def _reasons(table: pd.DataFrame, options: PseudolabelConfig) -> pd.Series:
     """Why each battle is dropped (None when kept), filters applied in order."""
     reason = pd.Series(None, index=table.index, dtype=object)
     reason[table.pl_confidence < options.min_confidence] = "low_confidence"
@@ -82,7 +73,7 @@ def _reasons(table: pd.DataFrame, options: PseudolabelOptions) -> pd.Series:
     return reason
 
 
-def write_pseudolabels(battles_uri: str, score_dirs: list[str], out_uri: str, rejects_uri: str, options: PseudolabelOptions = PseudolabelOptions()) -> dict[str, Any]:
+def write_pseudolabels(battles_uri: str, score_dirs: list[str], out_uri: str, rejects_uri: str, options: PseudolabelConfig = PseudolabelConfig()) -> dict[str, Any]:
     """Stream the battles once, writing labeled rows or rejects (battles + rejects = input)."""
     started = time.perf_counter()
     table = ensemble(score_dirs)
@@ -135,7 +126,3 @@ def _labeled(batch: pa.RecordBatch, table: pd.DataFrame) -> pa.Table:
     for column in QUALITY_COLUMNS:
         out = out.append_column(column, pa.array(rows[column].to_numpy(), pa.float32()))
     return out
-
-
-def default_paths(run_dir: str) -> tuple[str, str]:
-    return os.path.join(run_dir, "pseudolabels.parquet"), os.path.join(run_dir, "rejects", "pseudolabels.parquet")

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from prefscale.score.batching import pad_batch, token_budget_batches
-from prefscale.score.format import IDS, IDS_SWAPPED
-from prefscale.score.models import ScoringModel
-from prefscale.score.tta import TTASpace, combine_swapped
-
+from prefscale.batching import pad_batch, token_budget_batches
 from prefscale.data.schema import LOGITS
+from prefscale.score.encode import IDS, IDS_SWAPPED
+from prefscale.score.scoring_model import ScoringModel
+from prefscale.score.tta import TTASpace, combine_swapped
 
 
 def pick_device(want_gpu: bool) -> str:

@@ -10,9 +10,14 @@ from typing import Literal
 
 import numpy as np
 
-from prefscale.text.swap import unswap_probs
+from prefscale.data.schema import SWAP_ORDER
 
 TTASpace = Literal["prob", "logit"]
+
+
+def unswap_probs(probs: np.ndarray) -> np.ndarray:
+    """Map predictions made on swapped battles back to the original A/B order."""
+    return np.asarray(probs)[..., SWAP_ORDER]
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

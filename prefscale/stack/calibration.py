@@ -12,7 +12,7 @@ from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax
 from sklearn.linear_model import LogisticRegression
 
-from prefscale.members.models import expand_soft_labels
+from prefscale.members.estimators import expand_soft_labels
 from prefscale.metrics import log_loss
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +11,7 @@ import pyarrow.compute as pc
 from prefscale.data import schema as S
 from prefscale.errors import PrefscaleError
 from prefscale.io import exists, read_table
-from prefscale.oof import oof_path
+from prefscale.layout import RunLayout
 
 
 @dataclass(frozen=True)
@@ -43,15 +42,15 @@ def dataset_names(battles: pa.Table) -> np.ndarray:
     return np.asarray(pc.fill_null(battles.column("dataset").cast(pa.string()), "arena").to_pylist(), dtype=object)
 
 
-def load_stack_data(run_dir: str, members: list[str]) -> StackData:
+def load_stack_data(layout: RunLayout, members: list[str]) -> StackData:
     """Join every member's OOF on id; a battle missing from any member is an error, not a silent drop."""
-    battles = read_table(os.path.join(run_dir, "battles.parquet"))
+    battles = read_table(layout.battles)
     ids = battles.column(S.ID).to_numpy()
     order = np.argsort(ids)
     battles, ids = battles.take(order), ids[order]
     logps = []
     for name in members:
-        path = oof_path(run_dir, name)
+        path = layout.oof(name)
         if not exists(path):
             raise PrefscaleError(f"stack member '{name}' has no OOF logits at {path}; train it first or drop it from stack.members")
         oof = read_table(path, columns=[S.ID, *S.PROBS])

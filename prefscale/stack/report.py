@@ -5,16 +5,15 @@ reliability diagram before and after calibration. Reads only the run's Parquet o
 from __future__ import annotations
 
 import io
-import os
 from typing import Any
 
 import numpy as np
 
 from prefscale.data import schema as S
 from prefscale.io import read_table, write_bytes, write_json
+from prefscale.layout import RunLayout
 from prefscale.metrics import log_loss, out_of_fold_prior
 from prefscale.stack.data import StackData, load_stack_data
-from prefscale.stack.stage import stack_dir
 
 ENSEMBLE_COLUMNS = {"ensemble (stacked)": "raw", "ensemble (calibrated)": "calibrated", "ensemble (final)": "final"}
 
@@ -23,10 +22,10 @@ def _scores(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     return {"log_loss": round(log_loss(labels, probs), 4), "accuracy": round(float((labels.argmax(1) == probs.argmax(1)).mean()), 4)}
 
 
-def prediction_table(data: StackData, run_dir: str) -> dict[str, np.ndarray]:
+def prediction_table(data: StackData, layout: RunLayout) -> dict[str, np.ndarray]:
     """Every member's and every ensemble stage's OOF probabilities, aligned with ``data.ids``."""
     predictions = {m: np.exp(data.logp[:, i]) for i, m in enumerate(data.members)}
-    ensemble = read_table(os.path.join(stack_dir(run_dir), "oof.parquet")).to_pandas().set_index(S.ID).loc[data.ids]
+    ensemble = read_table(layout.stack_file("oof.parquet")).to_pandas().set_index(S.ID).loc[data.ids]
     for label, kind in ENSEMBLE_COLUMNS.items():
         predictions[label] = ensemble[[f"{kind}_{c}" for c in S.CLASSES]].to_numpy()
     predictions["class prior"] = np.broadcast_to(data.labels.mean(axis=0), data.labels.shape)
@@ -60,26 +59,25 @@ def reliability_plot(labels: np.ndarray, before: np.ndarray, after: np.ndarray, 
     write_bytes(png.getvalue(), path)
 
 
-def write_report(run_dir: str, members: list[str]) -> dict[str, Any]:
-    data = load_stack_data(run_dir, members)
-    predictions = prediction_table(data, run_dir)
-    out = os.path.join(run_dir, "report")
+def write_report(layout: RunLayout, members: list[str]) -> dict[str, Any]:
+    data = load_stack_data(layout, members)
+    predictions = prediction_table(data, layout)
     datasets = sorted(set(data.datasets))
     table = {
         name: {**_scores(data.labels, probs),
                "per_dataset": {d: _scores(data.labels[data.datasets == d], probs[data.datasets == d])["log_loss"] for d in datasets}}
         for name, probs in predictions.items()
     }
-    reliability_plot(data.labels, predictions["ensemble (stacked)"], predictions["ensemble (final)"], os.path.join(out, "reliability.png"))
+    reliability_plot(data.labels, predictions["ensemble (stacked)"], predictions["ensemble (final)"], layout.report_file("reliability.png"))
     best_member = min(data.members, key=lambda m: table[m]["log_loss"])
     report = {
         "rows": len(data.ids), "datasets": {d: int((data.datasets == d).sum()) for d in datasets}, "table": table,
         "best_member": best_member,
         "ensemble_gain_vs_best_member": round(table[best_member]["log_loss"] - table["ensemble (final)"]["log_loss"], 4),
-        "reliability_png": os.path.join(out, "reliability.png"),
+        "reliability_png": layout.report_file("reliability.png"),
     }
-    write_json(report, os.path.join(out, "report.json"))
-    _write_markdown(report, datasets, os.path.join(out, "report.md"))
+    write_json(report, layout.report_file("report.json"))
+    _write_markdown(report, datasets, layout.report_file("report.md"))
     return report
 
 

@@ -11,37 +11,14 @@ the front of the prompt: otherwise a short budget shows the model two identical 
 
 from __future__ import annotations
 
-import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from prefscale.data.kaggle_json import decode_turns, turns_text
+from prefscale.config import TextConfig
 from prefscale.text.budget import allocate
+from prefscale.text.template import FIELDS, parse_template
 
-FIELDS = ("prompt", "response_a", "response_b")
-DEFAULT_TEMPLATE = "<prompt>: {prompt}\n\n<response_a>: {response_a}\n\n<response_b>: {response_b}"
-
-
-@dataclass(frozen=True)
-class TextOptions:
-    max_length: int = 512
-    template: str = DEFAULT_TEMPLATE
-    turn_separator: str = "\n\n"
-    elision_marker: str = "[...]"
-    weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # prompt, response_a, response_b
-    # Answers that open with the same tokens (earlier turns of one conversation, a shared
-    # transcript) give that shared part to the prompt, so the answers' budget shows where they differ.
-    shared_prefix_to_prompt: bool = True
-    min_shared_tokens: int = 8
-
-
-def parse_template(template: str) -> list[tuple[str, str | None]]:
-    """[(literal, field or None)], checking each of the three fields appears exactly once."""
-    parts = [(literal, name) for literal, name, _, _ in string.Formatter().parse(template)]
-    names = [name for _, name in parts if name is not None]
-    if sorted(names) != sorted(FIELDS):
-        raise ValueError(f"template must contain each of {{prompt}}, {{response_a}}, {{response_b}} once, got {names}")
-    return parts
 
 
 @dataclass
@@ -54,7 +31,7 @@ class Encoded:
 class BattleFormatter:
     """Formats and tokenizes battles in batches with a fast tokenizer."""
 
-    def __init__(self, tokenizer, options: TextOptions = TextOptions()) -> None:
+    def __init__(self, tokenizer, options: TextConfig = TextConfig()) -> None:
         self.tokenizer = tokenizer
         self.options = options
         parts = parse_template(options.template)

@@ -9,11 +9,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from prefscale.artifacts import read_parts
 from prefscale.data import schema as S
+from prefscale.data.schema import LOGITS
 from prefscale.errors import PrefscaleError
 from prefscale.io import read_table
-from prefscale.data.schema import LOGITS
-from prefscale.score.engine import read_parts
 from prefscale.text.formatter import BattleFormatter
 
 

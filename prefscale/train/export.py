@@ -7,10 +7,11 @@ import os
 import torch
 from safetensors.torch import load_file
 
+from prefscale.config import LoraConfig, ModelConfig
 from prefscale.io import atomic_dir
 from prefscale.models.averaging import average_exact, average_factors, merge_into_base
 from prefscale.models.loading import load_classifier, load_tokenizer
-from prefscale.models.lora import LoraSettings, build_trainable, load_trainable_state
+from prefscale.models.lora import build_trainable, load_trainable_state
 
 
 def saved_dtype(precision: str) -> torch.dtype:
@@ -19,28 +20,26 @@ def saved_dtype(precision: str) -> torch.dtype:
     return {"fp32": torch.float32, "fp16": torch.float16}.get(precision, torch.bfloat16)
 
 
-def export_merged(model_path: str, lora: LoraSettings, trainable: dict[str, torch.Tensor], out_dir: str, trust_remote_code: bool = False,
-                  precision: str = "fp32") -> str:
-    """Base (full precision) + trained adapters merged into its weights, saved for scoring."""
-    model = build_trainable(model_path, "fp32", lora, trust_remote_code)
-    load_trainable_state(model, trainable)
-    merged = model.merge_and_unload() if lora.r else model
+def _save(model, base: ModelConfig, out_dir: str) -> str:
     with atomic_dir(out_dir) as tmp:
-        merged.to(saved_dtype(precision)).save_pretrained(tmp, safe_serialization=True)
-        load_tokenizer(model_path, trust_remote_code).save_pretrained(tmp)
+        model.to(saved_dtype(base.precision)).save_pretrained(tmp, safe_serialization=True)
+        load_tokenizer(base.path, base.trust_remote_code).save_pretrained(tmp)
     return out_dir
 
 
-def export_average(model_path: str, lora: LoraSettings, fold_checkpoints: list[str], out_dir: str, method: str = "exact",
-                   trust_remote_code: bool = False, precision: str = "fp32") -> str:
+def export_merged(base: ModelConfig, lora: LoraConfig, trainable: dict[str, torch.Tensor], out_dir: str) -> str:
+    """Base (full precision) + trained adapters merged into its weights, saved for scoring."""
+    model = build_trainable(base.path, "fp32", lora, base.trust_remote_code)
+    load_trainable_state(model, trainable)
+    return _save(model.merge_and_unload() if lora.r else model, base, out_dir)
+
+
+def export_average(base: ModelConfig, lora: LoraConfig, fold_checkpoints: list[str], out_dir: str, method: str = "exact") -> str:
     """Average K fold adapters into one merged model (see prefscale.models.averaging)."""
     states = [load_file(os.path.join(c, "trainable.safetensors")) for c in fold_checkpoints]
     if method == "factors":
-        return export_merged(model_path, lora, average_factors(states), out_dir, trust_remote_code, precision)
-    base = load_classifier(model_path, trust_remote_code)
+        return export_merged(base, lora, average_factors(states), out_dir)
+    model = load_classifier(base.path, base.trust_remote_code)
     mean_delta, others = average_exact(states, lora.alpha / lora.r)
-    base.load_state_dict(merge_into_base(base.state_dict(), mean_delta, others))
-    with atomic_dir(out_dir) as tmp:
-        base.to(saved_dtype(precision)).save_pretrained(tmp, safe_serialization=True)
-        load_tokenizer(model_path, trust_remote_code).save_pretrained(tmp)
-    return out_dir
+    model.load_state_dict(merge_into_base(model.state_dict(), mean_delta, others))
+    return _save(model, base, out_dir)

@@ -14,60 +14,59 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
-from prefscale.text.formatter import TextOptions
+from prefscale.config import ModelConfig, TextConfig, TrainRunConfig
+from prefscale.data.schema import SWAP_ORDER
 
 
-@dataclass
-class TrainSettings:
-    model_path: str
-    train_path: str
-    fold: int | None = None
-    precision: str = "fp32"
-    lora: dict = field(default_factory=lambda: {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"})
-    text: dict = field(default_factory=lambda: asdict(TextOptions()))
-    trust_remote_code: bool = False
-    extra_train: list[str] = field(default_factory=list)
-    teachers: list[str] = field(default_factory=list)
-    teacher_weights: list[float] = field(default_factory=list)
-    ce_weight: float = 1.0
-    temperature: float = 1.0
-    cosine_weight: float = 0.0
-    epochs: float = 1.0
-    lr: float = 2e-4
-    weight_decay: float = 0.01
-    batch_size: int = 16
-    grad_accum: int = 1
-    warmup_ratio: float = 0.1
-    schedule: str = "linear"
-    swap_prob: float = 0.5
-    autocast: str = "none"  # none | bf16 | fp16
-    max_rows: int | None = None
-    checkpoint_every: int = 50  # optimizer steps
-    seed: int = 0
-    use_gpu: bool = False
-    gradient_checkpointing: bool = False
-    fsdp: bool = False
-    head_init: str = "prior"  # prior: the head starts at the training labels' class balance | random
+class FoldJob(BaseModel):
+    """One fold's training: the run's own config section, plus what the stage resolved for it.
+
+    Crosses the Ray boundary as ``model_dump()`` and comes back with ``model_validate``, so
+    every default lives once, in the config.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run: TrainRunConfig
+    model: ModelConfig  # run.model or the config's top-level model
+    text: TextConfig  # the config's text section with run.max_length applied
+    battles: str  # absolute path of the battles with their fold column
+    fold: int | None = None  # None: train on every battle (benchmarks)
+    teachers: list[str] = []  # OOF paths of run.distill.teachers, in order
+    extra_train: list[str] = []  # absolute paths of run.extra_train
     eval_rows: int = 0  # > 0: log loss on this many held-out-fold battles at every checkpoint (Ray Tune's metric)
 
+    @property
+    def seed(self) -> int:
+        return self.run.seed + (self.fold or 0)
 
-def _batches(rows, settings: TrainSettings, epoch: int, world: int, rank: int):
+    def loss_weights(self):
+        from prefscale.train.losses import LossWeights
+
+        distill = self.run.distill
+        if distill is None:
+            return LossWeights(1.0, (), 1.0, 0.0)
+        return LossWeights(distill.ce_weight, tuple(distill.weights or [1.0] * len(distill.teachers)), distill.temperature, distill.cosine_weight)
+
+
+def _batches(rows, job: FoldJob, epoch: int, world: int, rank: int):
     """This rank's batches for an epoch: a seeded shuffle, sharded, then per-row random swaps."""
-    rng = np.random.default_rng(settings.seed * 1000 + epoch)
+    rng = np.random.default_rng(job.seed * 1000 + epoch)
     order = rng.permutation(len(rows))[rank::world]
-    swaps = rng.random(len(rows)) < settings.swap_prob
-    full_batches = max(len(order) // settings.batch_size, 1)  # the ragged tail waits for the next epoch
-    for start in range(0, full_batches * settings.batch_size, settings.batch_size):
-        index = order[start : start + settings.batch_size]
+    swaps = rng.random(len(rows)) < job.run.swap_prob
+    batch_size = job.run.batch_size
+    full_batches = max(len(order) // batch_size, 1)  # the ragged tail waits for the next epoch
+    for start in range(0, full_batches * batch_size, batch_size):
+        index = order[start : start + batch_size]
         yield index, swaps[index]
 
 
-def heldout_log_loss(model, rows, pad: int, device, settings: TrainSettings) -> float:
+def heldout_log_loss(model, rows, pad: int, device, job: FoldJob) -> float:
     """Log loss of the live model on held-out rows; leaves it in training mode.
 
     A quantized model on CPU is evaluated with autograd on: bitsandbytes repacks 4-bit weights
@@ -75,15 +74,16 @@ def heldout_log_loss(model, rows, pad: int, device, settings: TrainSettings) -> 
     """
     import torch
 
+    from prefscale.batching import pad_batch
     from prefscale.metrics import log_loss
-    from prefscale.score.batching import pad_batch
 
-    quantized_on_cpu = settings.precision in ("int8", "nf4") and device.type == "cpu"
+    quantized_on_cpu = job.model.precision in ("int8", "nf4") and device.type == "cpu"
+    batch_size = job.run.batch_size
     model.eval()
     probs = []
     with torch.set_grad_enabled(quantized_on_cpu):
-        for start in range(0, len(rows), settings.batch_size):
-            ids, mask = pad_batch(rows.input_ids[start : start + settings.batch_size], pad)
+        for start in range(0, len(rows), batch_size):
+            ids, mask = pad_batch(rows.input_ids[start : start + batch_size], pad)
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
             probs.append(torch.softmax(logits, -1).detach().cpu().numpy())
     model.train()
@@ -92,54 +92,52 @@ def heldout_log_loss(model, rows, pad: int, device, settings: TrainSettings) -> 
 
 def swap_balanced_prior(labels: np.ndarray, swap_prob: float) -> np.ndarray:
     """The class balance training actually sees: a swapped row's A and B labels trade places."""
-    from prefscale.text.swap import SWAP_ORDER
-
     mean = labels.mean(axis=0)
     return (1 - swap_prob) * mean + swap_prob * mean[SWAP_ORDER]
 
 
-def steps_per_epoch(rows: int, settings: TrainSettings, world: int) -> int:
+def steps_per_epoch(rows: int, batch_size: int, world: int) -> int:
     per_rank = rows // world
-    return max(per_rank // settings.batch_size, 1)
+    return max(per_rank // batch_size, 1)
 
 
-def run_training(settings: TrainSettings, *, rank: int = 0, world: int = 1, local_rank: int = 0, wrap: Callable | None = None,
+def run_training(job: FoldJob, *, rank: int = 0, world: int = 1, local_rank: int = 0, wrap: Callable | None = None,
                  restore: str | None = None, report: Callable[[dict, str | None], None] | None = None) -> dict[str, Any]:
     import torch
     from safetensors.torch import load_file, save_file
     from transformers import get_scheduler
 
     from prefscale.models.loading import load_tokenizer
-    from prefscale.models.lora import LoraSettings, build_trainable, load_trainable_state, trainable_state, unwrap_ddp
-    from prefscale.score.batching import pad_batch
+    from prefscale.batching import pad_batch
+    from prefscale.models.lora import build_trainable, load_trainable_state, trainable_state, unwrap_ddp
     from prefscale.text.formatter import BattleFormatter
-    from prefscale.text.swap import SWAP_ORDER
     from prefscale.train.data import build_rows, select_heldout, select_rows
-    from prefscale.train.losses import LossWeights, distillation_loss
+    from prefscale.train.losses import distillation_loss
 
-    torch.manual_seed(settings.seed)
-    device = torch.device(f"cuda:{local_rank}" if settings.use_gpu and torch.cuda.is_available() else "cpu")
-    tokenizer = load_tokenizer(settings.model_path, settings.trust_remote_code)
-    formatter = BattleFormatter(tokenizer, TextOptions(**{**settings.text, "weights": tuple(settings.text.get("weights", (1, 1, 1)))}))
-    rows = build_rows(select_rows(settings.train_path, settings.fold, settings.extra_train, settings.max_rows, settings.seed), formatter, settings.teachers)
+    run, model_config = job.run, job.model
+    torch.manual_seed(job.seed)
+    device = torch.device(f"cuda:{local_rank}" if run.use_gpu and torch.cuda.is_available() else "cpu")
+    tokenizer = load_tokenizer(model_config.path, model_config.trust_remote_code)
+    formatter = BattleFormatter(tokenizer, job.text)
+    rows = build_rows(select_rows(job.battles, job.fold, job.extra_train, run.max_rows, job.seed), formatter, job.teachers)
 
     heldout = None
-    if settings.eval_rows and settings.fold is not None:
-        heldout = build_rows(select_heldout(settings.train_path, settings.fold, settings.eval_rows, settings.seed), formatter, [])
+    if job.eval_rows and job.fold is not None:
+        heldout = build_rows(select_heldout(job.battles, job.fold, job.eval_rows, job.seed), formatter, [])
 
-    model = build_trainable(settings.model_path, settings.precision, LoraSettings(**settings.lora), settings.trust_remote_code,
-                            device_map={"": device.index if device.type == "cuda" else "cpu"}, gradient_checkpointing=settings.gradient_checkpointing,
-                            fsdp=settings.fsdp, class_prior=swap_balanced_prior(rows.labels, settings.swap_prob) if settings.head_init == "prior" else None)
-    if settings.precision in ("fp32", "bf16", "fp16"):
+    model = build_trainable(model_config.path, model_config.precision, run.lora, model_config.trust_remote_code,
+                            device_map={"": device.index if device.type == "cuda" else "cpu"}, gradient_checkpointing=run.gradient_checkpointing,
+                            fsdp=run.fsdp, class_prior=swap_balanced_prior(rows.labels, run.swap_prob) if run.head_init == "prior" else None)
+    if model_config.precision in ("fp32", "bf16", "fp16"):
         model.to(device)
     model = wrap(model) if wrap else model
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    per_epoch = steps_per_epoch(len(rows), settings, world)
-    total_micro = int(np.ceil(settings.epochs * per_epoch))
-    total_steps = max(total_micro // settings.grad_accum, 1)
-    scheduler = get_scheduler(settings.schedule, optimizer, num_warmup_steps=int(settings.warmup_ratio * total_steps), num_training_steps=total_steps)
-    weights = LossWeights(settings.ce_weight, tuple(settings.teacher_weights), settings.temperature, settings.cosine_weight)
+    optimizer = torch.optim.AdamW(params, lr=run.lr, weight_decay=run.weight_decay)
+    per_epoch = steps_per_epoch(len(rows), run.batch_size, world)
+    total_micro = int(np.ceil(run.epochs * per_epoch))
+    total_steps = max(total_micro // run.grad_accum, 1)
+    scheduler = get_scheduler(run.schedule, optimizer, num_warmup_steps=int(run.warmup_ratio * total_steps), num_training_steps=total_steps)
+    weights = job.loss_weights()
 
     micro = 0
     if restore:
@@ -149,14 +147,14 @@ def run_training(settings: TrainSettings, *, rank: int = 0, world: int = 1, loca
         micro = json.load(open(os.path.join(restore, "state.json")))["micro_step"]
 
     pad = tokenizer.pad_token_id
-    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.autocast)
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.autocast)
     model.train()
     started, seen, losses = time.perf_counter(), 0, []
 
     def save_and_report(metrics: dict) -> None:
         directory = None
         if heldout is not None and rank == 0:
-            metrics["heldout_log_loss"] = heldout_log_loss(unwrap_ddp(model), heldout, pad, device, settings)
+            metrics["heldout_log_loss"] = heldout_log_loss(unwrap_ddp(model), heldout, pad, device, job)
         if rank == 0:
             directory = tempfile.mkdtemp(prefix="prefscale-ckpt-")
             save_file(trainable_state(model), os.path.join(directory, "trainable.safetensors"))
@@ -169,7 +167,7 @@ def run_training(settings: TrainSettings, *, rank: int = 0, world: int = 1, loca
 
     while micro < total_micro:
         epoch, offset = divmod(micro, per_epoch)
-        for step_in_epoch, (index, swap) in enumerate(_batches(rows, settings, epoch, world, rank)):
+        for step_in_epoch, (index, swap) in enumerate(_batches(rows, job, epoch, world, rank)):
             if step_in_epoch < offset:
                 continue
             if micro >= total_micro or step_in_epoch >= per_epoch:
@@ -182,17 +180,17 @@ def run_training(settings: TrainSettings, *, rank: int = 0, world: int = 1, loca
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
                 logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
             loss = distillation_loss(logits, labels, teachers, weights)
-            (loss / settings.grad_accum).backward()
+            (loss / run.grad_accum).backward()
             losses.append(float(loss.detach()))
             seen += len(sequences)
             micro += 1
-            if micro % settings.grad_accum == 0 or micro == total_micro:
+            if micro % run.grad_accum == 0 or micro == total_micro:
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                step = micro // settings.grad_accum
-                if step % settings.checkpoint_every == 0 and micro < total_micro:
+                step = micro // run.grad_accum
+                if step % run.checkpoint_every == 0 and micro < total_micro:
                     save_and_report({"step": step, "loss": float(np.mean(losses[-20:]))})
     seconds = time.perf_counter() - started
     metrics = {"step": total_steps, "loss": float(np.mean(losses[-20:])) if losses else None, "samples": seen, "train_rows": len(rows),
@@ -207,7 +205,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
 
     ctx = ray.train.get_context()
-    settings = TrainSettings(**config)
+    job = FoldJob.model_validate(config)
     checkpoint = ray.train.get_checkpoint()
 
     def report(metrics: dict, directory: str | None) -> None:
@@ -216,13 +214,13 @@ def train_loop_per_worker(config: dict) -> None:
     def wrap(model):
         if ctx.get_world_size() == 1:
             return model
-        if settings.fsdp:
+        if job.run.fsdp:
             return ray.train.torch.prepare_model(model, parallel_strategy="fsdp", parallel_strategy_kwargs={"use_orig_params": True})
         # Quantized models were placed with device_map={"": local_rank}; DDP must not move them.
-        quantized = settings.precision in ("int8", "nf4")
+        quantized = job.model.precision in ("int8", "nf4")
         return ray.train.torch.prepare_model(model, move_to_device=not quantized)
 
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as restore:
-        run_training(settings, rank=ctx.get_world_rank(), world=ctx.get_world_size(), local_rank=ctx.get_local_rank(),
+        run_training(job, rank=ctx.get_world_rank(), world=ctx.get_world_size(), local_rank=ctx.get_local_rank(),
                      wrap=wrap, restore=restore, report=report)
 

@@ -14,8 +14,9 @@ import pyarrow.compute as pc
 
 from prefscale.data import schema as S
 from prefscale.data.kaggle_json import TurnsDecodeError
-from prefscale.score.models import ScoringModel
-from prefscale.text.formatter import BattleFormatter, TextOptions
+from prefscale.config import TextConfig
+from prefscale.score.scoring_model import ScoringModel
+from prefscale.text.formatter import BattleFormatter
 
 ERROR = "error"
 IDS = "ids"
@@ -23,7 +24,7 @@ IDS_SWAPPED = "ids_swapped"
 
 
 @functools.lru_cache(maxsize=8)
-def _formatter(path: str, trust_remote_code: bool, text: TextOptions) -> BattleFormatter:
+def _formatter(path: str, trust_remote_code: bool, text: TextConfig) -> BattleFormatter:
     from prefscale.models.loading import load_tokenizer
 
     return BattleFormatter(load_tokenizer(path, trust_remote_code), text)
@@ -55,7 +56,7 @@ def _encode_rows(formatter: BattleFormatter, cells: tuple[list, list, list], tta
     return plain, swapped if tta else None
 
 
-def format_battles(batch: pa.Table, models: list[ScoringModel], tta: bool) -> pa.Table:
+def encode_battles(batch: pa.Table, models: list[ScoringModel], tta: bool) -> pa.Table:
     cells = tuple(batch.column(c).to_pylist() for c in S.TEXT_COLUMNS)
     errors: list[str | None] = [None] * batch.num_rows
     columns: dict[str, pa.Array] = {S.ID: batch.column(S.ID)}

@@ -1,24 +1,37 @@
-"""Out-of-fold predictions: one Parquet per member at <run_dir>/oof/<name>.parquet, keyed by id.
+"""The Parquet formats stages hand to each other: score parts and out-of-fold tables.
 
-Neural models and cheap members write the same columns, so stacking reads every member alike.
+Score parts (``SCORE_SCHEMA``) are what the Ray Data engine writes, one row per (id, model);
+OOF tables (``OOF_COLUMNS``) hold one row per training battle for a member or train run, and
+neural models and cheap members write the same columns, so stacking reads every member alike.
+Readers live here so that training, pseudolabels and stacking need not import the engine.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
 
 from prefscale.data import schema as S
+from prefscale.io import exists, resolve
 from prefscale.metrics import log_loss, out_of_fold_prior
 
+SCORE_SCHEMA = pa.schema(
+    [pa.field(S.ID, pa.int64()), pa.field("model", pa.string())]
+    + [pa.field(c, pa.float32()) for c in (*S.LOGITS, *S.PROBS)]
+    + [pa.field("tokens", pa.int32()), pa.field("computed_tokens", pa.int32())]
+)
 OOF_COLUMNS = [S.ID, S.FOLD, "model", *S.LOGITS, *S.PROBS]
 
 
-def oof_path(run_dir: str, name: str) -> str:
-    return os.path.join(run_dir, "oof", f"{name}.parquet")
+def read_parts(output: str, columns: list[str] | None = None) -> pa.Table:
+    """Everything scored so far in a score output directory (empty table when none)."""
+    if not exists(output):
+        return SCORE_SCHEMA.empty_table() if columns is None else SCORE_SCHEMA.empty_table().select(columns)
+    fs, path = resolve(output)
+    return pads.dataset(path, filesystem=fs, format="parquet", schema=SCORE_SCHEMA).to_table(columns=columns)
 
 
 def oof_table(ids: np.ndarray, folds: np.ndarray, name: str, probs: np.ndarray) -> pa.Table:

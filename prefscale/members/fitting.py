@@ -1,13 +1,12 @@
 """Fit each cheap member per fold (Ray tasks, one per fold) for OOF logits, then on all battles.
 
-Outputs: <run_dir>/oof/<name>.parquet (same columns as the neural OOF) and the all-data fit
-at <run_dir>/members/<name>.skops, which `prefscale predict` applies to new battles.
-Reruns skip members whose two outputs exist.
+Outputs: the layout's oof(name) (same columns as the neural OOF) and the all-data fit at
+member_model(name), which `prefscale predict` applies to new battles. Reruns skip members
+whose two outputs exist.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,20 +17,9 @@ import pyarrow as pa
 from prefscale.config import Config, MemberConfig
 from prefscale.data import schema as S
 from prefscale.io import exists, read_table, write_table
-from prefscale.members.models import make_member
+from prefscale.members.estimators import fit_predict, make_member
 from prefscale.members.store import save_estimator
-from prefscale.oof import oof_metrics, oof_path, oof_table
-
-
-def member_model_path(run_dir: str, name: str) -> str:
-    return os.path.join(run_dir, "members", f"{name}.skops")
-
-
-def fit_predict(kind: str, params: dict[str, Any], battles: pa.Table, train_rows: np.ndarray, test_rows: np.ndarray) -> np.ndarray:
-    """Fit on ``train_rows`` and predict ``test_rows``; the unit of work of one fold."""
-    labels = S.label_matrix(battles)
-    member = make_member(kind, params).fit(battles.take(train_rows), labels[train_rows])
-    return member.predict_proba(battles.take(test_rows))
+from prefscale.artifacts import oof_metrics, oof_table
 
 
 def fold_predictions(kind: str, params: dict[str, Any], battles: pa.Table, folds: list[int] | None = None) -> np.ndarray:
@@ -52,15 +40,15 @@ def fold_predictions(kind: str, params: dict[str, Any], battles: pa.Table, folds
 
 def train_member(config: Config, name: str, member: MemberConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     started = time.perf_counter()
-    run_dir = config.run_dir
-    battles = read_table(os.path.join(run_dir, "battles.parquet"))
-    out, model_out = oof_path(run_dir, name), member_model_path(run_dir, name)
+    layout = config.layout
+    battles = read_table(layout.battles)
+    out, model_out = layout.oof(name), layout.member_model(name)
     params = dict(member.params)
     if exists(out) and exists(model_out):
         log(f"  [{name}] done earlier; delete {out} to refit")
         return {"name": name, "skipped": True, **oof_metrics(read_table(out), battles)}
     if member.tune_samples:
-        from prefscale.stack.tune_members import tune_member
+        from prefscale.members.tuning import tune_member
 
         params = tune_member(member.kind, battles, member.tune_samples, base=params, seed=0)
         log(f"  [{name}] tuned params {params}")

@@ -1,12 +1,11 @@
 """The stacking stage: nested-CV numbers, the final fitted ensemble, and the Tune-vs-Powell check.
 
-Writes <run_dir>/stack/: stacker.skops, calibrator.skops, rules.skops (what `prefscale
+Writes the layout's stack/: stacker.skops, calibrator.skops, rules.skops (what `prefscale
 predict` applies), oof.parquet (honest outer-fold ensemble predictions) and summary.json.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,16 +18,11 @@ from prefscale.data import schema as S
 from prefscale.io import write_json, write_table
 from prefscale.members.store import save_estimator
 from prefscale.metrics import log_loss
-from prefscale.ray_runtime import ensure_ray
 from prefscale.stack.blend import BlendStacker, blend_loss, powell_weights
 from prefscale.stack.calibration import CALIBRATORS, choose_calibrator
 from prefscale.stack.data import StackData, load_stack_data
 from prefscale.stack.degenerate import DegenerateRules
 from prefscale.stack.nested import STACKERS, nested_cv
-
-
-def stack_dir(run_dir: str) -> str:
-    return os.path.join(run_dir, "stack")
 
 
 def blend_search(data: StackData, settings: StackConfig) -> dict[str, Any]:
@@ -53,9 +47,8 @@ def blend_search(data: StackData, settings: StackConfig) -> dict[str, Any]:
 def run_stack(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     settings = config.stack or StackConfig()
     started = time.perf_counter()
-    data = load_stack_data(config.run_dir, config.stack_members())
-    ensure_ray(config.ray.address, config.ray.num_cpus, config.ray.object_store_mb)  # for the Ray Tune search
-    out = stack_dir(config.run_dir)
+    layout = config.layout
+    data = load_stack_data(layout, config.stack_members())
     nested = nested_cv(data, settings.method, settings.calibration, settings.degenerate_rules)
     summary: dict[str, Any] = {
         "members": data.members, "rows": len(data.ids), "method": settings.method,
@@ -79,14 +72,14 @@ def run_stack(config: Config, log: Callable[[str], None] = print) -> dict[str, A
     rules = DegenerateRules(enabled=settings.degenerate_rules).fit(data.battles, data.labels)
     summary.update({"calibrator": calibrator_name, "degenerate_rules": rules.rules_, "degenerate_counts": rules.counts_})
     for name, obj in (("stacker", stacker), ("calibrator", calibrator), ("rules", rules)):
-        save_estimator(obj, os.path.join(out, f"{name}.skops"))
+        save_estimator(obj, layout.stack_file(f"{name}.skops"))
     write_table(pa.table({
         S.ID: data.ids, S.FOLD: data.folds, "dataset": data.datasets.astype(str),
         **{f"{kind}_{c}": nested_probs[:, i].astype(np.float32) for kind, nested_probs in (("raw", nested.raw), ("calibrated", nested.calibrated), ("final", nested.final))
            for i, c in enumerate(S.CLASSES)},
-    }), os.path.join(out, "oof.parquet"))
+    }), layout.stack_file("oof.parquet"))
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    write_json(summary, os.path.join(out, "summary.json"))
+    write_json(summary, layout.stack_file("summary.json"))
     log(f"  stacked OOF log loss {summary['nested_cv']['final']} (nested CV) vs best member {min(summary['member_log_loss'].values())}; "
         f"Tune {search['tune']['log_loss']} vs Powell {search['powell']['log_loss']}")
     return summary

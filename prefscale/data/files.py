@@ -1,4 +1,4 @@
-"""The data stages as functions the CLI, the pipeline and Ray jobs all call.
+"""The data operations on whole files: validate, split, pairs, stats (the CLI and the pipeline call them).
 
 Each reads its inputs, writes Parquet atomically and returns a JSON-ready summary.
 """
@@ -13,17 +13,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from prefscale.config import PairsConfig, ValidationConfig
 from prefscale.data import schema as S
 from prefscale.data.dedup import DedupMode, deduplicate
 from prefscale.data.folds import assign_folds
-from prefscale.data.pairs import PairOptions, count_distinct_pairs, generate_pairs, load_long_table
+from prefscale.data.pairs import count_distinct_pairs, generate_pairs, load_long_table
 from prefscale.data.readers import open_battles
-from prefscale.data.validate import ValidationOptions, Validator
+from prefscale.data.validate import Validator
 from prefscale.io import ParquetSink, read_table, write_table
 from prefscale.progress import bar
 
 
-def validate_file(input_uri: str, out_uri: str, rejects_uri: str, options: ValidationOptions | None = None) -> dict[str, Any]:
+def validate_file(input_uri: str, out_uri: str, rejects_uri: str, options: ValidationConfig = ValidationConfig()) -> dict[str, Any]:
     """Validate one input into clean and rejects files; clean + rejected = input rows."""
     source = open_battles(input_uri)
     validator = Validator(options)
@@ -70,7 +71,7 @@ def split(inputs: list[str], out_uri: str, rejects_uri: str, *, folds: int, seed
     }
 
 
-def make_pairs(input_uri: str, out_uri: str, options: PairOptions = PairOptions()) -> dict[str, Any]:
+def make_pairs(input_uri: str, out_uri: str, options: PairsConfig = PairsConfig()) -> dict[str, Any]:
     """Stream every unlabeled battle between generators on one instruction to Parquet."""
     started = time.perf_counter()
     long = load_long_table(input_uri)

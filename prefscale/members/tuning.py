@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from prefscale.data import schema as S
+from prefscale.members.estimators import fit_predict
 from prefscale.metrics import log_loss
 
 
@@ -27,8 +28,6 @@ def search_space(kind: str) -> dict[str, Any]:
 
 def _trial(config: dict[str, Any], kind: str, base: dict[str, Any], battles: pa.Table) -> None:
     from ray import tune
-
-    from prefscale.members.oof import fit_predict
 
     fold = battles.column(S.FOLD).to_numpy()
     labels = S.label_matrix(battles)

@@ -19,7 +19,6 @@ from sklearn.linear_model import LogisticRegression
 from prefscale.data import schema as S
 from prefscale.members.features import battle_features, cell_turns
 
-SWAP_CLASSES = [1, 0, 2]
 
 
 def expand_soft_labels(x: Any, labels: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray]:
@@ -43,13 +42,13 @@ class SwapSymmetricMember:
     def fit(self, battles: pa.Table, labels: np.ndarray) -> SwapSymmetricMember:
         x, x_swapped = self.encode(battles, fit=True)
         both = sparse.vstack([x, x_swapped]).tocsr() if sparse.issparse(x) else np.vstack([x, x_swapped])
-        rows, classes, weights = expand_soft_labels(both, np.vstack([labels, labels[:, SWAP_CLASSES]]))
+        rows, classes, weights = expand_soft_labels(both, np.vstack([labels, labels[:, S.SWAP_ORDER]]))
         self.estimator_ = self.make_estimator().fit(rows, classes, sample_weight=weights)
         return self
 
     def predict_proba(self, battles: pa.Table) -> np.ndarray:
         x, x_swapped = self.encode(battles, fit=False)
-        return (self.estimator_.predict_proba(x) + self.estimator_.predict_proba(x_swapped)[:, SWAP_CLASSES]) / 2
+        return (self.estimator_.predict_proba(x) + self.estimator_.predict_proba(x_swapped)[:, S.SWAP_ORDER]) / 2
 
 
 class FeatureMember(SwapSymmetricMember):
@@ -93,3 +92,10 @@ MEMBER_KINDS: dict[str, type[SwapSymmetricMember]] = {"features": FeatureMember,
 
 def make_member(kind: str, params: dict[str, Any] | None = None) -> SwapSymmetricMember:
     return MEMBER_KINDS[kind](**(params or {}))
+
+
+def fit_predict(kind: str, params: dict[str, Any], battles: pa.Table, train_rows: np.ndarray, test_rows: np.ndarray) -> np.ndarray:
+    """Fit on ``train_rows`` and predict ``test_rows``; the unit of work of one fold (or Tune trial)."""
+    labels = S.label_matrix(battles)
+    member = make_member(kind, params).fit(battles.take(train_rows), labels[train_rows])
+    return member.predict_proba(battles.take(test_rows))

@@ -1,4 +1,6 @@
-"""Form batches by a token budget over length-sorted rows, so little compute pads.
+"""Batches of token ids: formed by a token budget over length-sorted rows, and padded.
+
+Shared by the scoring actors, the training loop and the benchmarks.
 
 A fixed row count wastes compute twice: short rows padded to a long neighbour, and small
 batches of short rows. Sorting a block by length and filling each batch up to
@@ -24,11 +26,6 @@ def token_budget_batches(lengths: np.ndarray, max_tokens: int, max_rows: int = 1
     if start < len(order):
         batches.append(order[start:])
     return batches
-
-
-def fixed_size_batches(count: int, batch_size: int) -> list[np.ndarray]:
-    """The naive alternative, in input order (for comparison in benchmarks)."""
-    return [np.arange(s, min(s + batch_size, count)) for s in range(0, count, batch_size)]
 
 
 def padded_tokens(lengths: np.ndarray, batches: list[np.ndarray], pad_to: int | None = None) -> int:

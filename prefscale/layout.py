@@ -1,0 +1,152 @@
+"""Every path inside a run directory, named once.
+
+Stages talk only through files in the run directory, so this is the map they share: no other
+module joins a run-directory path. A rerun, `prefscale predict` and a reader with pandas all
+find an artefact by the same name.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+RUNS_DIR = "runs"  # where a config without output_dir puts its run: runs/<name>
+
+# Every top-level entry of a run directory and what it holds (the README's table is tested against this).
+TOP_LEVEL = {
+    "config.yaml": "the config the run was made with (what predict reloads)",
+    "summary.json": "every stage's summary and timings",
+    "validated": "clean rows of each training input",
+    "rejects": "rejected rows with reasons: per input, duplicates, pseudolabels",
+    "battles.parquet": "validated, deduplicated battles with their fold",
+    "unlabeled_pairs.parquet": "unlabeled battles from the long dump",
+    "members": "all-data fits of the cheap members (skops)",
+    "oof": "out-of-fold logits per member and train run (and each fold's score parts)",
+    "tune": "Ray Tune results of train runs, read back on reruns",
+    "models": "per train run: each fold's adapter, merged model and held-out battles; the averaged model",
+    "ray_train": "Ray Train checkpoints",
+    "scores": "score outputs (directories of Parquet parts)",
+    "pseudolabel_input.parquet": "the head of the unlabeled battles when pseudolabel.rows caps them",
+    "pseudolabels.parquet": "soft-labeled battles",
+    "stack": "stacker, calibrator, rules (skops), nested-CV OOF, summary",
+    "report": "report.md, report.json, reliability.png",
+    "predict": "predict's scratch space per input (clean rows, scores)",
+}
+
+
+def default_run_dir(name: str) -> str:
+    return os.path.join(RUNS_DIR, name)
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: str
+
+    def _path(self, *parts: str) -> str:
+        return os.path.join(self.root, *parts)
+
+    # data
+    @property
+    def config(self) -> str:
+        return self._path("config.yaml")
+
+    @property
+    def summary(self) -> str:
+        return self._path("summary.json")
+
+    def validated(self, source: str) -> str:
+        """Clean rows of one training input (``source``: the input's file stem)."""
+        return self._path("validated", f"{source}.parquet")
+
+    def rejects(self, source: str) -> str:
+        """Rejected rows with reasons: one file per input stem, plus 'duplicates' and 'pseudolabels'."""
+        return self._path("rejects", f"{source}.parquet")
+
+    @property
+    def battles(self) -> str:
+        """Validated, deduplicated battles with their fold: what every model trains on."""
+        return self._path("battles.parquet")
+
+    @property
+    def unlabeled_pairs(self) -> str:
+        return self._path("unlabeled_pairs.parquet")
+
+    # models and their out-of-fold predictions
+    def oof(self, name: str) -> str:
+        """OOF logits of a member or train run, one row per battle (artifacts.OOF_COLUMNS)."""
+        return self._path("oof", f"{name}.parquet")
+
+    def oof_fold_scores(self, name: str, fold: int) -> str:
+        """Score parts of one held-out fold of a train run, gathered into oof(name)."""
+        return self._path("oof", name, f"fold{fold}")
+
+    def member_model(self, name: str) -> str:
+        return self._path("members", f"{name}.skops")
+
+    def tune(self, name: str) -> str:
+        """A train run's Ray Tune result, read back on reruns."""
+        return self._path("tune", f"{name}.json")
+
+    def run_models(self, name: str) -> str:
+        return self._path("models", name)
+
+    def fold_model(self, name: str, fold: int) -> str:
+        """The fold's adapters merged into a plain safetensors model."""
+        return self._path("models", name, f"fold{fold}", "model")
+
+    def fold_adapter(self, name: str, fold: int) -> str:
+        """The fold's final trainable tensors (adapters + head), for fold averaging."""
+        return self._path("models", name, f"fold{fold}", "adapter")
+
+    def heldout(self, name: str, fold: int) -> str:
+        return self._path("models", name, f"fold{fold}", "heldout.parquet")
+
+    def averaged(self, name: str) -> str:
+        return self._path("models", name, "averaged")
+
+    def fold_models(self, name: str) -> list[str]:
+        """Merged fold models that exist, in fold order."""
+        directory = self.run_models(name)
+        if not os.path.isdir(directory):
+            return []
+        folds = sorted(int(d[4:]) for d in os.listdir(directory) if d.startswith("fold") and d[4:].isdigit())
+        return [self.fold_model(name, k) for k in folds if os.path.isdir(self.fold_model(name, k))]
+
+    @property
+    def checkpoints(self) -> str:
+        """Ray Train storage (absolute: workers on other nodes resolve it too)."""
+        return os.path.abspath(self._path("ray_train"))
+
+    # scoring and pseudolabels
+    def scores(self, label: str) -> str:
+        return self._path("scores", label)
+
+    @property
+    def pseudolabels(self) -> str:
+        return self._path("pseudolabels.parquet")
+
+    @property
+    def pseudolabel_input(self) -> str:
+        """The head of the unlabeled battles when pseudolabel.rows caps them."""
+        return self._path("pseudolabel_input.parquet")
+
+    # ensemble
+    @property
+    def stack(self) -> str:
+        return self._path("stack")
+
+    def stack_file(self, name: str) -> str:
+        """stacker.skops, calibrator.skops, rules.skops, oof.parquet, summary.json."""
+        return self._path("stack", name)
+
+    @property
+    def report(self) -> str:
+        return self._path("report")
+
+    def report_file(self, name: str) -> str:
+        """report.json, report.md, reliability.png."""
+        return self._path("report", name)
+
+    def predict_work(self, key: str, *parts: str) -> str:
+        """Scratch space of one `prefscale predict` input: clean.parquet, scores/<model>."""
+        return self._path("predict", key, *parts)

@@ -1,0 +1,67 @@
+"""What to score with, and the one place that decides it for every stage.
+
+A ``ScoringModel`` is a named model directory with the precision and text options it is
+scored at. ``train_run_models`` resolves "the scoring model of train run X" for held-out
+folds, pseudolabels and predict alike: the run's own precision, text options and TTA, so a
+stacker fitted on a QLoRA run's OOF logits is applied to logits made the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prefscale.config import Config, ModelConfig, ScoreConfig, TextConfig
+from prefscale.errors import PrefscaleError
+from prefscale.io import exists
+
+
+@dataclass(frozen=True)
+class ScoringModel:
+    name: str
+    path: str
+    text: TextConfig = TextConfig()
+    precision: str = "fp32"
+    trust_remote_code: bool = False
+
+    def column(self, field: str) -> str:
+        """Per-model column in the wide intermediate table, e.g. 'base.logit_a'."""
+        return f"{self.name}.{field}"
+
+
+def text_for(config: Config, max_length: int | None) -> TextConfig:
+    """The config's text section with a model's own max_length, when it sets one."""
+    return config.text.model_copy(update={"max_length": max_length}) if max_length else config.text
+
+
+def configured_models(config: Config) -> list[ScoringModel]:
+    """`score.models`, else the top-level model under the name 'base'."""
+    if not config.score.models:
+        return [ScoringModel("base", config.model.path, config.text, config.model.precision, config.model.trust_remote_code)]
+    return [ScoringModel(m.name, m.path, text_for(config, m.max_length), m.precision, m.trust_remote_code) for m in config.score.models]
+
+
+def train_run_model_config(config: Config, name: str) -> ModelConfig:
+    return config.train[name].model or config.model
+
+
+def trained_model(config: Config, name: str, path: str, label: str | None = None) -> ScoringModel:
+    """A model directory of train run ``name`` at the run's precision and text options."""
+    run, model = config.train[name], train_run_model_config(config, name)
+    return ScoringModel(label or name, path, text_for(config, run.max_length), model.precision, model.trust_remote_code)
+
+
+def train_run_models(config: Config, name: str) -> list[ScoringModel]:
+    """The scoring model of a finished train run: its averaged model, else every fold model."""
+    layout = config.layout
+    averaged = layout.averaged(name)
+    if exists(averaged):
+        return [trained_model(config, name, averaged)]
+    folds = layout.fold_models(name)
+    if not folds:
+        raise PrefscaleError(f"train run '{name}' has no models under {layout.run_models(name)}; rerun its training")
+    return [trained_model(config, name, path, f"{name}-{k}") for k, path in enumerate(folds)]
+
+
+def train_run_score_settings(config: Config, name: str) -> ScoreConfig:
+    """The score section with the run's own TTA, over every row: how a train run's models are scored."""
+    return config.score.model_copy(update={"tta": config.train[name].oof_tta, "rows": None})
