@@ -14,8 +14,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-
-from common import SHARED_DATA, run_measured, write_result
+from common import REPO, SHARED_DATA, run_measured, write_result
 
 GIB = 2**30
 
@@ -27,7 +26,8 @@ def main() -> None:
     dump = SHARED_DATA / "alpacaeval_outputs.parquet"
     if not dump.exists():
         sys.exit(f"needs {dump}")
-    from prefscale.models.tiny import build
+    sys.path.insert(0, str(REPO / "tests"))  # the tiny-model builder is a test helper, not part of the package
+    from tiny_models import build
 
     runs = []
     with tempfile.TemporaryDirectory() as tmp:

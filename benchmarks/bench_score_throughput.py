@@ -19,7 +19,6 @@ import time
 
 import numpy as np
 import pyarrow as pa
-
 from common import SHARED_DATA, write_result
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -65,9 +64,9 @@ def main() -> None:
         sys.exit(f"needs {SHARED_DATA}")
     import torch
 
-    from prefscale.models.loading import load_classifier, load_tokenizer
     from prefscale.batching import padded_tokens, token_budget_batches
     from prefscale.config import TextConfig
+    from prefscale.models.loading import load_classifier, load_tokenizer
     from prefscale.text.formatter import BattleFormatter
 
     table = battles(args.rows)
@@ -85,9 +84,9 @@ def main() -> None:
     bare_s = tokenize_s + bare_loop(model, tokenizer.pad_token_id, sequences, best)
     bare_rate = args.rows / bare_s
 
+    from prefscale.config import ScoreConfig
     from prefscale.io import write_table
     from prefscale.ray_runtime import ensure_ray
-    from prefscale.config import ScoreConfig
     from prefscale.score.engine import score_battles
     from prefscale.score.scoring_model import ScoringModel
 

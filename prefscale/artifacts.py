@@ -14,16 +14,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from prefscale.data import schema as S
+from prefscale.data import schema
 from prefscale.io import exists, resolve
 from prefscale.metrics import log_loss, out_of_fold_prior
 
 SCORE_SCHEMA = pa.schema(
-    [pa.field(S.ID, pa.int64()), pa.field("model", pa.string())]
-    + [pa.field(c, pa.float32()) for c in (*S.LOGITS, *S.PROBS)]
+    [pa.field(schema.ID, pa.int64()), pa.field("model", pa.string())]
+    + [pa.field(c, pa.float32()) for c in (*schema.LOGITS, *schema.PROBS)]
     + [pa.field("tokens", pa.int32()), pa.field("computed_tokens", pa.int32())]
 )
-OOF_COLUMNS = [S.ID, S.FOLD, "model", *S.LOGITS, *S.PROBS]
+OOF_COLUMNS = [schema.ID, schema.FOLD, "model", *schema.LOGITS, *schema.PROBS]
 
 
 def read_parts(output: str, columns: list[str] | None = None) -> pa.Table:
@@ -38,23 +38,23 @@ def oof_table(ids: np.ndarray, folds: np.ndarray, name: str, probs: np.ndarray) 
     """OOF rows from probabilities; logits are their logs (any per-row shift gives the same softmax)."""
     probs = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1.0)
     probs /= probs.sum(axis=1, keepdims=True)
-    columns = {S.ID: pa.array(ids, pa.int64()), S.FOLD: pa.array(folds, pa.int8()), "model": pa.array([name] * len(ids), pa.string())}
-    columns.update({c: pa.array(np.log(probs[:, i]), pa.float32()) for i, c in enumerate(S.LOGITS)})
-    columns.update({c: pa.array(probs[:, i], pa.float32()) for i, c in enumerate(S.PROBS)})
+    columns = {schema.ID: pa.array(ids, pa.int64()), schema.FOLD: pa.array(folds, pa.int8()), "model": pa.array([name] * len(ids), pa.string())}
+    columns.update({c: pa.array(np.log(probs[:, i]), pa.float32()) for i, c in enumerate(schema.LOGITS)})
+    columns.update({c: pa.array(probs[:, i], pa.float32()) for i, c in enumerate(schema.PROBS)})
     return pa.table(columns)
 
 
 def oof_metrics(oof: pa.Table, battles: pa.Table) -> dict[str, Any]:
     """OOF log loss beside two baselines: the class prior of all rows, and the out-of-fold
     prior (each fold predicted by the other folds' balance, the fair one for OOF logits)."""
-    frame = oof.to_pandas().set_index(S.ID).join(battles.to_pandas().set_index(S.ID)[list(S.LABEL_COLUMNS)], how="inner")
-    labels = frame[list(S.LABEL_COLUMNS)].to_numpy()
-    probs = frame[list(S.PROBS)].to_numpy()
+    frame = oof.to_pandas().set_index(schema.ID).join(battles.to_pandas().set_index(schema.ID)[list(schema.LABEL_COLUMNS)], how="inner")
+    labels = frame[list(schema.LABEL_COLUMNS)].to_numpy()
+    probs = frame[list(schema.PROBS)].to_numpy()
     prior = np.broadcast_to(labels.mean(axis=0), labels.shape)
     return {
         "oof_log_loss": round(log_loss(labels, probs), 4),
         "prior_log_loss": round(log_loss(labels, prior), 4),
-        "oof_prior_log_loss": round(log_loss(labels, out_of_fold_prior(labels, frame[S.FOLD].to_numpy())), 4),
+        "oof_prior_log_loss": round(log_loss(labels, out_of_fold_prior(labels, frame[schema.FOLD].to_numpy())), 4),
         "oof_accuracy": round(float((labels.argmax(axis=1) == probs.argmax(axis=1)).mean()), 4),
         "training_rows_with_oof": int(len(frame)),
     }

@@ -220,13 +220,6 @@ def _all_subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentPa
     return found
 
 
-def _print_summary(result: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(result, default=str))
-        return
-    print(json.dumps(result, indent=2, default=str))
-
-
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -241,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         print("prefscale: interrupted; outputs are written atomically, so rerun to finish", file=sys.stderr)
         return 130
     result["elapsed_s"] = round(time.perf_counter() - started, 2)
-    _print_summary(result, args.json)
+    print(json.dumps(result, indent=None if args.json else 2, default=str))
     return 0
 
 

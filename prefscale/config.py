@@ -10,7 +10,14 @@ import os
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from prefscale.errors import PrefscaleError
 from prefscale.layout import RunLayout, default_run_dir
@@ -161,7 +168,7 @@ class TrainRunConfig(Section):
     extra_train: list[str] = Field(default_factory=list, description="soft-labeled Parquet added to every fold (pseudolabels)")
     distill: DistillConfig | None = None
     average: Literal["none", "exact", "factors"] = Field("exact", description="merge the fold adapters into one model")
-    oof_tta: bool = True
+    tta: bool = Field(True, description="swap TTA whenever this run's models score: held-out folds, pseudolabels and predict alike")
 
 
 class MemberConfig(Section):

@@ -136,8 +136,13 @@ class RunLayout:
         return self._path("stack")
 
     def stack_file(self, name: str) -> str:
-        """stacker.skops, calibrator.skops, rules.skops, oof.parquet, summary.json."""
+        """stacker.skops, calibrator.skops, rules.skops (what predict applies) and oof.parquet."""
         return self._path("stack", name)
+
+    @property
+    def stack_summary(self) -> str:
+        """The stacking stage's summary; its member list is what predict stacks."""
+        return self._path("stack", "summary.json")
 
     @property
     def report(self) -> str:

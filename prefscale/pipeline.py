@@ -91,25 +91,15 @@ def train_runs(config: Config, log: Log) -> dict[str, Any]:
     return results
 
 
-def pseudolabel_models(config: Config):
-    """The models pseudolabel.scorers names: train runs' scoring models or score.models entries."""
-    from prefscale.score.scoring_model import configured_models, train_run_models
-
-    configured = {m.name: m for m in configured_models(config)}
-    names = config.pseudolabel.scorers or ([config.train_order()[-1]] if config.train else list(configured))
-    unknown = [n for n in names if n not in config.train and n not in configured]
-    if unknown:
-        raise PrefscaleError(f"pseudolabel.scorers names {unknown}, neither train runs nor score.models ({', '.join([*config.train, *configured])})")
-    return [m for n in names for m in (train_run_models(config, n) if n in config.train else [configured[n]])]
-
-
 def pseudolabel(config: Config, log: Log) -> dict[str, Any]:
     """Score the unlabeled battles (unless pseudolabel.scores names score directories), then write soft labels."""
     from prefscale.io import read_table, write_table
     from prefscale.score.engine import score_battles
     from prefscale.score.pseudolabel import write_pseudolabels
+    from prefscale.score.scoring_model import configured_models, scoring_plan
 
     layout, settings = config.layout, config.pseudolabel
+    scorers = settings.scorers or ([config.train_order()[-1]] if config.train else [m.name for m in configured_models(config)])
 
     def work() -> dict[str, Any]:
         battles = settings.input or layout.unlabeled_pairs
@@ -119,10 +109,10 @@ def pseudolabel(config: Config, log: Log) -> dict[str, Any]:
         summary: dict[str, Any] = {}
         score_dirs = settings.scores
         if not score_dirs:
-            models = pseudolabel_models(config)
-            out = layout.scores("unlabeled-" + "-".join(m.name for m in models))
-            summary["scoring"] = score_battles(battles, out, models, config.score.model_copy(update={"rows": None}))
-            score_dirs = [out]
+            plan = [step for name in scorers for step in scoring_plan(config, name)]
+            score_dirs = [layout.scores(f"unlabeled-{model.name}") for model, _ in plan]
+            summary["scoring"] = {model.name: score_battles(battles, out, [model], scoring)
+                                  for (model, scoring), out in zip(plan, score_dirs, strict=True)}
         return {**write_pseudolabels(battles, score_dirs, settings.output or layout.pseudolabels, layout.rejects("pseudolabels"), settings), **summary}
 
     result = _timed("pseudolabel", log, work)
@@ -152,16 +142,16 @@ def score(config: Config, log: Log) -> dict[str, Any]:
 def _score_report(battles_uri: str, scores_uri: str) -> dict[str, Any]:
     """Join scores to labels by id (Ray Data does not keep order) and measure them."""
     from prefscale.artifacts import read_parts
-    from prefscale.data import schema as S
+    from prefscale.data import schema
     from prefscale.io import read_table
     from prefscale.metrics import log_loss
 
-    scores = read_parts(scores_uri).to_pandas().set_index(S.ID)
+    scores = read_parts(scores_uri).to_pandas().set_index(schema.ID)
     battles = read_table(battles_uri)
-    labeled = battles.select([S.ID, *S.LABEL_COLUMNS]).to_pandas().set_index(S.ID) if S.is_labeled(battles) else None
+    labeled = battles.select([schema.ID, *schema.LABEL_COLUMNS]).to_pandas().set_index(schema.ID) if schema.is_labeled(battles) else None
     joined = scores.join(labeled, how="inner") if labeled is not None else scores.iloc[:0]
     return {
-        "log_loss": round(log_loss(joined[list(S.LABEL_COLUMNS)].to_numpy(), joined[list(S.PROBS)].to_numpy()), 4) if len(joined) else None,
+        "log_loss": round(log_loss(joined[list(schema.LABEL_COLUMNS)].to_numpy(), joined[list(schema.PROBS)].to_numpy()), 4) if len(joined) else None,
         "mean_tokens": round(float(scores["tokens"].mean()), 1) if len(scores) else None,
     }
 
@@ -233,10 +223,6 @@ def run_stages(config: Config, names: list[str] | None = None, log: Log = print)
         results.update(stage.run(config, log))
     summary: dict[str, Any] = {"name": config.name, "run_dir": config.run_dir, "stages": results,
                                "timings_s": {key: result["seconds"] for key, result in results.items()}}
-    if "report" in results:
-        report_ = results["report"]
-        summary["report"] = {k: report_[k] for k in ("best_member", "ensemble_gain_vs_best_member", "reliability_png")}
-        summary["report"]["log_loss"] = {name: row["log_loss"] for name, row in report_["table"].items()}
     summary["elapsed_s"] = round(time.perf_counter() - started, 1)
     if names is None:
         write_json(summary, config.layout.summary)

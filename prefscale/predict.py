@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from prefscale.config import Config, load_config
-from prefscale.data import schema as S
+from prefscale.data import schema
 from prefscale.data.files import validate_file
 from prefscale.errors import PrefscaleError
 from prefscale.io import atomic_path, exists, read_json, read_table, resolve
@@ -33,10 +33,10 @@ from prefscale.metrics import log_loss
 def load_run(run_dir: str) -> tuple[Config, list[str]]:
     """The config a run was made with and its stacked members, or a one-line error saying what is missing."""
     layout = RunLayout(run_dir)
-    if not exists(layout.config) or not exists(layout.stack_file("summary.json")):
+    if not exists(layout.config) or not exists(layout.stack_summary):
         raise PrefscaleError(f"{run_dir} is not a finished run (needs config.yaml and stack/summary.json); "
                              f"run `prefscale run --config ... --run-dir {run_dir}` first")
-    members = read_json(layout.stack_file("summary.json"))["members"]
+    members = read_json(layout.stack_summary)["members"]
     return load_config(layout.config).model_copy(update={"output_dir": run_dir}), members
 
 
@@ -52,15 +52,14 @@ def neural_probs(config: Config, name: str, battles_uri: str, work_key: str) -> 
     """Probabilities of one train run by id: its scoring model (averaged, else the mean of its fold models)."""
     from prefscale.artifacts import read_parts
     from prefscale.score.engine import score_battles
-    from prefscale.score.scoring_model import train_run_models, train_run_score_settings
+    from prefscale.score.scoring_model import scoring_plan
 
-    settings = train_run_score_settings(config, name)
     parts = []
-    for model in train_run_models(config, name):  # one job per model: each pool needs its own CPUs, so pools never queue
+    for model, settings in scoring_plan(config, name):
         out = config.layout.predict_work(work_key, "scores", model.name)
         score_battles(battles_uri, out, [model], settings)
-        parts.append(read_parts(out, [S.ID, *S.PROBS]).to_pandas())
-    scores = pd.concat(parts).groupby(S.ID).mean()
+        parts.append(read_parts(out, [schema.ID, *schema.PROBS]).to_pandas())
+    scores = pd.concat(parts).groupby(schema.ID).mean()
     return dict(zip(scores.index.to_numpy(), scores.to_numpy(), strict=True))
 
 
@@ -74,7 +73,7 @@ def predict(run_dir: str, input_uri: str, out_csv: str, log: Callable[[str], Non
     battles = read_table(clean_uri)
     if battles.num_rows == 0:
         raise PrefscaleError(f"no valid battles in {input_uri} ({validation['rejected']} rejected, see {rejects_uri})")
-    ids = battles.column(S.ID).to_numpy()
+    ids = battles.column(schema.ID).to_numpy()
     logp = np.empty((len(ids), len(members), 3))
     if any(m in config.train for m in members):
         from prefscale.ray_runtime import ensure_ray
@@ -91,13 +90,13 @@ def predict(run_dir: str, input_uri: str, out_csv: str, log: Callable[[str], Non
     probs = load_estimator(layout.stack_file("stacker.skops")).predict_proba(logp)
     probs = load_estimator(layout.stack_file("calibrator.skops")).predict_proba(probs)
     probs = load_estimator(layout.stack_file("rules.skops")).apply(battles, probs)
-    submission = pa.table({S.ID: ids, **{c: probs[:, k] for k, c in enumerate(S.LABEL_COLUMNS)}})
+    submission = pa.table({schema.ID: ids, **{c: probs[:, k] for k, c in enumerate(schema.LABEL_COLUMNS)}})
     with atomic_path(out_csv) as (fs, tmp):
         with fs.open_output_stream(tmp) as handle:
             pacsv.write_csv(submission, handle)
     summary: dict[str, Any] = {"run_dir": run_dir, "input": input_uri, "output": out_csv, "predicted": len(ids),
                                "rejected": validation["rejected"], "rejects_path": rejects_uri, "members": members}
-    if S.is_labeled(battles):
-        summary["log_loss"] = round(log_loss(S.label_matrix(battles), probs), 4)
+    if schema.is_labeled(battles):
+        summary["log_loss"] = round(log_loss(schema.label_matrix(battles), probs), 4)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     return summary

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from prefscale.data import schema as S
+from prefscale.data import schema
 
-_PAIRS = ((S.RESPONSE_A, S.RESPONSE_B), (S.MODEL_A, S.MODEL_B), ("winner_model_a", "winner_model_b"), ("soft_a", "soft_b"))
+_PAIRS = ((schema.RESPONSE_A, schema.RESPONSE_B), (schema.MODEL_A, schema.MODEL_B), ("winner_model_a", "winner_model_b"), ("soft_a", "soft_b"))
 
 
 def swap_battles(table: pa.Table) -> pa.Table:

@@ -57,14 +57,14 @@ def minilm_tokenizer():
 
 @pytest.fixture(scope="session")
 def tiny_bert_path(tmp_path_factory) -> str:
-    from prefscale.models.tiny import build
+    from tiny_models import build
 
     return build("bert", str(tmp_path_factory.mktemp("tiny_bert")))
 
 
 @pytest.fixture(scope="session")
 def tiny_llama_path(tmp_path_factory) -> str:
-    from prefscale.models.tiny import build
+    from tiny_models import build
 
     return build("llama", str(tmp_path_factory.mktemp("tiny_llama")))
 
@@ -84,7 +84,6 @@ def ray_local():
 @pytest.fixture(scope="session")
 def battles_path(tmp_path_factory, human_pairs) -> str:
     """200 clean real battles as a Parquet file."""
-    import pyarrow as pa
 
     from prefscale.data.readers import open_battles
     from prefscale.data.validate import Validator

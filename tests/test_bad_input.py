@@ -53,9 +53,8 @@ def test_wrong_schema(tmp_path, capsys):
 def test_model_path_without_weights(tmp_path, capsys, battles_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")
-    path = write_config(tmp_path, score={"models": [{"name": "m", "path": str(tmp_path / "model")}]})
-    from prefscale.models.loading import resolve_model_path
     from prefscale.errors import PrefscaleError
+    from prefscale.models.loading import resolve_model_path
 
     with pytest.raises(PrefscaleError, match="no .safetensors weights"):
         resolve_model_path(str(tmp_path / "model"))

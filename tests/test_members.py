@@ -5,11 +5,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from prefscale.data import schema as S
-from prefscale.errors import PrefscaleError
-from prefscale.members.features import battle_features, feature_names
+from prefscale.data import schema
 from prefscale.data.schema import SWAP_ORDER
+from prefscale.errors import PrefscaleError
 from prefscale.members.estimators import expand_soft_labels, make_member
+from prefscale.members.features import battle_features, feature_names
 from prefscale.members.store import load_estimator, save_estimator
 from prefscale.metrics import log_loss
 
@@ -22,9 +22,9 @@ def real_battles(human_pairs) -> pa.Table:
 
 
 def swapped(table: pa.Table) -> pa.Table:
-    a, b = table.column(S.RESPONSE_A), table.column(S.RESPONSE_B)
-    return table.set_column(table.schema.get_field_index(S.RESPONSE_A), S.RESPONSE_A, b).set_column(
-        table.schema.get_field_index(S.RESPONSE_B), S.RESPONSE_B, a)
+    a, b = table.column(schema.RESPONSE_A), table.column(schema.RESPONSE_B)
+    return table.set_column(table.schema.get_field_index(schema.RESPONSE_A), schema.RESPONSE_A, b).set_column(
+        table.schema.get_field_index(schema.RESPONSE_B), schema.RESPONSE_B, a)
 
 
 def test_features_of_the_swapped_battle_are_the_swapped_features(real_battles):
@@ -43,7 +43,7 @@ def test_soft_labels_expand_to_weighted_class_rows():
 @pytest.mark.parametrize("kind", ["features", "tfidf"])
 def test_member_is_swap_symmetric_and_learns_from_held_out_battles(kind, real_battles):
     train, test = real_battles.slice(0, 1100), real_battles.slice(1100)
-    labels = S.label_matrix(real_battles)
+    labels = schema.label_matrix(real_battles)
     member = make_member(kind).fit(train, labels[:1100])
     probs = member.predict_proba(test)
     np.testing.assert_allclose(member.predict_proba(swapped(test)), probs[:, SWAP_ORDER], atol=1e-6)
@@ -53,7 +53,7 @@ def test_member_is_swap_symmetric_and_learns_from_held_out_battles(kind, real_ba
 
 
 def test_fitted_member_round_trips_through_skops(tmp_path, real_battles):
-    member = make_member("tfidf").fit(real_battles.slice(0, 300), S.label_matrix(real_battles.slice(0, 300)))
+    member = make_member("tfidf").fit(real_battles.slice(0, 300), schema.label_matrix(real_battles.slice(0, 300)))
     save_estimator(member, str(tmp_path / "m.skops"))
     loaded = load_estimator(str(tmp_path / "m.skops"))
     np.testing.assert_array_equal(loaded.predict_proba(real_battles.slice(300, 50)), member.predict_proba(real_battles.slice(300, 50)))

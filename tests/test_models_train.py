@@ -5,9 +5,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from prefscale.models.averaging import average_exact, average_factors, lora_deltas, merge_into_base, refactor_rank
-from prefscale.models.loading import load_classifier, load_tokenizer
 from prefscale.config import LoraConfig
+from prefscale.models.averaging import (
+    average_exact,
+    average_factors,
+    lora_deltas,
+    merge_into_base,
+    refactor_rank,
+)
+from prefscale.models.loading import load_classifier, load_tokenizer
 from prefscale.models.lora import build_trainable, trainable_state
 from prefscale.train.losses import LossWeights, distillation_loss, soft_cross_entropy
 
@@ -81,11 +87,12 @@ def test_distillation_loss_matches_its_formula():
 
 def test_distilled_student_moves_toward_its_teacher(tmp_path, battles_path, tiny_bert_path):
     """Train only on the KL term to fixed teacher logits: the student's KL to the teacher falls."""
-    from prefscale.io import write_table
+    import pyarrow as pa
+
     from prefscale.artifacts import SCORE_SCHEMA
     from prefscale.config import DistillConfig, ModelConfig, TextConfig, TrainRunConfig
+    from prefscale.io import write_table
     from prefscale.train.loop import FoldJob, run_training
-    import pyarrow as pa
 
     table = pq.read_table(battles_path).slice(0, 64)
     ids = table.column("id").to_numpy()
@@ -97,14 +104,13 @@ def test_distilled_student_moves_toward_its_teacher(tmp_path, battles_path, tiny
     write_table(table.drop_columns(["fold"]) if "fold" in table.column_names else table, tmp_path / "train.parquet")
 
     def kl_to_teacher(directory):
-        from safetensors.torch import load_file
-
         from prefscale.models.lora import load_trainable_state
         from prefscale.text.formatter import BattleFormatter
+        from prefscale.train.loop import load_trainable
 
         model = build_trainable(tiny_bert_path, "fp32", LoraConfig(r=8, alpha=16))
         if directory:
-            load_trainable_state(model, load_file(f"{directory}/trainable.safetensors"))
+            load_trainable_state(model, load_trainable(directory))
         model.eval()
         tok = load_tokenizer(tiny_bert_path)
         enc = BattleFormatter(tok, TextConfig(max_length=64)).encode(*(table.column(c).to_pylist() for c in ("prompt", "response_a", "response_b")))

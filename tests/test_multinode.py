@@ -7,8 +7,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from conftest import submit_job, wait_job
+
 from prefscale.io import write_table
 
 REPO = Path(__file__).resolve().parents[1]

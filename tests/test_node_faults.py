@@ -9,8 +9,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from conftest import submit_job, wait_job
+
 from prefscale.io import write_table
 
 pytestmark = pytest.mark.slow

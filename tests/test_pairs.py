@@ -2,8 +2,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from prefscale.data import schema as S
 from prefscale.config import PairsConfig
+from prefscale.data import schema
 from prefscale.data.pairs import count_distinct_pairs, generate_pairs, load_long_table
 from prefscale.data.readers import open_battles
 from prefscale.data.validate import Validator
@@ -51,7 +51,7 @@ def test_pairs_are_valid_unlabeled_battles(tmp_path):
     pq.write_table(pairs(), path)
     clean, rejects = next(Validator().validate(open_battles(str(path)).batches()))
     assert clean.num_rows == 9 and rejects.num_rows == 0
-    assert not S.is_labeled(clean)
+    assert not schema.is_labeled(clean)
 
 
 def test_repeated_generator_is_an_error(tmp_path):

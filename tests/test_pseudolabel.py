@@ -3,13 +3,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from prefscale.data import schema as S
+from prefscale.artifacts import SCORE_SCHEMA
+from prefscale.config import PseudolabelConfig
+from prefscale.data import schema
 from prefscale.data.pairs import generate_pairs
 from prefscale.data.readers import open_battles
 from prefscale.data.validate import Validator
 from prefscale.io import write_table
-from prefscale.artifacts import SCORE_SCHEMA
-from prefscale.config import PseudolabelConfig
 from prefscale.score.pseudolabel import ensemble, write_pseudolabels
 
 LONG = pa.table({"instruction": ["i"] * 5, "generator": list("abcde"), "output": list("vwxyz")})
@@ -53,15 +53,15 @@ def test_every_battle_is_labeled_or_rejected_with_a_reason(setup):
     assert (labeled.column("pl_confidence").to_numpy() >= 0.5).all()
     # The output is training data as it is: it validates clean, with soft labels.
     clean, bad = next(Validator().validate(open_battles(str(tmp / "pl.parquet")).batches()))
-    assert bad.num_rows == 0 and S.is_labeled(clean)
-    assert all("pseudolabel" in f for f in clean.column(S.FLAGS).to_pylist())
+    assert bad.num_rows == 0 and schema.is_labeled(clean)
+    assert all("pseudolabel" in f for f in clean.column(schema.FLAGS).to_pylist())
 
 
 def test_uniform_balance_evens_out_top_classes(setup):
     tmp, ids, _ = setup
     write_pseudolabels(str(tmp / "pairs.parquet"), [str(tmp / "s1")], str(tmp / "pl.parquet"), str(tmp / "rej.parquet"),
                        PseudolabelConfig(balance="uniform"))
-    labels = S.label_matrix(pq.read_table(tmp / "pl.parquet")).argmax(axis=1)
+    labels = schema.label_matrix(pq.read_table(tmp / "pl.parquet")).argmax(axis=1)
     counts = np.bincount(labels, minlength=3)
     assert counts.max() - counts.min() <= 1
     assert "class_balance" in pq.read_table(tmp / "rej.parquet").column("reject_reason").to_pylist()

@@ -32,12 +32,12 @@ def test_pseudolabels_train_without_conversion(tmp_path, alpacaeval, battles_pat
         "model": {"path": tiny_bert_path},
         "score": {"block_rows": 32, "cpus_per_actor": 0.5, "format_cpus": 0.25, "threads_per_actor": 1},
         "pseudolabel": {"rows": 40, "scorers": ["base"]},
-        "train": {"student": {"folds": [0], "batch_size": 8, "checkpoint_every": 100, "oof_tta": False,
+        "train": {"student": {"folds": [0], "batch_size": 8, "checkpoint_every": 100, "tta": False,
                               "extra_train": [str(tmp_path / "run" / "pseudolabels.parquet")]}},
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     made = cli("pseudolabel", "--config", str(tmp_path / "c.yaml"), "--input", str(tmp_path / "pairs.parquet"))["stages"]["pseudolabel"]
-    assert made["pseudolabeled"] == 40 and made["scoring"]["scored"] == 40
+    assert made["pseudolabeled"] == 40 and made["scoring"]["base"]["scored"] == 40
     trained = cli("train", "--config", str(tmp_path / "c.yaml"))
     fold = trained["stages"]["train:student"]["folds"][0]
     labeled = sum(1 for f in pq.read_table(tmp_path / "run" / "battles.parquet").column("fold").to_pylist() if f != 0)

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from prefscale.data import schema as S
+from prefscale.data import schema
 from prefscale.data.readers import open_battles, stable_id
 from prefscale.data.validate import Validator
 from prefscale.errors import PrefscaleError
@@ -32,7 +32,7 @@ def test_csv_streams_multiline_cells_and_rejects_bad_rows_deep_in_the_file(tmp_p
     clean, rejects = validate_all(str(path))
     assert clean.column("id").to_pylist() == [1, 3]
     assert json.loads(clean.column("prompt")[0].as_py()) == ['multi\nline, with "quotes"']
-    assert rejects.column(S.REJECT_REASON).to_pylist() == ["wrong_type"]
+    assert rejects.column(schema.REJECT_REASON).to_pylist() == ["wrong_type"]
 
 
 def test_parquet_through_a_file_uri(tmp_path):
@@ -83,7 +83,7 @@ def test_arena_conversation_format(tmp_path, layout):
     assert (row["winner_model_a"], row["winner_model_b"], row["winner_tie"]) == (0, 0, 1)
     assert row["language"] == "English"
     # An unknown winner string is rejected, not silently turned into an unlabeled battle.
-    assert rejects.column(S.REJECT_REASON).to_pylist() == ["bad_label"]
+    assert rejects.column(schema.REJECT_REASON).to_pylist() == ["bad_label"]
     assert rejects.column("winner").to_pylist() == ["somebody"]
 
 

@@ -13,12 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from battle_tables import swap_battles
 from conftest import ProcessKiller
+
 from prefscale.artifacts import read_parts
 from prefscale.config import ScoreConfig, TextConfig
-from prefscale.data import schema as S
 from prefscale.io import write_table
 from prefscale.score.engine import score_battles
 from prefscale.score.scoring_model import ScoringModel

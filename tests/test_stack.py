@@ -5,11 +5,15 @@ import pyarrow as pa
 import pytest
 from scipy.special import log_softmax
 
-from prefscale.data import schema as S
+from prefscale.data import schema
 from prefscale.data.schema import SWAP_ORDER
 from prefscale.metrics import log_loss
 from prefscale.stack.blend import blend_loss, powell_weights
-from prefscale.stack.calibration import CALIBRATORS, TemperatureCalibrator, choose_calibrator
+from prefscale.stack.calibration import (
+    CALIBRATORS,
+    TemperatureCalibrator,
+    choose_calibrator,
+)
 from prefscale.stack.data import StackData
 from prefscale.stack.degenerate import DegenerateRules
 from prefscale.stack.nested import nested_cv
@@ -23,8 +27,8 @@ def synthetic(n: int = 3000, members: int = 3, seed: int = 0) -> StackData:
     truth_probs = np.exp(log_softmax(truth, axis=1))
     labels = np.eye(3)[[rng.choice(3, p=p) for p in truth_probs]]
     logp = np.stack([log_softmax(truth + rng.normal(size=(n, 3)) * (0.5 + m), axis=1) for m in range(members)], axis=1)
-    text = [S.RESPONSE_A, S.RESPONSE_B]
-    battles = pa.table({S.ID: np.arange(n), **{c: ['["x"]'] * n for c in text}})
+    text = [schema.RESPONSE_A, schema.RESPONSE_B]
+    battles = pa.table({schema.ID: np.arange(n), **{c: ['["x"]'] * n for c in text}})
     return StackData(np.arange(n), np.arange(n) % 5, labels, logp, [f"m{i}" for i in range(members)], np.full(n, "synthetic", dtype=object), battles)
 
 
@@ -92,7 +96,7 @@ def test_nested_cv_never_lets_a_fold_see_its_own_labels():
 def test_degenerate_rules_are_fitted_on_data_and_stay_off_when_rare():
     cells = ['["same"]'] * 30 + ['["a"]'] * 30 + ['[""]'] * 3
     other = ['["same"]'] * 30 + ['["b"]'] * 30 + ['["b"]'] * 3
-    battles = pa.table({S.RESPONSE_A: cells, S.RESPONSE_B: other})
+    battles = pa.table({schema.RESPONSE_A: cells, schema.RESPONSE_B: other})
     labels = np.eye(3)[[2] * 27 + [0] * 3 + [0] * 30 + [1] * 3]
     rules = DegenerateRules(min_count=10, smoothing=0.0).fit(battles, labels)
     assert rules.rules_["identical"] == pytest.approx([0.1, 0.0, 0.9])
@@ -103,14 +107,14 @@ def test_degenerate_rules_are_fitted_on_data_and_stay_off_when_rare():
 
 
 def test_a_member_missing_battles_is_an_error_not_a_silent_drop(tmp_path):
+    from prefscale.artifacts import oof_table
     from prefscale.errors import PrefscaleError
     from prefscale.io import write_table
-    from prefscale.artifacts import oof_table
     from prefscale.layout import RunLayout
     from prefscale.stack.data import load_stack_data
 
     ids = np.arange(10)
-    battles = pa.table({S.ID: ids, S.FOLD: pa.array(ids % 2, pa.int8()), **{c: np.full(10, 1 / 3) for c in S.LABEL_COLUMNS}})
+    battles = pa.table({schema.ID: ids, schema.FOLD: pa.array(ids % 2, pa.int8()), **{c: np.full(10, 1 / 3) for c in schema.LABEL_COLUMNS}})
     write_table(battles, tmp_path / "battles.parquet")
     write_table(oof_table(ids, ids % 2, "full", np.full((10, 3), 1 / 3)), tmp_path / "oof" / "full.parquet")
     write_table(oof_table(ids[:7], ids[:7] % 2, "part", np.full((7, 3), 1 / 3)), tmp_path / "oof" / "part.parquet")

@@ -3,16 +3,16 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
+from battle_tables import swap_battles
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefscale.data import schema as S
-from prefscale.text.budget import allocate
 from prefscale.config import TextConfig
+from prefscale.data import schema
+from prefscale.score.tta import unswap_probs
+from prefscale.text.budget import allocate
 from prefscale.text.formatter import BattleFormatter
 from prefscale.text.template import parse_template
-from battle_tables import swap_battles
-from prefscale.score.tta import unswap_probs
 
 
 @given(st.lists(st.integers(0, 5000), min_size=3, max_size=3), st.integers(0, 3000),
@@ -76,7 +76,7 @@ def test_template_is_configurable_and_checked(minilm_tokenizer):
 
 def test_swap_mirrors_responses_models_and_labels():
     table = pa.Table.from_pylist([{"id": 1, "prompt": '["p"]', "response_a": '["A"]', "response_b": '["B"]', "model_a": "ma", "model_b": "mb",
-                                   "winner_model_a": 1.0, "winner_model_b": 0.0, "winner_tie": 0.0, "flags": None}], schema=S.BATTLE_SCHEMA)
+                                   "winner_model_a": 1.0, "winner_model_b": 0.0, "winner_tie": 0.0, "flags": None}], schema=schema.BATTLE_SCHEMA)
     swapped = swap_battles(table).to_pylist()[0]
     assert (swapped["response_a"], swapped["model_a"], swapped["winner_model_a"], swapped["winner_model_b"]) == ('["B"]', "mb", 0.0, 1.0)
     assert swap_battles(swap_battles(table)).equals(table)

@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import ProcessKiller
+
 from prefscale.config import Config
 from prefscale.data.folds import assign_folds
 from prefscale.io import write_table
@@ -31,7 +31,7 @@ def test_killed_worker_resumes_from_checkpoint_and_every_oof_row_appears_once(ra
 
     folds = [0, 1]
     config = one_run_config(tmp_path, battles_path, 96, 32, model={"path": tiny_bert_path}, folds=folds, epochs=6, checkpoint_every=2, workers=2,
-                            max_failures=3, oof_tta=False, average="exact")
+                            max_failures=3, tta=False, average="exact")
     first_checkpoint = lambda: bool(list((tmp_path / "ray_train" / f"teacher-fold{folds[0]}").glob("checkpoint_*")))
     with ProcessKiller("RayTrainWorker", ready=first_checkpoint) as killer:
         summary = train_run(config, "teacher", log=lambda line: None)
@@ -55,7 +55,7 @@ def test_ray_tune_picks_lr_and_lora_rank_and_training_uses_them(ray_local, battl
 
     fold = 0
     config = one_run_config(tmp_path, battles_path, 120, 64, model={"path": tiny_bert_path}, folds=[fold], max_rows=64, checkpoint_every=2,
-                            workers=1, oof_tta=False, average="none", tune_samples=4, tune_ranks=[2, 4], tune_eval_rows=32)
+                            workers=1, tta=False, average="none", tune_samples=4, tune_ranks=[2, 4], tune_eval_rows=32)
     summary = train_run(config, "teacher", log=lambda line: None)
     search = json.loads((tmp_path / "tune" / "teacher.json").read_text())
     assert len(search["trials"]) == 4 and all(t["heldout_log_loss"] > 0 for t in search["trials"])
@@ -100,7 +100,7 @@ def test_predict_scores_training_battles_as_the_nf4_oof_did(ray_local, battles_p
     from prefscale.train.kfold import train_run
 
     config = one_run_config(tmp_path, battles_path, 60, 16, model={"path": tiny_llama_path, "precision": "nf4"}, folds=[0], max_rows=16,
-                            checkpoint_every=100, workers=1, oof_tta=True, average="none")
+                            checkpoint_every=100, workers=1, tta=True, average="none")
     train_run(config, "teacher", log=lambda line: None)
     predicted_equals_oof(config, "teacher", 0)
     assert fp32_differs_from_oof(config, "teacher", 0) > 1e-3  # so the equality above holds only at the run's precision

@@ -4,14 +4,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from prefscale.data import schema as S
 from prefscale.config import ValidationConfig
+from prefscale.data import schema
 from prefscale.data.validate import REASONS, Validator
 
 
 def battle(i=1, prompt='["hi"]', a='["hello"]', b='["hey"]', labels=(1, 0, 0), **extra):
     row = {"id": i, "prompt": prompt, "response_a": a, "response_b": b, "model_a": "m1", "model_b": "m2"}
-    row.update(dict(zip(S.LABEL_COLUMNS, labels)))
+    row.update(dict(zip(schema.LABEL_COLUMNS, labels)))
     row.update(extra)
     return row
 
@@ -50,10 +50,10 @@ def test_every_reason_is_exercised_and_named():
     rows = [battle(i=7)] + list(BAD_ROWS.values())
     clean, rejects, validator = run(rows)
     assert clean.num_rows == 1
-    assert rejects.column(S.REJECT_REASON).to_pylist() == list(BAD_ROWS)
+    assert rejects.column(schema.REJECT_REASON).to_pylist() == list(BAD_ROWS)
     assert set(BAD_ROWS) == set(REASONS)
     assert validator.stats.rows == clean.num_rows + rejects.num_rows == len(rows)
-    assert all(rejects.column(S.REJECT_DETAIL).to_pylist())
+    assert all(rejects.column(schema.REJECT_DETAIL).to_pylist())
 
 
 def test_rejects_keep_the_original_row():
@@ -71,15 +71,15 @@ def test_label_rules(labels, ok):
     clean, rejects, _ = run([battle(labels=labels)])
     assert clean.num_rows == int(ok)
     if not ok:
-        assert rejects.column(S.REJECT_REASON)[0].as_py() in ("bad_label", "wrong_type")
+        assert rejects.column(schema.REJECT_REASON)[0].as_py() in ("bad_label", "wrong_type")
 
 
 def test_soft_labels_take_precedence_and_are_checked():
     clean, _, _ = run([battle(labels=(1, 0, 0), soft_a=2 / 3, soft_b=0.0, soft_tie=1 / 3)])
     assert clean.column("winner_model_a")[0].as_py() == pytest.approx(2 / 3)
-    assert "soft_label" in clean.column(S.FLAGS)[0].as_py()
+    assert "soft_label" in clean.column(schema.FLAGS)[0].as_py()
     _, rejects, _ = run([battle(soft_a=0.9, soft_b=0.9, soft_tie=0.0)])
-    assert rejects.column(S.REJECT_REASON).to_pylist() == ["bad_label"]
+    assert rejects.column(schema.REJECT_REASON).to_pylist() == ["bad_label"]
 
 
 def test_lenient_mode_salvages_broken_json_and_flags_it():
@@ -96,12 +96,12 @@ def test_ids_stay_unique_across_batches():
     first, _ = validator.validate_batch(pa.RecordBatch.from_pylist([battle(i=1)]))
     second, rejects = validator.validate_batch(pa.RecordBatch.from_pylist([battle(i=1), battle(i=2)]))
     assert second.column("id").to_pylist() == [2]
-    assert rejects.column(S.REJECT_REASON).to_pylist() == ["duplicate_id"]
+    assert rejects.column(schema.REJECT_REASON).to_pylist() == ["duplicate_id"]
 
 
 def test_degenerate_battles_are_flagged_not_rejected():
     clean, _, _ = run([battle(a="[null]", b='["x"]'), battle(i=2, a='["same"]', b='["same"]')])
-    assert [f.split(",") for f in clean.column(S.FLAGS).to_pylist()] == [["empty_a"], ["identical"]]
+    assert [f.split(",") for f in clean.column(schema.FLAGS).to_pylist()] == [["empty_a"], ["identical"]]
 
 
 def test_real_kaggle_sample_accounts_for_every_row(kaggle_sample):
@@ -114,11 +114,11 @@ def test_real_kaggle_sample_accounts_for_every_row(kaggle_sample):
     assert clean.num_rows + rejects.num_rows == 806
     assert sorted(clean.column("id").to_pylist() + rejects.column("id").to_pylist()) == sorted(pq.read_table(kaggle_sample).column("id").to_pylist())
     # Every reject is a publisher-truncated row whose JSON no longer parses.
-    assert set(rejects.column(S.REJECT_REASON).to_pylist()) == {"unparseable_json"}
+    assert set(rejects.column(schema.REJECT_REASON).to_pylist()) == {"unparseable_json"}
     assert all(rejects.column("text_truncated_512").to_pylist())
 
 
 def test_typed_columns_of_the_wrong_type_are_rejected_per_row():
     batch = pa.RecordBatch.from_pylist([{"id": 1, "prompt": '["q"]', "response_a": '["a"]', "response_b": '["b"]', "model_a": 5}])
     _, rejects = Validator().validate_batch(batch)
-    assert rejects.column(S.REJECT_REASON).to_pylist() == ["wrong_type"]
+    assert rejects.column(schema.REJECT_REASON).to_pylist() == ["wrong_type"]

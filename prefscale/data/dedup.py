@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from prefscale.data import schema as S
+from prefscale.data import schema
 
 DedupMode = Literal["none", "exact", "swap"]
 
@@ -34,8 +34,8 @@ def deduplicate(table: pa.Table, mode: DedupMode = "swap", merge_labels: bool = 
     """Return (kept, duplicates, summary); kept + duplicates = table."""
     if mode == "none" or table.num_rows == 0:
         return table, _reject(table.slice(0, 0), [], []), {"mode": mode, "duplicates": 0}
-    columns = [table.column(c).to_pylist() for c in S.TEXT_COLUMNS]
-    ids = table.column(S.ID).to_pylist()
+    columns = [table.column(c).to_pylist() for c in schema.TEXT_COLUMNS]
+    ids = table.column(schema.ID).to_pylist()
     first_of: dict[bytes, int] = {}
     group_of = np.empty(table.num_rows, dtype=np.int64)
     swapped = np.zeros(table.num_rows, dtype=bool)
@@ -57,10 +57,10 @@ def deduplicate(table: pa.Table, mode: DedupMode = "swap", merge_labels: bool = 
 
 def _merge(table: pa.Table, kept: pa.Table, group_of: np.ndarray, swapped: np.ndarray, is_first: np.ndarray) -> pa.Table:
     """Average each group's labels in the kept row's orientation; unlabeled rows don't vote."""
-    labels = S.label_matrix(table)
+    labels = schema.label_matrix(table)
     oriented = labels.copy()
     flip = swapped != swapped[group_of]
-    oriented[flip] = oriented[flip][:, S.SWAP_ORDER]
+    oriented[flip] = oriented[flip][:, schema.SWAP_ORDER]
     voted = ~np.isnan(oriented).any(axis=1)
     sums = np.zeros((table.num_rows, 3))
     votes = np.zeros(table.num_rows)
@@ -68,16 +68,16 @@ def _merge(table: pa.Table, kept: pa.Table, group_of: np.ndarray, swapped: np.nd
     np.add.at(votes, group_of[voted], 1)
     first_rows = np.flatnonzero(is_first)
     merged = np.where(votes[first_rows, None] > 0, sums[first_rows] / np.maximum(votes[first_rows, None], 1), np.nan)
-    for i, column in enumerate(S.LABEL_COLUMNS):
+    for i, column in enumerate(schema.LABEL_COLUMNS):
         index = kept.schema.get_field_index(column)
         kept = kept.set_column(index, column, pa.array(merged[:, i], pa.float32(), from_pandas=True))
-    flags = kept.column(S.FLAGS).to_pylist()
+    flags = kept.column(schema.FLAGS).to_pylist()
     counts = votes[first_rows]
     new_flags = [",".join(filter(None, [f, f"merged_votes:{int(n)}" if n > 1 else None])) or None for f, n in zip(flags, counts, strict=True)]
-    return kept.set_column(kept.schema.get_field_index(S.FLAGS), S.FLAGS, pa.array(new_flags, pa.string()))
+    return kept.set_column(kept.schema.get_field_index(schema.FLAGS), schema.FLAGS, pa.array(new_flags, pa.string()))
 
 
 def _reject(rows: pa.Table, reasons: list[str], details: list[str]) -> pa.Table:
-    return rows.append_column(S.REJECT_REASON, pa.array(reasons, pa.string())).append_column(
-        S.REJECT_DETAIL, pa.array(details, pa.string())
+    return rows.append_column(schema.REJECT_REASON, pa.array(reasons, pa.string())).append_column(
+        schema.REJECT_DETAIL, pa.array(details, pa.string())
     )

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from prefscale.config import PairsConfig, ValidationConfig
-from prefscale.data import schema as S
+from prefscale.data import schema
 from prefscale.data.dedup import DedupMode, deduplicate
 from prefscale.data.folds import assign_folds
 from prefscale.data.pairs import count_distinct_pairs, generate_pairs, load_long_table
@@ -29,7 +29,7 @@ def validate_file(input_uri: str, out_uri: str, rejects_uri: str, options: Valid
     source = open_battles(input_uri)
     validator = Validator(options)
     started = time.perf_counter()
-    with ParquetSink(out_uri, empty_schema=S.BATTLE_SCHEMA) as clean_sink, ParquetSink(rejects_uri, empty_schema=_reject_schema(source.schema)) as reject_sink, bar(source.num_rows, f"validate {os.path.basename(input_uri)}") as progress:
+    with ParquetSink(out_uri, empty_schema=schema.BATTLE_SCHEMA) as clean_sink, ParquetSink(rejects_uri, empty_schema=_reject_schema(source.schema)) as reject_sink, bar(source.num_rows, f"validate {os.path.basename(input_uri)}") as progress:
         for clean, rejects in validator.validate(source.batches()):
             clean_sink.write(clean)
             reject_sink.write(rejects)
@@ -40,7 +40,7 @@ def validate_file(input_uri: str, out_uri: str, rejects_uri: str, options: Valid
 
 
 def _reject_schema(raw: pa.Schema) -> pa.Schema:
-    return raw.append(pa.field(S.REJECT_REASON, pa.string())).append(pa.field(S.REJECT_DETAIL, pa.string()))
+    return raw.append(pa.field(schema.REJECT_REASON, pa.string())).append(pa.field(schema.REJECT_DETAIL, pa.string()))
 
 
 def split(inputs: list[str], out_uri: str, rejects_uri: str, *, folds: int, seed: int = 0, dedup: DedupMode = "swap", merge_labels: bool = True) -> dict[str, Any]:
@@ -56,7 +56,7 @@ def split(inputs: list[str], out_uri: str, rejects_uri: str, *, folds: int, seed
     kept = assign_folds(kept, folds, seed)
     write_table(kept, out_uri)
     write_table(duplicates, rejects_uri)
-    sizes = np.bincount(kept.column(S.FOLD).to_numpy(), minlength=folds).tolist()
+    sizes = np.bincount(kept.column(schema.FOLD).to_numpy(), minlength=folds).tolist()
     return {
         "inputs": inputs,
         "rows": table.num_rows,
@@ -80,7 +80,7 @@ def make_pairs(input_uri: str, out_uri: str, options: PairsConfig = PairsConfig(
     # Rows repeat each answer ~60 times inside a row group: a large dictionary page lets
     # Parquet store each answer once per row group instead of once per pair. Row groups of
     # 8k rows are what downstream readers (the scoring engine) stream one at a time.
-    with ParquetSink(out_uri, empty_schema=S.BATTLE_SCHEMA, row_group_rows=8192, dictionary_pagesize_limit=64 << 20) as sink, bar(expected, "pairs") as progress:
+    with ParquetSink(out_uri, empty_schema=schema.BATTLE_SCHEMA, row_group_rows=8192, dictionary_pagesize_limit=64 << 20) as sink, bar(expected, "pairs") as progress:
         for battles in generate_pairs(long, options):
             sink.write(battles)
             progress.update(battles.num_rows)
@@ -108,11 +108,11 @@ def stats(input_uri: str) -> dict[str, Any]:
     datasets: dict[str, int] = {}
     with bar(source.num_rows, f"stats {os.path.basename(input_uri)}") as progress:
         for clean, rejects in validator.validate(source.batches()):
-            matrix = S.label_matrix(clean)
+            matrix = schema.label_matrix(clean)
             known = ~np.isnan(matrix).any(axis=1)
             labels += matrix[known].sum(axis=0)
             unlabeled += int((~known).sum())
-            for column, counter in ((S.FOLD, folds), ("dataset", datasets)):
+            for column, counter in ((schema.FOLD, folds), ("dataset", datasets)):
                 if column in clean.column_names:
                     for value, count in zip(*np.unique(np.asarray(clean.column(column).to_pylist(), dtype=object).astype(str), return_counts=True), strict=True):
                         counter[value] = counter.get(value, 0) + int(count)
@@ -125,7 +125,7 @@ def stats(input_uri: str) -> dict[str, Any]:
         **{k: v for k, v in validator.stats.as_dict().items() if k in ("rows", "clean", "rejected", "reasons", "flags")},
         "labeled": int(round(labeled)),
         "unlabeled": unlabeled,
-        "label_share": dict(zip(S.CLASSES, [round(float(x), 4) for x in shares], strict=True)) if labeled else None,
+        "label_share": dict(zip(schema.CLASSES, [round(float(x), 4) for x in shares], strict=True)) if labeled else None,
         "prior_log_loss": round(prior_loss, 4) if prior_loss is not None else None,
         "folds": folds or None,
         "datasets": datasets or None,

@@ -13,7 +13,7 @@ import re
 import numpy as np
 import pyarrow as pa
 
-from prefscale.data import schema as S
+from prefscale.data import schema
 from prefscale.data.kaggle_json import decode_turns, turns_text
 
 _SPACE = re.compile(r"\s+")
@@ -34,7 +34,7 @@ def assign_folds(table: pa.Table, k: int, seed: int = 0) -> pa.Table:
     """Append (or replace) an int8 ``fold`` column."""
     if k < 2:
         raise ValueError(f"folds must be at least 2, got {k}")
-    folds = np.array([fold_of(p, k, seed) for p in table.column(S.PROMPT).to_pylist()], dtype=np.int8)
-    if S.FOLD in table.column_names:
-        table = table.drop_columns([S.FOLD])
-    return table.append_column(S.FOLD, pa.array(folds))
+    folds = np.array([fold_of(p, k, seed) for p in table.column(schema.PROMPT).to_pylist()], dtype=np.int8)
+    if schema.FOLD in table.column_names:
+        table = table.drop_columns([schema.FOLD])
+    return table.append_column(schema.FOLD, pa.array(folds))

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from prefscale.config import PairsConfig
-from prefscale.data import schema as S
+from prefscale.data import schema
 from prefscale.data.kaggle_json import encode_turns
 from prefscale.data.readers import stable_id
 from prefscale.errors import PrefscaleError
@@ -93,14 +93,14 @@ def _group_battles(group: pa.Table, options: PairsConfig) -> pa.Table:
     n = len(first)
     return pa.table(
         {
-            S.ID: pa.array(ids, pa.int64()),
-            S.PROMPT: pa.array([encode_turns([instruction])] * n, pa.string()),
-            S.RESPONSE_A: outputs.take(take_a),
-            S.RESPONSE_B: outputs.take(take_b),
-            S.MODEL_A: names.take(take_a),
-            S.MODEL_B: names.take(take_b),
-            **{c: pa.nulls(n, pa.float32()) for c in S.LABEL_COLUMNS},
-            S.FLAGS: pa.nulls(n, pa.string()),
+            schema.ID: pa.array(ids, pa.int64()),
+            schema.PROMPT: pa.array([encode_turns([instruction])] * n, pa.string()),
+            schema.RESPONSE_A: outputs.take(take_a),
+            schema.RESPONSE_B: outputs.take(take_b),
+            schema.MODEL_A: names.take(take_a),
+            schema.MODEL_B: names.take(take_b),
+            **{c: pa.nulls(n, pa.float32()) for c in schema.LABEL_COLUMNS},
+            schema.FLAGS: pa.nulls(n, pa.string()),
         },
-        schema=S.BATTLE_SCHEMA,
+        schema=schema.BATTLE_SCHEMA,
     )

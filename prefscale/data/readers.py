@@ -20,7 +20,7 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pyarrow.json as pajson
 
-from prefscale.data import schema as S
+from prefscale.data import schema
 from prefscale.data.kaggle_json import encode_turns
 from prefscale.errors import PrefscaleError
 from prefscale.io import require_file, resolve
@@ -86,11 +86,11 @@ def open_battles(uri: str | os.PathLike[str]) -> BattleSource:
             source = BattleSource(uri, fmt, first.schema if first is not None else pa.schema([]), None)
     except (pa.ArrowInvalid, OSError, ValueError) as exc:
         raise PrefscaleError(f"cannot read {uri} as {fmt}: {str(exc).splitlines()[0]}; check the file is complete and in that format") from None
-    needed = ("question_id", *ARENA_COLUMNS) if source.is_arena else S.REQUIRED_COLUMNS
+    needed = ("question_id", *ARENA_COLUMNS) if source.is_arena else schema.REQUIRED_COLUMNS
     missing = [c for c in needed if c not in source.schema.names]
     if missing:
         raise PrefscaleError(
-            f"{uri} lacks column(s) {', '.join(missing)}; a battle needs {', '.join(S.REQUIRED_COLUMNS)} "
+            f"{uri} lacks column(s) {', '.join(missing)}; a battle needs {', '.join(schema.REQUIRED_COLUMNS)} "
             f"(Kaggle layout) or question_id, conversation_a, conversation_b, winner (Arena layout)"
         )
     return source
@@ -173,18 +173,18 @@ def arena_to_kaggle(batch: pa.RecordBatch) -> pa.RecordBatch:
     turns. Other columns pass through, so a reject keeps everything the source had.
     """
     rows = batch.to_pylist()
-    out: dict[str, list] = {c: [] for c in (S.ID, *S.TEXT_COLUMNS, *S.LABEL_COLUMNS)}
+    out: dict[str, list] = {c: [] for c in (schema.ID, *schema.TEXT_COLUMNS, *schema.LABEL_COLUMNS)}
     for row in rows:
         conv_a, conv_b = row.get("conversation_a"), row.get("conversation_b")
         qid = row.get("id", row.get("question_id"))
-        out[S.ID].append(qid if isinstance(qid, int) else stable_id(str(qid)))
-        out[S.PROMPT].append(encode_turns(_role_turns(conv_a, "user")))
-        out[S.RESPONSE_A].append(encode_turns(_role_turns(conv_a, "assistant")))
-        out[S.RESPONSE_B].append(encode_turns(_role_turns(conv_b, "assistant")))
+        out[schema.ID].append(qid if isinstance(qid, int) else stable_id(str(qid)))
+        out[schema.PROMPT].append(encode_turns(_role_turns(conv_a, "user")))
+        out[schema.RESPONSE_A].append(encode_turns(_role_turns(conv_a, "assistant")))
+        out[schema.RESPONSE_B].append(encode_turns(_role_turns(conv_b, "assistant")))
         winner = row.get("winner")
         label = (None, None, None) if winner is None else ARENA_WINNERS.get(str(winner).strip().lower(), UNKNOWN_WINNER)
-        for column, value in zip(S.LABEL_COLUMNS, label, strict=True):
+        for column, value in zip(schema.LABEL_COLUMNS, label, strict=True):
             out[column].append(value)
-    keep = [n for n in batch.schema.names if n not in (*ARENA_COLUMNS, S.ID, *out)]
+    keep = [n for n in batch.schema.names if n not in (*ARENA_COLUMNS, schema.ID, *out)]
     arrays = {**out, **{n: batch.column(n) for n in keep}}
     return pa.RecordBatch.from_pydict(arrays)

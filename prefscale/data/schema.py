@@ -42,6 +42,7 @@ CORE_COLUMNS = tuple(BATTLE_SCHEMA.names)
 
 REJECT_REASON = "reject_reason"
 REJECT_DETAIL = "reject_detail"
+ID_REJECT_SCHEMA = pa.schema([pa.field(ID, pa.int64()), pa.field(REJECT_REASON, pa.string()), pa.field(REJECT_DETAIL, pa.string())])  # rejects by id
 
 
 def label_matrix(table: pa.Table) -> np.ndarray:

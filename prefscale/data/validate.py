@@ -17,8 +17,13 @@ from typing import Any
 import pyarrow as pa
 
 from prefscale.config import ValidationConfig
-from prefscale.data import schema as S
-from prefscale.data.kaggle_json import TurnsDecodeError, decode_turns, encode_turns, turns_text
+from prefscale.data import schema
+from prefscale.data.kaggle_json import (
+    TurnsDecodeError,
+    decode_turns,
+    encode_turns,
+    turns_text,
+)
 
 # Reason codes, in the order rows are checked. Documented in README.md.
 REASONS = {
@@ -125,43 +130,43 @@ def _text(column: str, value: Any, lenient: bool, flags: list[str]) -> tuple[lis
 
 def check_row(row: dict[str, Any], options: ValidationConfig) -> dict[str, Any]:
     """Return the clean core fields of one raw row, or raise Rejected."""
-    battle_id = _coerce_id(row.get(S.ID))
+    battle_id = _coerce_id(row.get(schema.ID))
     flags: list[str] = []  # recomputed here; flags from earlier stages (e.g. 'pseudolabel') are kept below
     turns, cells = {}, {}
-    for column in S.TEXT_COLUMNS:
+    for column in schema.TEXT_COLUMNS:
         turns[column], cells[column] = _text(column, row.get(column), options.lenient_json, flags)
     if any(f.startswith("json_salvaged") for f in flags):
         # A salvaged cell is one raw turn; fold the others to one turn each so they still align.
-        for column in S.TEXT_COLUMNS:
+        for column in schema.TEXT_COLUMNS:
             if len(turns[column]) != 1:
                 turns[column] = ["\n\n".join(turns_text(turns[column]))]
                 cells[column] = encode_turns(turns[column])
-    counts = {c: len(turns[c]) for c in S.TEXT_COLUMNS}
+    counts = {c: len(turns[c]) for c in schema.TEXT_COLUMNS}
     if len(set(counts.values())) != 1:
         raise Rejected("turn_mismatch", f"turn counts differ: {counts}")
-    texts = {c: turns_text(turns[c]) for c in S.TEXT_COLUMNS}
-    if not any(t.strip() for c in S.TEXT_COLUMNS for t in texts[c]):
+    texts = {c: turns_text(turns[c]) for c in schema.TEXT_COLUMNS}
+    if not any(t.strip() for c in schema.TEXT_COLUMNS for t in texts[c]):
         raise Rejected("empty_text", "prompt and both responses are empty")
-    size = sum(len(cells[c]) for c in S.TEXT_COLUMNS)
+    size = sum(len(cells[c]) for c in schema.TEXT_COLUMNS)
     if size > options.max_chars:
         raise Rejected("too_long", f"{size} characters > limit {options.max_chars}; raise data.max_chars to keep it")
-    for column in (S.MODEL_A, S.MODEL_B):
+    for column in (schema.MODEL_A, schema.MODEL_B):
         if row.get(column) is not None and not isinstance(row[column], str):
             raise Rejected("wrong_type", f"{column} must be a string, got {type(row[column]).__name__}")
-    hard = _check_distribution(S.LABEL_COLUMNS, [_coerce_number(c, row.get(c)) for c in S.LABEL_COLUMNS])
-    soft = _check_distribution(S.SOFT_LABEL_COLUMNS, [_coerce_number(c, row.get(c)) for c in S.SOFT_LABEL_COLUMNS])
+    hard = _check_distribution(schema.LABEL_COLUMNS, [_coerce_number(c, row.get(c)) for c in schema.LABEL_COLUMNS])
+    soft = _check_distribution(schema.SOFT_LABEL_COLUMNS, [_coerce_number(c, row.get(c)) for c in schema.SOFT_LABEL_COLUMNS])
     if soft is not None:
         flags.append("soft_label")
     label = soft if soft is not None else hard
-    a_text, b_text = "".join(texts[S.RESPONSE_A]).strip(), "".join(texts[S.RESPONSE_B]).strip()
+    a_text, b_text = "".join(texts[schema.RESPONSE_A]).strip(), "".join(texts[schema.RESPONSE_B]).strip()
     flags += [name for name, on in (("empty_a", not a_text), ("empty_b", not b_text), ("identical", a_text == b_text)) if on]
     return {
-        S.ID: battle_id,
+        schema.ID: battle_id,
         **cells,
-        S.MODEL_A: row.get(S.MODEL_A),
-        S.MODEL_B: row.get(S.MODEL_B),
-        **dict(zip(S.LABEL_COLUMNS, label or (None, None, None), strict=True)),
-        S.FLAGS: ",".join(dict.fromkeys([*_earlier_flags(row.get(S.FLAGS)), *flags])) or None,
+        schema.MODEL_A: row.get(schema.MODEL_A),
+        schema.MODEL_B: row.get(schema.MODEL_B),
+        **dict(zip(schema.LABEL_COLUMNS, label or (None, None, None), strict=True)),
+        schema.FLAGS: ",".join(dict.fromkeys([*_earlier_flags(row.get(schema.FLAGS)), *flags])) or None,
     }
 
 
@@ -186,26 +191,26 @@ class Validator:
         for index, row in enumerate(rows):
             try:
                 clean = check_row(row, self.options)
-                if clean[S.ID] in self._seen_ids:
-                    raise Rejected("duplicate_id", f"id {clean[S.ID]} already seen")
+                if clean[schema.ID] in self._seen_ids:
+                    raise Rejected("duplicate_id", f"id {clean[schema.ID]} already seen")
             except Rejected as rejected:
                 reject_index.append(index)
                 reasons.append(rejected.reason)
                 details.append(rejected.detail[:500])
                 continue
-            self._seen_ids.add(clean[S.ID])
+            self._seen_ids.add(clean[schema.ID])
             clean_rows.append(clean)
             clean_index.append(index)
         clean_table = self._clean_table(batch, clean_rows, clean_index)
         rejects = pa.Table.from_batches([batch.take(pa.array(reject_index, pa.int64()))]).append_column(
-            S.REJECT_REASON, pa.array(reasons, pa.string())
-        ).append_column(S.REJECT_DETAIL, pa.array(details, pa.string()))
+            schema.REJECT_REASON, pa.array(reasons, pa.string())
+        ).append_column(schema.REJECT_DETAIL, pa.array(details, pa.string()))
         self._count(clean_table, reasons, len(rows), time.perf_counter() - started)
         return clean_table, rejects
 
     def _clean_table(self, batch: pa.RecordBatch, rows: list[dict], index: list[int]) -> pa.Table:
-        core = pa.Table.from_pylist(rows, schema=S.BATTLE_SCHEMA)
-        extras = [n for n in batch.schema.names if n not in S.CORE_COLUMNS]
+        core = pa.Table.from_pylist(rows, schema=schema.BATTLE_SCHEMA)
+        extras = [n for n in batch.schema.names if n not in schema.CORE_COLUMNS]
         taken = batch.select(extras).take(pa.array(index, pa.int64())) if extras else None
         for name in extras:
             core = core.append_column(name, taken.column(name))
@@ -216,7 +221,7 @@ class Validator:
         self.stats.clean += clean.num_rows
         self.stats.rejected += len(reasons)
         self.stats.reasons.update(reasons)
-        for flags in clean.column(S.FLAGS).to_pylist():
+        for flags in clean.column(schema.FLAGS).to_pylist():
             self.stats.flags.update(f.split(":")[0] for f in (flags or "").split(",") if f)
         self.stats.seconds += seconds
 

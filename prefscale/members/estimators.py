@@ -16,9 +16,8 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from prefscale.data import schema as S
+from prefscale.data import schema
 from prefscale.members.features import battle_features, cell_turns
-
 
 
 def expand_soft_labels(x: Any, labels: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray]:
@@ -42,13 +41,13 @@ class SwapSymmetricMember:
     def fit(self, battles: pa.Table, labels: np.ndarray) -> SwapSymmetricMember:
         x, x_swapped = self.encode(battles, fit=True)
         both = sparse.vstack([x, x_swapped]).tocsr() if sparse.issparse(x) else np.vstack([x, x_swapped])
-        rows, classes, weights = expand_soft_labels(both, np.vstack([labels, labels[:, S.SWAP_ORDER]]))
+        rows, classes, weights = expand_soft_labels(both, np.vstack([labels, labels[:, schema.SWAP_ORDER]]))
         self.estimator_ = self.make_estimator().fit(rows, classes, sample_weight=weights)
         return self
 
     def predict_proba(self, battles: pa.Table) -> np.ndarray:
         x, x_swapped = self.encode(battles, fit=False)
-        return (self.estimator_.predict_proba(x) + self.estimator_.predict_proba(x_swapped)[:, S.SWAP_ORDER]) / 2
+        return (self.estimator_.predict_proba(x) + self.estimator_.predict_proba(x_swapped)[:, schema.SWAP_ORDER]) / 2
 
 
 class FeatureMember(SwapSymmetricMember):
@@ -72,8 +71,8 @@ class TfidfMember(SwapSymmetricMember):
         return {**self.DEFAULTS, **self.params}
 
     def encode(self, battles: pa.Table, fit: bool) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
-        texts_a = ["\n".join(cell_turns(c)) for c in battles.column(S.RESPONSE_A).to_pylist()]
-        texts_b = ["\n".join(cell_turns(c)) for c in battles.column(S.RESPONSE_B).to_pylist()]
+        texts_a = ["\n".join(cell_turns(c)) for c in battles.column(schema.RESPONSE_A).to_pylist()]
+        texts_b = ["\n".join(cell_turns(c)) for c in battles.column(schema.RESPONSE_B).to_pylist()]
         if fit:
             options = self._options()
             self.vectorizer_ = TfidfVectorizer(sublinear_tf=True, max_features=options["max_features"], ngram_range=(1, options["ngram_max"]),
@@ -96,6 +95,6 @@ def make_member(kind: str, params: dict[str, Any] | None = None) -> SwapSymmetri
 
 def fit_predict(kind: str, params: dict[str, Any], battles: pa.Table, train_rows: np.ndarray, test_rows: np.ndarray) -> np.ndarray:
     """Fit on ``train_rows`` and predict ``test_rows``; the unit of work of one fold (or Tune trial)."""
-    labels = S.label_matrix(battles)
+    labels = schema.label_matrix(battles)
     member = make_member(kind, params).fit(battles.take(train_rows), labels[train_rows])
     return member.predict_proba(battles.take(test_rows))

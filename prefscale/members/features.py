@@ -12,7 +12,7 @@ import re
 import numpy as np
 import pyarrow as pa
 
-from prefscale.data import schema as S
+from prefscale.data import schema
 from prefscale.data.kaggle_json import TurnsDecodeError, decode_turns, turns_text
 
 REFUSALS = re.compile(
@@ -74,9 +74,9 @@ def side_features(turns: list[str], prompt_words: set[str], null_turns: int) -> 
 
 def battle_features(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """(features, swapped features) as float32 arrays of shape (n, 3 * sides + symmetric)."""
-    prompts = table.column(S.PROMPT).to_pylist()
-    cells_a = table.column(S.RESPONSE_A).to_pylist()
-    cells_b = table.column(S.RESPONSE_B).to_pylist()
+    prompts = table.column(schema.PROMPT).to_pylist()
+    cells_a = table.column(schema.RESPONSE_A).to_pylist()
+    cells_b = table.column(schema.RESPONSE_B).to_pylist()
     side_a, side_b, symmetric = [], [], []
     for prompt_cell, cell_a, cell_b in zip(prompts, cells_a, cells_b, strict=True):
         prompt = cell_turns(prompt_cell)

@@ -14,19 +14,19 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from prefscale.artifacts import oof_metrics, oof_table
 from prefscale.config import Config, MemberConfig
-from prefscale.data import schema as S
+from prefscale.data import schema
 from prefscale.io import exists, read_table, write_table
 from prefscale.members.estimators import fit_predict, make_member
 from prefscale.members.store import save_estimator
-from prefscale.artifacts import oof_metrics, oof_table
 
 
 def fold_predictions(kind: str, params: dict[str, Any], battles: pa.Table, folds: list[int] | None = None) -> np.ndarray:
     """OOF probabilities for every battle, the folds fitted in parallel as Ray tasks."""
     import ray
 
-    fold = battles.column(S.FOLD).to_numpy()
+    fold = battles.column(schema.FOLD).to_numpy()
     folds = sorted(set(fold.tolist())) if folds is None else folds
     task = ray.remote(num_cpus=1)(fit_predict)
     battles_ref = ray.put(battles)
@@ -53,14 +53,11 @@ def train_member(config: Config, name: str, member: MemberConfig, log: Callable[
         params = tune_member(member.kind, battles, member.tune_samples, base=params, seed=0)
         log(f"  [{name}] tuned params {params}")
     probs = fold_predictions(member.kind, params, battles)
-    oof = oof_table(battles.column(S.ID).to_numpy(), battles.column(S.FOLD).to_numpy(), name, probs)
+    oof = oof_table(battles.column(schema.ID).to_numpy(), battles.column(schema.FOLD).to_numpy(), name, probs)
     write_table(oof, out)
-    save_estimator(make_member(member.kind, params).fit(battles, S.label_matrix(battles)), model_out)
+    save_estimator(make_member(member.kind, params).fit(battles, schema.label_matrix(battles)), model_out)
     summary = {"name": name, "kind": member.kind, "params": params, "oof_path": out, "model_path": model_out,
                "oof_rows": oof.num_rows, **oof_metrics(oof, battles), "seconds": round(time.perf_counter() - started, 1)}
     log(f"  [{name}] OOF log loss {summary['oof_log_loss']} in {summary['seconds']}s")
     return summary
 
-
-def train_members(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
-    return {name: train_member(config, name, member, log) for name, member in config.members.items()}

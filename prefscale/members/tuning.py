@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from prefscale.data import schema as S
+from prefscale.data import schema
 from prefscale.members.estimators import fit_predict
 from prefscale.metrics import log_loss
 
@@ -29,8 +29,8 @@ def search_space(kind: str) -> dict[str, Any]:
 def _trial(config: dict[str, Any], kind: str, base: dict[str, Any], battles: pa.Table) -> None:
     from ray import tune
 
-    fold = battles.column(S.FOLD).to_numpy()
-    labels = S.label_matrix(battles)
+    fold = battles.column(schema.FOLD).to_numpy()
+    labels = schema.label_matrix(battles)
     seen = np.zeros(len(fold), dtype=bool)
     probs = np.empty(labels.shape)
     for k in np.unique(fold):
@@ -47,7 +47,7 @@ def tune_member(kind: str, battles: pa.Table, samples: int, base: dict[str, Any]
     from ray.tune.search.optuna import OptunaSearch
 
     base = dict(base or {})
-    folds = len(np.unique(battles.column(S.FOLD).to_numpy()))
+    folds = len(np.unique(battles.column(schema.FOLD).to_numpy()))
     with tempfile.TemporaryDirectory(prefix="prefscale-tune-") as scratch:
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(_trial, kind=kind, base=base, battles=battles), {"cpu": 0.5}),

@@ -12,9 +12,9 @@ import functools
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from prefscale.data import schema as S
-from prefscale.data.kaggle_json import TurnsDecodeError
 from prefscale.config import TextConfig
+from prefscale.data import schema
+from prefscale.data.kaggle_json import TurnsDecodeError
 from prefscale.score.scoring_model import ScoringModel
 from prefscale.text.formatter import BattleFormatter
 
@@ -57,9 +57,9 @@ def _encode_rows(formatter: BattleFormatter, cells: tuple[list, list, list], tta
 
 
 def encode_battles(batch: pa.Table, models: list[ScoringModel], tta: bool) -> pa.Table:
-    cells = tuple(batch.column(c).to_pylist() for c in S.TEXT_COLUMNS)
+    cells = tuple(batch.column(c).to_pylist() for c in schema.TEXT_COLUMNS)
     errors: list[str | None] = [None] * batch.num_rows
-    columns: dict[str, pa.Array] = {S.ID: batch.column(S.ID)}
+    columns: dict[str, pa.Array] = {schema.ID: batch.column(schema.ID)}
     for model in models:
         formatter = _formatter(model.path, model.trust_remote_code, model.text)
         plain, swapped = _encode_rows(formatter, cells, tta, errors)

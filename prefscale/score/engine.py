@@ -24,7 +24,7 @@ import pyarrow.dataset as pads
 
 from prefscale.artifacts import SCORE_SCHEMA, read_parts
 from prefscale.config import ScoreConfig
-from prefscale.data import schema as S
+from prefscale.data import schema
 from prefscale.errors import PrefscaleError
 from prefscale.io import ParquetSink, exists, read_table, resolve, write_json
 from prefscale.progress import bar
@@ -33,7 +33,6 @@ from prefscale.score.scorer import ModelScorer
 from prefscale.score.scoring_model import ScoringModel
 from prefscale.score.tta import softmax
 
-REJECT_SCHEMA = pa.schema([pa.field(S.ID, pa.int64()), pa.field(S.REJECT_REASON, pa.string()), pa.field(S.REJECT_DETAIL, pa.string())])
 REJECTS_DIR = "_rejects"
 DONE_FILE = "_SUCCESS.json"
 
@@ -41,8 +40,8 @@ DONE_FILE = "_SUCCESS.json"
 def _read_rejects(output: str) -> pa.Table:
     fs, path = resolve(os.path.join(output, REJECTS_DIR))
     if not exists(os.path.join(output, REJECTS_DIR)):
-        return REJECT_SCHEMA.empty_table()
-    return pads.dataset(path, filesystem=fs, format="parquet", schema=REJECT_SCHEMA).to_table()
+        return schema.ID_REJECT_SCHEMA.empty_table()
+    return pads.dataset(path, filesystem=fs, format="parquet", schema=schema.ID_REJECT_SCHEMA).to_table()
 
 
 class _PartWriter:
@@ -76,7 +75,7 @@ class _PartWriter:
 
 
 def _drop_done(batch: pa.Table, done: np.ndarray) -> pa.Table:
-    return batch.filter(pc.invert(pc.is_in(batch.column(S.ID), value_set=pa.array(done, pa.int64()))))
+    return batch.filter(pc.invert(pc.is_in(batch.column(schema.ID), value_set=pa.array(done, pa.int64()))))
 
 
 def _no_extra_args() -> dict[str, Any]:
@@ -87,11 +86,11 @@ def _long_rows(batch: pa.Table, models: list[ScoringModel]) -> pa.Table:
     """Wide per-model columns -> one row per (id, model)."""
     tables = []
     for m in models:
-        logits = np.stack([batch.column(m.column(c)).to_numpy(zero_copy_only=False) for c in S.LOGITS], axis=1)
+        logits = np.stack([batch.column(m.column(c)).to_numpy(zero_copy_only=False) for c in schema.LOGITS], axis=1)
         probs = softmax(logits.astype(np.float64))
-        columns = {S.ID: batch.column(S.ID), "model": pa.array([m.name] * batch.num_rows, pa.string())}
-        columns |= {c: pa.array(logits[:, i], pa.float32()) for i, c in enumerate(S.LOGITS)}
-        columns |= {c: pa.array(probs[:, i], pa.float32()) for i, c in enumerate(S.PROBS)}
+        columns = {schema.ID: batch.column(schema.ID), "model": pa.array([m.name] * batch.num_rows, pa.string())}
+        columns |= {c: pa.array(logits[:, i], pa.float32()) for i, c in enumerate(schema.LOGITS)}
+        columns |= {c: pa.array(probs[:, i], pa.float32()) for i, c in enumerate(schema.PROBS)}
         columns |= {"tokens": batch.column(m.column("tokens")), "computed_tokens": batch.column(m.column("computed_tokens"))}
         tables.append(pa.table(columns, schema=SCORE_SCHEMA))
     return pa.concat_tables(tables)
@@ -132,7 +131,7 @@ def _row_group_dataset(uri: str, columns: list[str]):
 def _input_dataset(input_uri: str, settings: ScoreConfig, done: np.ndarray):
     import ray
 
-    columns = [S.ID, *S.TEXT_COLUMNS]
+    columns = [schema.ID, *schema.TEXT_COLUMNS]
     if settings.rows is not None:
         # A fixed head of the file (not Dataset.limit, whose rows can differ between runs).
         head = read_table(input_uri, columns=columns).slice(0, settings.rows)
@@ -168,9 +167,9 @@ def score_battles(input_uri: str, output_uri: str, models: list[ScoringModel], s
     if len(set(names)) != len(names):
         raise PrefscaleError(f"model names must be unique, got {names}")
     _check_fits(models, settings, ray.cluster_resources())
-    previous = read_parts(output_uri, [S.ID, "model"])
-    previous_rejects = _read_rejects(output_uri).column(S.ID).to_numpy()
-    done = np.union1d(pc.unique(previous.column(S.ID)).to_numpy(), previous_rejects)
+    previous = read_parts(output_uri, [schema.ID, "model"])
+    previous_rejects = _read_rejects(output_uri).column(schema.ID).to_numpy()
+    done = np.union1d(pc.unique(previous.column(schema.ID)).to_numpy(), previous_rejects)
     ds, total = _input_dataset(input_uri, settings, done)
 
     # ray_remote_args_fn keeps tokenization in its own CPU tasks: without it Ray fuses this
@@ -199,8 +198,8 @@ def score_battles(input_uri: str, output_uri: str, models: list[ScoringModel], s
             failed = pc.invert(pc.is_null(batch.column(ERROR)))
             bad = batch.filter(failed)
             if bad.num_rows:
-                rejects.add(pa.table({S.ID: bad.column(S.ID), S.REJECT_REASON: pa.array(["format_error"] * bad.num_rows),
-                                      S.REJECT_DETAIL: bad.column(ERROR)}, schema=REJECT_SCHEMA))
+                rejects.add(pa.table({schema.ID: bad.column(schema.ID), schema.REJECT_REASON: pa.array(["format_error"] * bad.num_rows),
+                                      schema.REJECT_DETAIL: bad.column(ERROR)}, schema=schema.ID_REJECT_SCHEMA))
             good = batch.filter(pc.invert(failed))
             for m in models:
                 tokens[m.name][0] += pc.sum(good.column(m.column("tokens"))).as_py() or 0
@@ -212,7 +211,7 @@ def score_battles(input_uri: str, output_uri: str, models: list[ScoringModel], s
 
     seconds = time.perf_counter() - started
     new_rows = scores.rows // max(len(models), 1)
-    final = read_parts(output_uri, [S.ID, "model"])
+    final = read_parts(output_uri, [schema.ID, "model"])
     summary = {
         "input": input_uri,
         "output": output_uri,
@@ -223,7 +222,7 @@ def score_battles(input_uri: str, output_uri: str, models: list[ScoringModel], s
         "scored": new_rows,
         "rejected": rejects.rows,
         "output_rows": final.num_rows,
-        "unique_ids": len(pc.unique(final.column(S.ID))),
+        "unique_ids": len(pc.unique(final.column(schema.ID))),
         "padding_efficiency": {n: round(t[0] / t[1], 4) if t[1] else None for n, t in tokens.items()},
         "seconds": round(seconds, 2),
         "rows_per_s": round(new_rows / seconds, 2) if seconds else None,

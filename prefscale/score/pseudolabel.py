@@ -9,7 +9,6 @@ columns, so the training stage reads it as it is.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -17,35 +16,35 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from prefscale.artifacts import read_parts
 from prefscale.config import PseudolabelConfig
-from prefscale.data import schema as S
+from prefscale.data import schema
 from prefscale.data.readers import open_battles
+from prefscale.data.schema import PROBS
 from prefscale.errors import PrefscaleError
 from prefscale.io import ParquetSink
 from prefscale.progress import bar
-from prefscale.artifacts import read_parts
-from prefscale.data.schema import PROBS
 
 QUALITY_COLUMNS = ("pl_confidence", "pl_entropy", "pl_agreement", "pl_models")
 
 
 def ensemble(score_dirs: list[str]) -> pd.DataFrame:
     """Per id: mean probabilities over every model in every directory, plus quality columns."""
-    frames = [read_parts(d, [S.ID, "model", *PROBS]).to_pandas() for d in score_dirs]
+    frames = [read_parts(d, [schema.ID, "model", *PROBS]).to_pandas() for d in score_dirs]
     scores = pd.concat(frames, ignore_index=True).dropna(subset=list(PROBS))
     if scores.empty:
         raise PrefscaleError(f"no scores found in {', '.join(score_dirs)}; run `prefscale score` first")
-    probs = scores.groupby(S.ID)[list(PROBS)].mean()
+    probs = scores.groupby(schema.ID)[list(PROBS)].mean()
     top = probs.to_numpy().argmax(axis=1)
     scores["top"] = scores[list(PROBS)].to_numpy().argmax(axis=1)
-    scores["ensemble_top"] = pd.Series(top, index=probs.index).reindex(scores[S.ID]).to_numpy()
-    agreement = (scores["top"] == scores["ensemble_top"]).groupby(scores[S.ID]).mean()
+    scores["ensemble_top"] = pd.Series(top, index=probs.index).reindex(scores[schema.ID]).to_numpy()
+    agreement = (scores["top"] == scores["ensemble_top"]).groupby(scores[schema.ID]).mean()
     p = probs.to_numpy()
     return probs.assign(
         pl_confidence=p.max(axis=1),
         pl_entropy=-(p * np.log(np.clip(p, 1e-12, 1))).sum(axis=1),
         pl_agreement=agreement.reindex(probs.index).to_numpy(),
-        pl_models=scores.groupby(S.ID)["model"].nunique().reindex(probs.index).to_numpy(),
+        pl_models=scores.groupby(schema.ID)["model"].nunique().reindex(probs.index).to_numpy(),
     )
 
 
@@ -79,23 +78,22 @@ def write_pseudolabels(battles_uri: str, score_dirs: list[str], out_uri: str, re
     table = ensemble(score_dirs)
     reason = _reasons(table, options)
     source = open_battles(battles_uri)
-    missing = [c for c in (*S.LABEL_COLUMNS, S.FLAGS) if c not in source.schema.names]
+    missing = [c for c in (*schema.LABEL_COLUMNS, schema.FLAGS) if c not in source.schema.names]
     if missing:
         raise PrefscaleError(f"{battles_uri} lacks {', '.join(missing)}; pseudolabel battles from `prefscale data pairs` or `data validate`")
-    reject_schema = pa.schema([pa.field(S.ID, pa.int64()), pa.field(S.REJECT_REASON, pa.string()), pa.field(S.REJECT_DETAIL, pa.string())])
     counts: dict[str, int] = {}
-    with ParquetSink(out_uri, empty_schema=S.BATTLE_SCHEMA) as sink, ParquetSink(rejects_uri, empty_schema=reject_schema) as rejects, \
+    with ParquetSink(out_uri, empty_schema=schema.BATTLE_SCHEMA) as sink, ParquetSink(rejects_uri, empty_schema=schema.ID_REJECT_SCHEMA) as rejects, \
             bar(source.num_rows, "pseudolabel") as progress:
         for batch in source.batches(batch_rows=65_536):
-            ids = batch.column(S.ID).to_numpy()
+            ids = batch.column(schema.ID).to_numpy()
             known = pd.Series(ids).isin(table.index).to_numpy()
             why = np.where(known, reason.reindex(ids).to_numpy(), "unscored")
             for r in why[pd.notna(why)]:
                 counts[r] = counts.get(r, 0) + 1
             dropped = pd.notna(why)
             if dropped.any():
-                rejects.write(pa.table({S.ID: pa.array(ids[dropped], pa.int64()), S.REJECT_REASON: pa.array(why[dropped].astype(str)),
-                                        S.REJECT_DETAIL: pa.array([None] * int(dropped.sum()), pa.string())}, schema=reject_schema))
+                rejects.write(pa.table({schema.ID: pa.array(ids[dropped], pa.int64()), schema.REJECT_REASON: pa.array(why[dropped].astype(str)),
+                                        schema.REJECT_DETAIL: pa.array([None] * int(dropped.sum()), pa.string())}, schema=schema.ID_REJECT_SCHEMA))
             keep = ~dropped
             if keep.any():
                 sink.write(_labeled(batch.filter(pa.array(keep)), table))
@@ -110,19 +108,19 @@ def write_pseudolabels(battles_uri: str, score_dirs: list[str], out_uri: str, re
         "battles": kept + rejects.rows,
         "pseudolabeled": kept,
         "rejected": dict(sorted(counts.items())),
-        "top_class_share": dict(zip(S.CLASSES, np.round(np.bincount(shares, minlength=3) / max(len(shares), 1), 4).tolist(), strict=True)),
+        "top_class_share": dict(zip(schema.CLASSES, np.round(np.bincount(shares, minlength=3) / max(len(shares), 1), 4).tolist(), strict=True)),
         "mean_confidence": round(float(table.loc[reason.isna(), "pl_confidence"].mean()), 4) if kept else None,
         "seconds": round(time.perf_counter() - started, 2),
     }
 
 
 def _labeled(batch: pa.RecordBatch, table: pd.DataFrame) -> pa.Table:
-    rows = table.reindex(batch.column(S.ID).to_numpy())
+    rows = table.reindex(batch.column(schema.ID).to_numpy())
     out = pa.Table.from_batches([batch])
-    for column, prob in zip(S.LABEL_COLUMNS, PROBS, strict=True):
+    for column, prob in zip(schema.LABEL_COLUMNS, PROBS, strict=True):
         out = out.set_column(out.schema.get_field_index(column), column, pa.array(rows[prob].to_numpy(), pa.float32()))
-    flags = [",".join(filter(None, [f, "pseudolabel"])) for f in out.column(S.FLAGS).to_pylist()]
-    out = out.set_column(out.schema.get_field_index(S.FLAGS), S.FLAGS, pa.array(flags, pa.string()))
+    flags = [",".join(filter(None, [f, "pseudolabel"])) for f in out.column(schema.FLAGS).to_pylist()]
+    out = out.set_column(out.schema.get_field_index(schema.FLAGS), schema.FLAGS, pa.array(flags, pa.string()))
     for column in QUALITY_COLUMNS:
         out = out.append_column(column, pa.array(rows[column].to_numpy(), pa.float32()))
     return out

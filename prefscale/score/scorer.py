@@ -24,7 +24,11 @@ class ModelScorer:
     def __init__(self, model: ScoringModel, max_tokens: int, threads: int, use_gpu: bool = False, tta_space: TTASpace = "prob") -> None:
         import torch
 
-        from prefscale.models.loading import load_classifier, load_tokenizer, quantization_kwargs
+        from prefscale.models.loading import (
+            load_classifier,
+            load_tokenizer,
+            quantization_kwargs,
+        )
 
         torch.set_num_threads(threads)
         self.torch = torch

@@ -64,4 +64,18 @@ def train_run_models(config: Config, name: str) -> list[ScoringModel]:
 
 def train_run_score_settings(config: Config, name: str) -> ScoreConfig:
     """The score section with the run's own TTA, over every row: how a train run's models are scored."""
-    return config.score.model_copy(update={"tta": config.train[name].oof_tta, "rows": None})
+    return config.score.model_copy(update={"tta": config.train[name].tta, "rows": None})
+
+
+def scoring_plan(config: Config, name: str) -> list[tuple[ScoringModel, ScoreConfig]]:
+    """Each model of a train run or a score.models entry with the settings it is scored at.
+
+    Predict and pseudolabels score each model in its own pass: every actor pool then has the
+    CPUs to itself, so pools never wait on each other."""
+    if name in config.train:
+        settings = train_run_score_settings(config, name)
+        return [(model, settings) for model in train_run_models(config, name)]
+    configured = {m.name: m for m in configured_models(config)}
+    if name not in configured:
+        raise PrefscaleError(f"'{name}' is neither a train run nor a score model ({', '.join([*config.train, *configured])})")
+    return [(configured[name], config.score.model_copy(update={"rows": None}))]

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from prefscale.data import schema as S
+from prefscale.data import schema
 from prefscale.errors import PrefscaleError
 from prefscale.io import exists, read_table
 from prefscale.layout import RunLayout
@@ -30,7 +30,7 @@ class StackData:
 
 
 def log_probs(table: pa.Table) -> np.ndarray:
-    probs = np.stack([table.column(c).to_numpy().astype(np.float64) for c in S.PROBS], axis=1)
+    probs = np.stack([table.column(c).to_numpy().astype(np.float64) for c in schema.PROBS], axis=1)
     probs = np.clip(probs, 1e-7, 1.0)
     return np.log(probs / probs.sum(axis=1, keepdims=True))
 
@@ -45,7 +45,7 @@ def dataset_names(battles: pa.Table) -> np.ndarray:
 def load_stack_data(layout: RunLayout, members: list[str]) -> StackData:
     """Join every member's OOF on id; a battle missing from any member is an error, not a silent drop."""
     battles = read_table(layout.battles)
-    ids = battles.column(S.ID).to_numpy()
+    ids = battles.column(schema.ID).to_numpy()
     order = np.argsort(ids)
     battles, ids = battles.take(order), ids[order]
     logps = []
@@ -53,13 +53,13 @@ def load_stack_data(layout: RunLayout, members: list[str]) -> StackData:
         path = layout.oof(name)
         if not exists(path):
             raise PrefscaleError(f"stack member '{name}' has no OOF logits at {path}; train it first or drop it from stack.members")
-        oof = read_table(path, columns=[S.ID, *S.PROBS])
-        oof_ids = oof.column(S.ID).to_numpy()
+        oof = read_table(path, columns=[schema.ID, *schema.PROBS])
+        oof_ids = oof.column(schema.ID).to_numpy()
         by_id = np.argsort(oof_ids)
         position = np.minimum(np.searchsorted(oof_ids[by_id], ids), max(len(oof_ids) - 1, 0))
         found = oof_ids[by_id][position] == ids if len(oof_ids) else np.zeros(len(ids), dtype=bool)
         if not found.all():
             raise PrefscaleError(f"OOF of '{name}' lacks {int((~found).sum())} of {len(ids)} battles; rerun that member so every battle has one OOF row")
         logps.append(log_probs(oof.take(by_id[position])))
-    return StackData(ids, battles.column(S.FOLD).to_numpy(), S.label_matrix(battles), np.stack(logps, axis=1), list(members),
+    return StackData(ids, battles.column(schema.FOLD).to_numpy(), schema.label_matrix(battles), np.stack(logps, axis=1), list(members),
                      dataset_names(battles), battles)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from prefscale.data import schema as S
+from prefscale.data import schema
 from prefscale.members.features import cell_turns
 
 RULES = ("identical", "a_empty", "b_empty")
@@ -17,7 +17,7 @@ RULES = ("identical", "a_empty", "b_empty")
 
 def degenerate_kinds(battles: pa.Table) -> np.ndarray:
     kinds = []
-    for cell_a, cell_b in zip(battles.column(S.RESPONSE_A).to_pylist(), battles.column(S.RESPONSE_B).to_pylist(), strict=True):
+    for cell_a, cell_b in zip(battles.column(schema.RESPONSE_A).to_pylist(), battles.column(schema.RESPONSE_B).to_pylist(), strict=True):
         a, b = "".join(cell_turns(cell_a)).strip(), "".join(cell_turns(cell_b)).strip()
         kinds.append("identical" if a == b else "a_empty" if not a else "b_empty" if not b else "")
     return np.asarray(kinds, dtype=object)

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from prefscale.config import Config, StackConfig
-from prefscale.data import schema as S
+from prefscale.data import schema
 from prefscale.io import write_json, write_table
 from prefscale.members.store import save_estimator
 from prefscale.metrics import log_loss
@@ -74,12 +74,12 @@ def run_stack(config: Config, log: Callable[[str], None] = print) -> dict[str, A
     for name, obj in (("stacker", stacker), ("calibrator", calibrator), ("rules", rules)):
         save_estimator(obj, layout.stack_file(f"{name}.skops"))
     write_table(pa.table({
-        S.ID: data.ids, S.FOLD: data.folds, "dataset": data.datasets.astype(str),
+        schema.ID: data.ids, schema.FOLD: data.folds, "dataset": data.datasets.astype(str),
         **{f"{kind}_{c}": nested_probs[:, i].astype(np.float32) for kind, nested_probs in (("raw", nested.raw), ("calibrated", nested.calibrated), ("final", nested.final))
-           for i, c in enumerate(S.CLASSES)},
+           for i, c in enumerate(schema.CLASSES)},
     }), layout.stack_file("oof.parquet"))
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    write_json(summary, layout.stack_file("summary.json"))
+    write_json(summary, layout.stack_summary)
     log(f"  stacked OOF log loss {summary['nested_cv']['final']} (nested CV) vs best member {min(summary['member_log_loss'].values())}; "
         f"Tune {search['tune']['log_loss']} vs Powell {search['powell']['log_loss']}")
     return summary

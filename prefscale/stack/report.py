@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from prefscale.data import schema as S
+from prefscale.data import schema
 from prefscale.io import read_table, write_bytes, write_json
 from prefscale.layout import RunLayout
 from prefscale.metrics import log_loss, out_of_fold_prior
@@ -25,9 +25,9 @@ def _scores(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
 def prediction_table(data: StackData, layout: RunLayout) -> dict[str, np.ndarray]:
     """Every member's and every ensemble stage's OOF probabilities, aligned with ``data.ids``."""
     predictions = {m: np.exp(data.logp[:, i]) for i, m in enumerate(data.members)}
-    ensemble = read_table(layout.stack_file("oof.parquet")).to_pandas().set_index(S.ID).loc[data.ids]
+    ensemble = read_table(layout.stack_file("oof.parquet")).to_pandas().set_index(schema.ID).loc[data.ids]
     for label, kind in ENSEMBLE_COLUMNS.items():
-        predictions[label] = ensemble[[f"{kind}_{c}" for c in S.CLASSES]].to_numpy()
+        predictions[label] = ensemble[[f"{kind}_{c}" for c in schema.CLASSES]].to_numpy()
     predictions["class prior"] = np.broadcast_to(data.labels.mean(axis=0), data.labels.shape)
     predictions["class prior (out of fold)"] = out_of_fold_prior(data.labels, data.folds)
     return predictions

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from prefscale.data import schema as S
+from prefscale.data import schema
 from prefscale.members.estimators import expand_soft_labels
 
 
@@ -24,12 +24,12 @@ class LogisticStacker:
         self.C = C
 
     def fit(self, logp: np.ndarray, labels: np.ndarray) -> LogisticStacker:
-        x = np.vstack([stack_features(logp), stack_features(logp[:, :, S.SWAP_ORDER])])
-        rows, classes, weights = expand_soft_labels(x, np.vstack([labels, labels[:, S.SWAP_ORDER]]))
+        x = np.vstack([stack_features(logp), stack_features(logp[:, :, schema.SWAP_ORDER])])
+        rows, classes, weights = expand_soft_labels(x, np.vstack([labels, labels[:, schema.SWAP_ORDER]]))
         self.model_ = LogisticRegression(C=self.C, max_iter=1000).fit(rows, classes, sample_weight=weights)
         return self
 
     def predict_proba(self, logp: np.ndarray) -> np.ndarray:
         direct = self.model_.predict_proba(stack_features(logp))
-        swapped = self.model_.predict_proba(stack_features(logp[:, :, S.SWAP_ORDER]))[:, S.SWAP_ORDER]
+        swapped = self.model_.predict_proba(stack_features(logp[:, :, schema.SWAP_ORDER]))[:, schema.SWAP_ORDER]
         return (direct + swapped) / 2

@@ -14,11 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from prefscale.data.kaggle_json import decode_turns, turns_text
 from prefscale.config import TextConfig
+from prefscale.data.kaggle_json import decode_turns, turns_text
 from prefscale.text.budget import allocate
 from prefscale.text.template import FIELDS, parse_template
-
 
 
 @dataclass

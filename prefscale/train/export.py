@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
-from safetensors.torch import load_file
 
 from prefscale.config import LoraConfig, ModelConfig
 from prefscale.io import atomic_dir
 from prefscale.models.averaging import average_exact, average_factors, merge_into_base
 from prefscale.models.loading import load_classifier, load_tokenizer
 from prefscale.models.lora import build_trainable, load_trainable_state
+from prefscale.train.loop import load_trainable
 
 
 def saved_dtype(precision: str) -> torch.dtype:
@@ -36,7 +34,7 @@ def export_merged(base: ModelConfig, lora: LoraConfig, trainable: dict[str, torc
 
 def export_average(base: ModelConfig, lora: LoraConfig, fold_checkpoints: list[str], out_dir: str, method: str = "exact") -> str:
     """Average K fold adapters into one merged model (see prefscale.models.averaging)."""
-    states = [load_file(os.path.join(c, "trainable.safetensors")) for c in fold_checkpoints]
+    states = [load_trainable(c) for c in fold_checkpoints]
     if method == "factors":
         return export_merged(base, lora, average_factors(states), out_dir)
     model = load_classifier(base.path, base.trust_remote_code)

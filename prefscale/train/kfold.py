@@ -20,12 +20,17 @@ import pyarrow.compute as pc
 
 from prefscale.artifacts import OOF_COLUMNS, oof_metrics, read_parts
 from prefscale.config import Config
-from prefscale.data import schema as S
+from prefscale.data import schema
 from prefscale.errors import PrefscaleError
 from prefscale.io import absolute, exists, read_json, read_table, write_table
 from prefscale.score.engine import score_battles
-from prefscale.score.scoring_model import text_for, train_run_model_config, train_run_score_settings, trained_model
-from prefscale.train.loop import FoldJob, train_loop_per_worker
+from prefscale.score.scoring_model import (
+    text_for,
+    train_run_model_config,
+    train_run_score_settings,
+    trained_model,
+)
+from prefscale.train.loop import FoldJob, load_trainable, train_loop_per_worker
 from prefscale.train.tune import tuned
 
 
@@ -78,16 +83,14 @@ def fit_fold(config: Config, name: str, job: FoldJob) -> tuple[str, dict]:
 
 def train_run(config: Config, name: str, log=print) -> dict[str, Any]:
     """Train every fold of one named run and write its OOF logits."""
-    from safetensors.torch import load_file
-
     from prefscale.train.export import export_average, export_merged
 
     run, layout = config.train[name], config.layout
     if not exists(layout.battles):
         raise PrefscaleError(f"{layout.battles} not found; run the data stages first (prefscale run, or data validate + split)")
     all_battles = read_table(layout.battles)
-    table = all_battles.select([S.ID, S.FOLD, *S.LABEL_COLUMNS])
-    folds = run.folds if run.folds is not None else sorted(set(table.column(S.FOLD).to_pylist()))
+    table = all_battles.select([schema.ID, schema.FOLD, *schema.LABEL_COLUMNS])
+    folds = run.folds if run.folds is not None else sorted(set(table.column(schema.FOLD).to_pylist()))
     started = time.perf_counter()
     best = _searched(config, name, fold_job(config, name, folds[0]), log) if run.tune_samples else None
     fold_reports = []
@@ -97,16 +100,16 @@ def train_run(config: Config, name: str, log=print) -> dict[str, Any]:
         if best:
             job = tuned(job, best)
         metrics: dict = {"skipped": "already trained"}
-        if not exists(os.path.join(model_dir, "config.json")):
+        if not exists(model_dir):  # exported atomically: there means complete
             t0 = time.perf_counter()
             checkpoint, metrics = fit_fold(config, name, job)
             if os.path.exists(adapter):
                 shutil.rmtree(adapter)
             shutil.copytree(checkpoint, adapter)
-            export_merged(job.model, job.run.lora, load_file(os.path.join(adapter, "trainable.safetensors")), model_dir)
+            export_merged(job.model, job.run.lora, load_trainable(adapter), model_dir)
             log(f"  [{name}] fold {fold} trained in {time.perf_counter() - t0:.1f}s")
         heldout = layout.heldout(name, fold)
-        write_table(all_battles.filter(pc.equal(pc.field(S.FOLD), fold)), heldout)
+        write_table(all_battles.filter(pc.equal(pc.field(schema.FOLD), fold)), heldout)
         # Held-out folds are scored by the model resolver predict uses: the run's precision
         # (a QLoRA teacher's merged model is requantized, never fp32) and the run's TTA.
         scored = score_battles(heldout, layout.oof_fold_scores(name, fold), [trained_model(config, name, model_dir)],
@@ -139,9 +142,9 @@ def gather_oof(config: Config, name: str, folds: list[int]) -> pa.Table:
     parts = []
     for fold in folds:
         scores = read_parts(layout.oof_fold_scores(name, fold))
-        parts.append(scores.append_column(S.FOLD, pa.array(np.full(scores.num_rows, fold, dtype=np.int8))).select(OOF_COLUMNS))
+        parts.append(scores.append_column(schema.FOLD, pa.array(np.full(scores.num_rows, fold, dtype=np.int8))).select(OOF_COLUMNS))
     oof = pa.concat_tables(parts)
-    if len(pc.unique(oof[S.ID])) != oof.num_rows:
+    if len(pc.unique(oof[schema.ID])) != oof.num_rows:
         raise PrefscaleError(f"OOF logits of {name} hold an id twice; delete {layout.oof(name).removesuffix('.parquet')} and rerun")
     write_table(oof, layout.oof(name))
     return oof

@@ -22,6 +22,14 @@ from pydantic import BaseModel, ConfigDict
 from prefscale.config import ModelConfig, TextConfig, TrainRunConfig
 from prefscale.data.schema import SWAP_ORDER
 
+TRAINABLE_FILE = "trainable.safetensors"  # in every checkpoint: the adapters and head, what export and averaging read
+
+
+def load_trainable(checkpoint_dir: str) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(checkpoint_dir, TRAINABLE_FILE))
+
 
 class FoldJob(BaseModel):
     """One fold's training: the run's own config section, plus what the stage resolved for it.
@@ -104,12 +112,17 @@ def steps_per_epoch(rows: int, batch_size: int, world: int) -> int:
 def run_training(job: FoldJob, *, rank: int = 0, world: int = 1, local_rank: int = 0, wrap: Callable | None = None,
                  restore: str | None = None, report: Callable[[dict, str | None], None] | None = None) -> dict[str, Any]:
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
     from transformers import get_scheduler
 
-    from prefscale.models.loading import load_tokenizer
     from prefscale.batching import pad_batch
-    from prefscale.models.lora import build_trainable, load_trainable_state, trainable_state, unwrap_ddp
+    from prefscale.models.loading import load_tokenizer
+    from prefscale.models.lora import (
+        build_trainable,
+        load_trainable_state,
+        trainable_state,
+        unwrap_ddp,
+    )
     from prefscale.text.formatter import BattleFormatter
     from prefscale.train.data import build_rows, select_heldout, select_rows
     from prefscale.train.losses import distillation_loss
@@ -141,7 +154,7 @@ def run_training(job: FoldJob, *, rank: int = 0, world: int = 1, local_rank: int
 
     micro = 0
     if restore:
-        load_trainable_state(model, load_file(os.path.join(restore, "trainable.safetensors")))
+        load_trainable_state(model, load_trainable(restore))
         optimizer.load_state_dict(torch.load(os.path.join(restore, "optimizer.pt"), weights_only=True))
         scheduler.load_state_dict(torch.load(os.path.join(restore, "scheduler.pt"), weights_only=True))
         micro = json.load(open(os.path.join(restore, "state.json")))["micro_step"]
@@ -157,7 +170,7 @@ def run_training(job: FoldJob, *, rank: int = 0, world: int = 1, local_rank: int
             metrics["heldout_log_loss"] = heldout_log_loss(unwrap_ddp(model), heldout, pad, device, job)
         if rank == 0:
             directory = tempfile.mkdtemp(prefix="prefscale-ckpt-")
-            save_file(trainable_state(model), os.path.join(directory, "trainable.safetensors"))
+            save_file(trainable_state(model), os.path.join(directory, TRAINABLE_FILE))
             torch.save(optimizer.state_dict(), os.path.join(directory, "optimizer.pt"))
             torch.save(scheduler.state_dict(), os.path.join(directory, "scheduler.pt"))
             with open(os.path.join(directory, "state.json"), "w") as handle:

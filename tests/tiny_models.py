@@ -36,7 +36,14 @@ def tiny_bert(directory: str, hidden: int = 32, layers: int = 2, seed: int = 0) 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 512):
     """A byte-level BPE fast tokenizer with BOS/EOS/PAD, trained offline."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
