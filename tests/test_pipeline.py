@@ -45,6 +45,7 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
         oof = pq.read_table(out / "oof" / f"{name}.parquet")
         assert oof.num_rows == len(set(oof.column("id").to_pylist())) == fold0 == stages[f"train:{name}"]["oof_rows"]
     assert stages["pseudolabel"]["battles"] == 64
+    assert summary["timings_s"]["pseudolabel"] >= max(scored["seconds"] for scored in stages["pseudolabel"]["scoring"].values())
     assert set(summary["timings_s"]) >= {"split", "pairs", "member:features", "member:tfidf", "train:teacher", "train:student", "pseudolabel",
                                          "stack", "report"}
     assert json.loads((out / "summary.json").read_text())["name"] == "local"
