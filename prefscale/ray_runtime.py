@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
+from prefscale.config import RayConfig
 from prefscale.errors import PrefscaleError
 
 
@@ -21,8 +22,8 @@ def _reachable(address: str, timeout: float = 5.0) -> bool:
         return False
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None, object_store_mb: int | None = None) -> None:
-    """Join ``address`` (a running cluster), or start a local Ray in-process when it is None."""
+def ensure_ray(settings: RayConfig = RayConfig()) -> None:
+    """Join ``settings.address`` (a running cluster), or start a local Ray in-process when it is None."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Ray Train's controller polls workers at this interval; its 2 s default adds that much to
     # every report (checkpoint). Must be set before Ray starts so its processes inherit it.
@@ -31,17 +32,22 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, object_s
 
     if ray.is_initialized():
         return
+    # Loaded after ray.init, torch can find its native libraries' static TLS used up and die with
+    # "Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so" (seen in `ray job submit` drivers
+    # of a two-node cluster, tests/test_multinode.py); loaded before, it never does.
+    import torch  # noqa: F401
     # Under `ray job submit` the job's cluster is in RAY_ADDRESS: join it rather than start one.
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = settings.address or os.environ.get("RAY_ADDRESS")
     if address is not None and not _reachable(address):
         raise PrefscaleError(f"cannot reach Ray at {address}: nothing listens there; start the cluster (ray up / ray start --head) or fix ray.address")
     kwargs = {"include_dashboard": False, "log_to_driver": True} if address is None else {}
-    if address is None and object_store_mb:
+    if address is None:
         # Ray Data buffers blocks up to a share of the object store; a fixed store keeps a
         # million-row job's memory where a small one's is instead of growing with the input.
-        kwargs["object_store_memory"] = object_store_mb << 20
+        kwargs.update(num_cpus=settings.num_cpus, num_gpus=settings.num_gpus,
+                      object_store_memory=settings.object_store_mb << 20 if settings.object_store_mb else None)
     try:
-        ray.init(address=address, num_cpus=num_cpus if address is None else None, **kwargs)
+        ray.init(address=address or "local", **kwargs)  # "local": a new Ray, never whichever `ray start` ran last
     except ConnectionError as exc:
         raise PrefscaleError(f"cannot reach Ray at {address}: {str(exc).splitlines()[0]}; start the cluster or fix ray.address") from None
     try:

@@ -72,9 +72,10 @@ def tiny_llama_path(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def ray_local():
     """One in-process local Ray for the session (2 CPUs like the machine)."""
+    from prefscale.config import RayConfig
     from prefscale.ray_runtime import ensure_ray
 
-    ensure_ray(None, num_cpus=2)
+    ensure_ray(RayConfig(num_cpus=2))
     import ray
 
     yield ray
@@ -199,7 +200,7 @@ JOB_RUNTIME_ENV = {"working_dir": str(REPO), "excludes": [".venv", ".git", "runs
                    "env_vars": {"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}}
 
 
-def submit_job(cluster: TwoNodeCluster, entrypoint: str, timeout: float = 120, nodes: int = 2):
+def submit_job(cluster: TwoNodeCluster, entrypoint: str, timeout: float = 120, nodes: int = 2, runtime_env: dict | None = None):
     """Submit once ``nodes`` nodes are alive and the head's job agent answers (it starts after `ray start`)."""
     from ray.job_submission import JobSubmissionClient
     from ray.util.state import list_nodes
@@ -211,7 +212,7 @@ def submit_job(cluster: TwoNodeCluster, entrypoint: str, timeout: float = 120, n
         time.sleep(0.5)
     while True:
         try:
-            return client, client.submit_job(entrypoint=entrypoint, runtime_env=JOB_RUNTIME_ENV)
+            return client, client.submit_job(entrypoint=entrypoint, runtime_env=JOB_RUNTIME_ENV if runtime_env is None else runtime_env)
         except RuntimeError as exc:
             assert "No available agent" in str(exc) and time.time() < deadline, exc
             time.sleep(1)

@@ -1,10 +1,12 @@
 """cluster.yaml validates against the schema shipped in the ray package and names real files."""
 
+import copy
 import json
 import re
 from pathlib import Path
 
 import jsonschema
+import pytest
 import ray
 import yaml
 
@@ -19,10 +21,18 @@ def test_cluster_yaml_matches_rays_schema():
     assert any(t.get("resources", {}).get("GPU") for t in config["available_node_types"].values())
 
 
-def test_cluster_exposes_only_ssh_and_keeps_dashboard_local():
+def test_every_node_type_names_its_own_security_group_so_the_launcher_opens_nothing():
+    """Ray's AWS launcher creates a group with SSH open to 0.0.0.0/0 for any node type without
+    SecurityGroupIds; run its own configuration step on cluster.yaml: it must create nothing."""
+    from ray.autoscaler._private.aws import config as aws_config
+
     config = yaml.safe_load((REPO / "cluster.yaml").read_text())
-    ports = [(p["FromPort"], p["ToPort"]) for p in config["provider"]["security_group"]["IpPermissions"]]
-    assert ports == [(22, 22)]
+    groups = [t["node_config"].get("SecurityGroupIds") for t in config["available_node_types"].values()]
+    assert all(groups) and len({tuple(g) for g in groups}) == 1, "every node type names the same group of yours"
+    assert "security_group" not in config["provider"], "a launcher-made group would open SSH to the world"
+    before = copy.deepcopy(config)
+    assert aws_config._configure_security_group(config) == before  # returns at once: no group made, no AWS call
+    assert {"CidrIp": "0.0.0.0/0"} in aws_config._create_default_ssh_inbound_rules()[0]["IpRanges"]  # what it would have opened
     assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
 
 
@@ -34,18 +44,68 @@ def test_every_entrypoint_and_config_named_exists():
     assert not missing
 
 
-def test_kuberay_rayjob_names_real_entrypoints_and_exposes_nothing():
+SHARED_SCHEMAS = REPO.parent / "shared" / "schemas"
+
+
+def unknown_fields(document, schema: dict, path: str = "") -> list[str]:
+    """Keys the API server would prune (kubectl --validate=strict refuses them): not in a
+    schema's properties where it neither allows additional properties nor preserves unknown fields."""
+    if isinstance(document, dict) and "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        found = []
+        for key, value in document.items():
+            if key in schema["properties"]:
+                found += unknown_fields(value, schema["properties"][key], f"{path}.{key}")
+            elif not schema.get("additionalProperties"):
+                found.append(f"{path}.{key}")
+        return found
+    if isinstance(document, dict) and isinstance(schema.get("additionalProperties"), dict):
+        return [f for key, value in document.items() for f in unknown_fields(value, schema["additionalProperties"], f"{path}.{key}")]
+    if isinstance(document, list) and "items" in schema:
+        return [f for i, item in enumerate(document) for f in unknown_fields(item, schema["items"], f"{path}[{i}]")]
+    return []
+
+
+def test_kuberay_rayjob_validates_against_kuberays_own_crd():
+    crd_path = SHARED_SCHEMAS / "kuberay-ray.io_rayjobs.yaml"
+    if not crd_path.exists():
+        pytest.skip(f"needs KubeRay's RayJob CRD at {crd_path} (../shared/schemas); not present here")
+    crd = yaml.safe_load(crd_path.read_text())
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+    schema = version["schema"]["openAPIV3Schema"]
     job = yaml.safe_load((REPO / "k8s" / "rayjob.yaml").read_text())
-    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    assert job["apiVersion"] == f"{crd['spec']['group']}/v1" and job["kind"] == crd["spec"]["names"]["kind"]
+    jsonschema.Draft7Validator(schema).validate(job)
+    assert unknown_fields(job, schema) == []
+    broken = yaml.safe_load((REPO / "k8s" / "rayjob.yaml").read_text())
+    broken["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParam"] = {}  # a typo the API server would drop silently
+    assert unknown_fields(broken, schema) == [".spec.rayClusterSpec.headGroupSpec.rayStartParam"]
+
+
+def test_kuberay_job_can_be_submitted_and_the_network_policy_keeps_it_private():
+    job = yaml.safe_load((REPO / "k8s" / "rayjob.yaml").read_text())
     spec = job["spec"]
     entry, config = re.findall(r"(ray_jobs/\w+\.py) --config (configs/[\w.-]+\.yaml)", spec["entrypoint"])[0]
     assert (REPO / entry).exists() and (REPO / config).exists()
     cluster = spec["rayClusterSpec"]
     assert cluster["rayVersion"] == ray.__version__
-    assert cluster["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "127.0.0.1"
+    # K8sJobMode submits from another pod through the head Service: the dashboard must listen there.
+    if spec.get("submissionMode", "K8sJobMode") != "SidecarMode":
+        assert cluster["headGroupSpec"]["rayStartParams"].get("dashboard-host", "0.0.0.0") == "0.0.0.0"
+    assert "serviceType" not in cluster["headGroupSpec"]
     workers = cluster["workerGroupSpecs"]
     assert any(c["resources"]["limits"].get("nvidia.com/gpu") for w in workers for c in w["template"]["spec"]["containers"])
-    assert "serviceType" not in cluster["headGroupSpec"]
+    assert "HF_HUB_OFFLINE" not in spec["runtimeEnvYAML"]  # the hub cache is tried first; offline only when a user says so
+
+    policy = yaml.safe_load((REPO / "k8s" / "networkpolicy.yaml").read_text())
+    assert policy["kind"] == "NetworkPolicy" and policy["spec"]["policyTypes"] == ["Ingress"]
+    selected = policy["spec"]["podSelector"]["matchLabels"]
+    templates = [cluster["headGroupSpec"]["template"], spec["submitterPodTemplate"], *(w["template"] for w in workers)]
+    for template in templates:  # every pod of the job is covered by the policy
+        assert selected.items() <= template["metadata"]["labels"].items()
+    for rule in policy["spec"]["ingress"]:  # and reached only by those pods, or the operator on the dashboard port
+        sources = rule["from"]
+        assert all(s.get("podSelector", {}).get("matchLabels") == selected or ("namespaceSelector" in s and rule.get("ports") == [
+            {"protocol": "TCP", "port": 8265}]) for s in sources)
 
 
 def test_no_credentials_in_configs_or_cluster_files():

@@ -1,5 +1,7 @@
 """A real two-node Ray cluster on this machine: `ray start --head` with the dashboard, a second
-`ray start --address`, a job submitted through the Job Submission SDK, its actors on both nodes."""
+`ray start --address`, a training job submitted through the Job Submission SDK, one Ray Train
+worker on each node (DDP over gloo between the nodes). Scoring across nodes is asserted by the
+node-fault test, on the same kind of cluster."""
 
 import sys
 from pathlib import Path
@@ -7,30 +9,37 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import submit_job, wait_job
+from conftest import JOB_RUNTIME_ENV, submit_job, wait_job
 
+from prefscale.data.folds import assign_folds
 from prefscale.io import write_table
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def test_job_submitted_to_a_two_node_cluster_runs_on_both_nodes(two_node_cluster, battles_path, tiny_bert_path, tmp_path):
+def test_a_training_job_runs_one_worker_on_each_node(two_node_cluster, battles_path, tiny_bert_path, tmp_path):
     from ray.job_submission import JobStatus
     from ray.util.state import list_actors
 
-    write_table(pq.read_table(battles_path).slice(0, 64), tmp_path / "battles.parquet")
-    # Each 2-CPU node keeps a whole CPU free beside its scorer: Ray Data's repartition tasks need one.
-    config = {"name": "mn", "data": {"train": ["unused"]}, "text": {"max_length": 48}, "ray": {"address": "auto"},
-              "score": {"models": [{"name": "tiny", "path": tiny_bert_path}], "actors": 2, "cpus_per_actor": 1.0,
-                        "format_cpus": 0.2, "block_rows": 8, "threads_per_actor": 1, "tta": True}}
+    run_dir = tmp_path / "run"
+    battles = assign_folds(pq.read_table(battles_path).slice(0, 48), 2)
+    write_table(battles, run_dir / "battles.parquet")
+    # 1.5 CPUs per worker on 2-CPU nodes: two workers cannot share a node, so Ray Train spreads them.
+    config = {"name": "mn", "output_dir": str(run_dir), "data": {"train": ["unused"]}, "text": {"max_length": 32}, "ray": {"address": "auto"},
+              "score": {"cpus_per_actor": 0.5, "format_cpus": 0.25, "block_rows": 16, "threads_per_actor": 1},
+              "train": {"teacher": {"model": {"path": tiny_bert_path}, "folds": [0], "workers": 2, "cpus_per_worker": 1.5, "batch_size": 8,
+                                    "max_rows": 16, "checkpoint_every": 100, "tta": False, "average": "none", "max_failures": 0}}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    client, job = submit_job(two_node_cluster, f"{sys.executable} ray_jobs/score.py --config {tmp_path / 'c.yaml'} "
-                                               f"--input {tmp_path / 'battles.parquet'} --out {tmp_path / 'scores'} --json")
+    # The code comes from the package installed on every node (as cluster.yaml's setup_commands do), not a
+    # working_dir upload: with one, the driver's working directory vanished once the fold's Train workers
+    # exited (os.getcwd() raised FileNotFoundError in its next import). Not yet understood; see the issue note.
+    env = {"env_vars": JOB_RUNTIME_ENV["env_vars"]}
+    client, job = submit_job(two_node_cluster, f"{sys.executable} {REPO / 'ray_jobs' / 'train.py'} --config {tmp_path / 'c.yaml'} --json", runtime_env=env)
     status = wait_job(client, job, 420)
-    logs = client.get_job_logs(job)
-    assert status == JobStatus.SUCCEEDED, logs[-3000:]
-    scores = pq.read_table(tmp_path / "scores")
-    assert sorted(scores.column("id").to_pylist()) == sorted(pq.read_table(tmp_path / "battles.parquet").column("id").to_pylist())
-    scorers = [a for a in list_actors(address=two_node_cluster.dashboard, detail=True, limit=1000) if "ModelScorer" in (a.class_name or "")]
-    assert len({a.node_id for a in scorers}) == 2, "the scorer actors should run on both nodes"
+    assert status == JobStatus.SUCCEEDED, client.get_job_logs(job)[-3000:]
+    workers = [a for a in list_actors(address=two_node_cluster.dashboard, detail=True, limit=1000) if "RayTrainWorker" in (a.class_name or "")]
+    assert len(workers) == 2 and len({a.node_id for a in workers}) == 2, "one training worker on each node"
+    oof = pq.read_table(run_dir / "oof" / "teacher.parquet")
+    held_out = sorted(i for i, f in zip(battles.column("id").to_pylist(), battles.column("fold").to_pylist()) if f == 0)
+    assert sorted(oof.column("id").to_pylist()) == held_out  # the fold's OOF rows, each once

@@ -1,5 +1,6 @@
 """Losing a whole worker node during a scoring job costs time, not rows: the job finishes, or a
-rerun scores only the missing ids, and the output holds every input id exactly once."""
+rerun scores only the missing ids, and the output holds every input id exactly once. Before the
+kill, the job's scorer actors run on both nodes (a Ray Data job spans the cluster)."""
 
 import json
 import sys
@@ -30,6 +31,7 @@ def last_json_line(logs: str) -> dict:
 
 def test_killing_a_worker_node_mid_scoring_loses_and_duplicates_no_row(two_node_cluster, battles_path, tiny_bert_path, tmp_path):
     from ray.job_submission import JobStatus
+    from ray.util.state import list_actors
 
     battles = pq.read_table(battles_path).slice(0, 800)
     write_table(battles, tmp_path / "battles.parquet")
@@ -40,6 +42,11 @@ def test_killing_a_worker_node_mid_scoring_loses_and_duplicates_no_row(two_node_
     while not list(scores.glob("part-*.parquet")):  # kill once rows are being written
         assert time.time() < deadline and client.get_job_status(job) in (JobStatus.PENDING, JobStatus.RUNNING), client.get_job_logs(job)[-3000:]
         time.sleep(0.2)
+    scorer_nodes = set()
+    while len(scorer_nodes) < 2 and time.time() < deadline:  # the pool's second actor may still be starting
+        scorer_nodes = {a.node_id for a in list_actors(address=two_node_cluster.dashboard, detail=True, limit=1000)
+                        if "ModelScorer" in (a.class_name or "") and a.state == "ALIVE"}
+    assert len(scorer_nodes) == 2, "the scorer actors should run on both nodes"
     assert two_node_cluster.kill_worker_node() > 0
     assert pq.read_table(scores).num_rows < battles.num_rows, "the node must die while rows are still being scored"
     status = wait_job(client, job, 120)

@@ -1,5 +1,10 @@
-"""Load a 3-class sequence classifier and its tokenizer from a local path, a package, or a hub id.
+"""Load a 3-class sequence classifier and its tokenizer, named as Hugging Face users name models.
 
+A model is a local folder, ``package:<module>/<subdir>`` (a folder inside an installed
+package, such as the shipped MiniLM), or a hub id ``org/name`` with an optional
+``@revision`` (branch, tag or commit), resolved through huggingface_hub: the local cache
+first, the hub when it is reachable and HF_HUB_OFFLINE is not set. Gated and private models
+take their token from HF_TOKEN or the saved `hf auth login`, never from a config.
 Weights load only from safetensors, and remote code runs only when the config says so.
 Decoder models (Llama, Gemma, Qwen) get a pad token so batches can be padded and the
 classifier pools the last real token.
@@ -9,22 +14,23 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 
 from prefscale.errors import PrefscaleError
 
 PACKAGE_PREFIX = "package:"
 NUM_LABELS = 3
+HUB_ID = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
+# What a classifier needs from a hub repo: configs, tokenizer files, safetensors weights. Never
+# pickled weights (*.bin, *.pt); remote code (*.py) only when trust_remote_code is on.
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
 
 
-def resolve_model_path(spec: str) -> str:
-    """'package:<module>/<subdir>' -> a directory inside an installed package; else unchanged."""
-    if not spec.startswith(PACKAGE_PREFIX):
-        if os.path.sep in spec or spec.startswith("."):
-            if not os.path.isdir(spec):
-                raise PrefscaleError(f"model directory not found: {spec}; point model.path at a folder with config.json")
-            if not any(f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in os.listdir(spec)):
-                raise PrefscaleError(f"{spec} holds no .safetensors weights; convert the checkpoint to safetensors")
-        return spec
+def _has_safetensors(folder: str) -> bool:
+    return any(f.endswith((".safetensors", ".safetensors.index.json")) for f in os.listdir(folder))
+
+
+def _package_dir(spec: str) -> str:
     module, _, subdir = spec[len(PACKAGE_PREFIX) :].partition("/")
     found = importlib.util.find_spec(module)
     if found is None or not found.submodule_search_locations:
@@ -32,10 +38,59 @@ def resolve_model_path(spec: str) -> str:
     return os.path.join(list(found.submodule_search_locations)[0], subdir)
 
 
+def _hub_snapshot(spec: str, repo: str, revision: str | None, trust_remote_code: bool) -> str:
+    """The local snapshot of a hub repo (downloaded only when not cached and the hub is reachable)."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        folder = snapshot_download(repo, revision=revision, allow_patterns=HUB_FILES + (["*.py"] if trust_remote_code else []))
+    except GatedRepoError:
+        raise PrefscaleError(f"{repo} is gated: accept its terms on its hub page, then set HF_TOKEN (or run `hf auth login`) on every node") from None
+    except RevisionNotFoundError:
+        raise PrefscaleError(f"{repo} has no revision '{revision}'; name a branch, tag or commit that exists") from None
+    except RepositoryNotFoundError:
+        raise PrefscaleError(f"{repo} is not on the hub or not visible to your token: check the id, or set HF_TOKEN (or run `hf auth login`) "
+                             f"for a private repo; a local folder needs a path that exists") from None
+    except LocalEntryNotFoundError:
+        offline = "HF_HUB_OFFLINE is set" if constants.is_offline_mode() else "the hub cannot be reached"
+        raise PrefscaleError(f"{spec} is not in the hub cache ({constants.HF_HUB_CACHE}) and {offline}; download it once with "
+                             f"`hf download {repo}{f' --revision {revision}' if revision else ''}` where the hub is reachable, "
+                             f"or point model.path at a local folder") from None
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status in (401, 403):
+            raise PrefscaleError(f"the hub refused {repo} (HTTP {status}): the token from HF_TOKEN or `hf auth login` is invalid or lacks access") from None
+        raise PrefscaleError(f"the hub failed on {repo}: {str(exc).strip().splitlines()[0]}; retry, or use a cached copy with HF_HUB_OFFLINE=1") from None
+    if not _has_safetensors(folder):
+        raise PrefscaleError(f"{spec} has no .safetensors weights; prefscale never loads pickled weights: pick a repo or revision that ships safetensors")
+    return folder
+
+
+def resolve_model_path(spec: str, trust_remote_code: bool = False) -> str:
+    """A local folder holding the model named by ``spec`` (see the module docstring)."""
+    if spec.startswith(PACKAGE_PREFIX):
+        return _package_dir(spec)
+    hub = HUB_ID.match(spec)
+    if hub and not os.path.exists(spec):
+        return _hub_snapshot(spec, hub["repo"], hub["revision"], trust_remote_code)
+    if not os.path.isdir(spec):
+        raise PrefscaleError(f"model directory not found: {spec}; point model.path at a folder with config.json, or a hub id org/name")
+    if not _has_safetensors(spec):
+        raise PrefscaleError(f"{spec} holds no .safetensors weights; convert the checkpoint to safetensors")
+    return spec
+
+
 def load_tokenizer(spec: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(spec), trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(spec, trust_remote_code), trust_remote_code=trust_remote_code)
     if not tokenizer.is_fast:
         raise PrefscaleError(f"{spec}: needs a fast tokenizer (tokenizer.json) for batched tokenization")
     if tokenizer.pad_token is None:
@@ -48,12 +103,8 @@ HEAD_MODULES = ["classifier", "score", "pre_classifier"]
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "nf4")
 
 
-def quantization_kwargs(precision: str, compute_dtype: str = "bf16", fsdp: bool = False) -> dict:
-    """from_pretrained arguments for a precision; int8 and nf4 go through bitsandbytes.
-
-    FSDP can shard a 4-bit model only when its packed weights are stored in the same float
-    dtype as the rest (``bnb_4bit_quant_storage``), so ``fsdp`` sets it.
-    """
+def quantization_kwargs(precision: str, compute_dtype: str = "bf16") -> dict:
+    """from_pretrained arguments for a precision; int8 and nf4 go through bitsandbytes."""
     import torch
 
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -69,7 +120,6 @@ def quantization_kwargs(precision: str, compute_dtype: str = "bf16", fsdp: bool 
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtypes[compute_dtype],
-            bnb_4bit_quant_storage=dtypes[compute_dtype] if fsdp else torch.uint8,
             llm_int8_skip_modules=HEAD_MODULES,
         )
     else:
@@ -83,7 +133,7 @@ def load_classifier(spec: str, trust_remote_code: bool = False, **kwargs):
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    path = resolve_model_path(spec)
+    path = resolve_model_path(spec, trust_remote_code)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized head" notice is expected here
     hf_logging.disable_progress_bar()

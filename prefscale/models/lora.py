@@ -13,7 +13,7 @@ from prefscale.models.loading import HEAD_MODULES, load_classifier, quantization
 
 
 def build_trainable(path: str, precision: str = "fp32", lora: LoraConfig = LoraConfig(), trust_remote_code: bool = False,
-                    device_map: dict | None = None, gradient_checkpointing: bool = False, fsdp: bool = False,
+                    device_map: dict | None = None, gradient_checkpointing: bool = False,
                     class_prior=None):
     """Load the base (quantized per ``precision``) and wrap it with LoRA adapters.
 
@@ -21,7 +21,7 @@ def build_trainable(path: str, precision: str = "fp32", lora: LoraConfig = LoraC
     log(prior). A fresh head otherwise starts near uniform (log loss 1.099), and a short
     fine-tune spends its first steps just learning the class balance.
     """
-    kwargs = quantization_kwargs(precision, fsdp=fsdp)
+    kwargs = quantization_kwargs(precision)
     quantized = "quantization_config" in kwargs
     if quantized:
         kwargs["device_map"] = device_map or {"": "cpu"}

@@ -25,6 +25,7 @@ import pyarrow.dataset as pads
 from prefscale.artifacts import SCORE_SCHEMA, read_parts
 from prefscale.config import ScoreConfig
 from prefscale.data import schema
+from prefscale.devices import raised_prefscale_error
 from prefscale.errors import PrefscaleError
 from prefscale.io import ParquetSink, exists, read_table, resolve, write_json
 from prefscale.progress import bar
@@ -76,6 +77,17 @@ class _PartWriter:
 
 def _drop_done(batch: pa.Table, done: np.ndarray) -> pa.Table:
     return batch.filter(pc.invert(pc.is_in(batch.column(schema.ID), value_set=pa.array(done, pa.int64()))))
+
+
+def _stream(ds):
+    """The job's output blocks; a PrefscaleError raised in a task or actor comes back as itself, one line."""
+    try:
+        yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
+    except Exception as exc:
+        raised = raised_prefscale_error(exc)
+        if raised is None:
+            raise
+        raise raised from None
 
 
 def _no_extra_args() -> dict[str, Any]:
@@ -194,7 +206,7 @@ def score_battles(input_uri: str, output_uri: str, models: list[ScoringModel], s
     tokens = {m.name: [0, 0] for m in models}
     remaining = max(total - len(done), 0)
     with bar(remaining, f"score {','.join(names)}") as progress:
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        for batch in _stream(ds):
             failed = pc.invert(pc.is_null(batch.column(ERROR)))
             bad = batch.filter(failed)
             if bad.num_rows:

@@ -7,15 +7,10 @@ import pyarrow as pa
 
 from prefscale.batching import pad_batch, token_budget_batches
 from prefscale.data.schema import LOGITS
+from prefscale.devices import torch_device
 from prefscale.score.encode import IDS, IDS_SWAPPED
 from prefscale.score.scoring_model import ScoringModel
 from prefscale.score.tta import TTASpace, combine_swapped
-
-
-def pick_device(want_gpu: bool) -> str:
-    import torch
-
-    return "cuda" if want_gpu and torch.cuda.is_available() else "cpu"
 
 
 class ModelScorer:
@@ -33,7 +28,7 @@ class ModelScorer:
         torch.set_num_threads(threads)
         self.torch = torch
         self.model_spec = model
-        self.device = pick_device(use_gpu)
+        self.device = torch_device(use_gpu, "a scorer actor (score.gpus_per_actor > 0)").type
         kwargs = quantization_kwargs(model.precision)
         if "quantization_config" in kwargs:
             kwargs["device_map"] = {"": 0 if self.device == "cuda" else "cpu"}

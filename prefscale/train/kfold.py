@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from prefscale.artifacts import OOF_COLUMNS, oof_metrics, read_parts
 from prefscale.config import Config
 from prefscale.data import schema
+from prefscale.devices import check_gpu_nodes, raised_prefscale_error
 from prefscale.errors import PrefscaleError
 from prefscale.io import absolute, exists, read_json, read_table, write_table
 from prefscale.score.engine import score_battles
@@ -58,8 +59,8 @@ def fit_fold(config: Config, name: str, job: FoldJob) -> tuple[str, dict]:
     run = job.run
     if run.use_gpu and not ray.cluster_resources().get("GPU"):
         raise PrefscaleError(f"train.{name} asks for GPUs but the Ray cluster has none; set use_gpu: false or add GPU nodes")
-    if run.fsdp and not run.use_gpu:
-        raise PrefscaleError(f"train.{name}: fsdp needs GPUs (use_gpu: true)")
+    if run.use_gpu:
+        check_gpu_nodes(f"a training worker of train.{name} (use_gpu: true)")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=job.model_dump(),
@@ -74,8 +75,8 @@ def fit_fold(config: Config, name: str, job: FoldJob) -> tuple[str, dict]:
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
-        last = [line for line in str(exc).splitlines() if line.strip()][-1]
-        raise PrefscaleError(f"train.{name} fold {job.fold} failed on its workers: {last.strip()}") from None
+        cause = raised_prefscale_error(exc) or [line for line in str(exc).splitlines() if line.strip()][-1].strip()
+        raise PrefscaleError(f"train.{name} fold {job.fold} failed on its workers: {cause}") from None
     if result.checkpoint is None:
         raise PrefscaleError(f"train.{name} fold {job.fold} finished without a checkpoint")
     return result.checkpoint.path, result.metrics

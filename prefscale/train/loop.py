@@ -116,6 +116,7 @@ def run_training(job: FoldJob, *, rank: int = 0, world: int = 1, local_rank: int
     from transformers import get_scheduler
 
     from prefscale.batching import pad_batch
+    from prefscale.devices import torch_device
     from prefscale.models.loading import load_tokenizer
     from prefscale.models.lora import (
         build_trainable,
@@ -129,7 +130,7 @@ def run_training(job: FoldJob, *, rank: int = 0, world: int = 1, local_rank: int
 
     run, model_config = job.run, job.model
     torch.manual_seed(job.seed)
-    device = torch.device(f"cuda:{local_rank}" if run.use_gpu and torch.cuda.is_available() else "cpu")
+    device = torch_device(run.use_gpu, "a training worker (use_gpu: true)", local_rank)
     tokenizer = load_tokenizer(model_config.path, model_config.trust_remote_code)
     formatter = BattleFormatter(tokenizer, job.text)
     rows = build_rows(select_rows(job.battles, job.fold, job.extra_train, run.max_rows, job.seed), formatter, job.teachers)
@@ -140,7 +141,7 @@ def run_training(job: FoldJob, *, rank: int = 0, world: int = 1, local_rank: int
 
     model = build_trainable(model_config.path, model_config.precision, run.lora, model_config.trust_remote_code,
                             device_map={"": device.index if device.type == "cuda" else "cpu"}, gradient_checkpointing=run.gradient_checkpointing,
-                            fsdp=run.fsdp, class_prior=swap_balanced_prior(rows.labels, run.swap_prob) if run.head_init == "prior" else None)
+                            class_prior=swap_balanced_prior(rows.labels, run.swap_prob) if run.head_init == "prior" else None)
     if model_config.precision in ("fp32", "bf16", "fp16"):
         model.to(device)
     model = wrap(model) if wrap else model
@@ -227,8 +228,6 @@ def train_loop_per_worker(config: dict) -> None:
     def wrap(model):
         if ctx.get_world_size() == 1:
             return model
-        if job.run.fsdp:
-            return ray.train.torch.prepare_model(model, parallel_strategy="fsdp", parallel_strategy_kwargs={"use_orig_params": True})
         # Quantized models were placed with device_map={"": local_rank}; DDP must not move them.
         quantized = job.model.precision in ("int8", "nf4")
         return ray.train.torch.prepare_model(model, move_to_device=not quantized)
