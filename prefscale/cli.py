@@ -109,6 +109,18 @@ def cmd_stack(args: argparse.Namespace) -> dict[str, Any]:
     return _stages(args, _config(args), ["stack", "report"])
 
 
+def cmd_doctor(args: argparse.Namespace) -> dict[str, Any]:
+    from prefscale.doctor import doctor
+
+    config = _config(args, ray={"address": args.address})
+    summary = doctor(config)
+    for problem in summary["problems"]:
+        print(f"prefscale doctor: {problem}", file=sys.stderr)
+    if summary["problems"]:
+        raise PrefscaleError(f"doctor found {len(summary['problems'])} problem(s), one per line above; fix them before submitting")
+    return summary
+
+
 def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
     from prefscale.predict import predict
 
@@ -193,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     _stage_parser(commands, "members", "fit the cheap members (features, TF-IDF) per fold: OOF logits + all-data fits", cmd_members)
 
     _stage_parser(commands, "stack", "stack and calibrate the members' OOF logits (nested CV), then write the report", cmd_stack)
+
+    p = _stage_parser(commands, "doctor", "check a recipe before submitting it: inputs, models (no weights downloaded), cluster resources, "
+                                         "GPUs, shared run directory", cmd_doctor)
+    p.add_argument("--address", help="the Ray cluster to check ('auto': the running one; 'local': start one here); default: ray.address")
 
     p = commands.add_parser("predict", help="apply a finished run's ensemble to new battles; writes a Kaggle submission CSV")
     p.add_argument("--run-dir", required=True, help="run directory of a finished `prefscale run`")

@@ -38,6 +38,7 @@ def ensure_ray(settings: RayConfig = RayConfig()) -> None:
     import torch  # noqa: F401
     # Under `ray job submit` the job's cluster is in RAY_ADDRESS: join it rather than start one.
     address = settings.address or os.environ.get("RAY_ADDRESS")
+    address = None if address == "local" else address
     if address is not None and not _reachable(address):
         raise PrefscaleError(f"cannot reach Ray at {address}: nothing listens there; start the cluster (ray up / ray start --head) or fix ray.address")
     kwargs = {"include_dashboard": False, "log_to_driver": True} if address is None else {}

@@ -12,9 +12,11 @@ classifier pools the last real token.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
+from collections.abc import Iterator
 
 from prefscale.errors import PrefscaleError
 
@@ -38,19 +40,22 @@ def _package_dir(spec: str) -> str:
     return os.path.join(list(found.submodule_search_locations)[0], subdir)
 
 
-def _hub_snapshot(spec: str, repo: str, revision: str | None, trust_remote_code: bool) -> str:
-    """The local snapshot of a hub repo (downloaded only when not cached and the hub is reachable)."""
-    from huggingface_hub import constants, snapshot_download
+@contextlib.contextmanager
+def hub_errors(spec: str, repo: str, revision: str | None) -> Iterator[None]:
+    """Every way a hub look-up fails, as one line that says what to do."""
+    import httpx2  # huggingface_hub's HTTP client
+    from huggingface_hub import constants
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
         LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
 
     try:
-        folder = snapshot_download(repo, revision=revision, allow_patterns=HUB_FILES + (["*.py"] if trust_remote_code else []))
+        yield
     except GatedRepoError:
         raise PrefscaleError(f"{repo} is gated: accept its terms on its hub page, then set HF_TOKEN (or run `hf auth login`) on every node") from None
     except RevisionNotFoundError:
@@ -58,7 +63,7 @@ def _hub_snapshot(spec: str, repo: str, revision: str | None, trust_remote_code:
     except RepositoryNotFoundError:
         raise PrefscaleError(f"{repo} is not on the hub or not visible to your token: check the id, or set HF_TOKEN (or run `hf auth login`) "
                              f"for a private repo; a local folder needs a path that exists") from None
-    except LocalEntryNotFoundError:
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, httpx2.TransportError):  # not cached, and no hub to ask
         offline = "HF_HUB_OFFLINE is set" if constants.is_offline_mode() else "the hub cannot be reached"
         raise PrefscaleError(f"{spec} is not in the hub cache ({constants.HF_HUB_CACHE}) and {offline}; download it once with "
                              f"`hf download {repo}{f' --revision {revision}' if revision else ''}` where the hub is reachable, "
@@ -68,6 +73,14 @@ def _hub_snapshot(spec: str, repo: str, revision: str | None, trust_remote_code:
         if status in (401, 403):
             raise PrefscaleError(f"the hub refused {repo} (HTTP {status}): the token from HF_TOKEN or `hf auth login` is invalid or lacks access") from None
         raise PrefscaleError(f"the hub failed on {repo}: {str(exc).strip().splitlines()[0]}; retry, or use a cached copy with HF_HUB_OFFLINE=1") from None
+
+
+def _hub_snapshot(spec: str, repo: str, revision: str | None, trust_remote_code: bool) -> str:
+    """The local snapshot of a hub repo (downloaded only when not cached and the hub is reachable)."""
+    from huggingface_hub import snapshot_download
+
+    with hub_errors(spec, repo, revision):
+        folder = snapshot_download(repo, revision=revision, allow_patterns=HUB_FILES + (["*.py"] if trust_remote_code else []))
     if not _has_safetensors(folder):
         raise PrefscaleError(f"{spec} has no .safetensors weights; prefscale never loads pickled weights: pick a repo or revision that ships safetensors")
     return folder

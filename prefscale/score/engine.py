@@ -157,13 +157,14 @@ def _input_dataset(input_uri: str, settings: ScoreConfig, done: np.ndarray):
     return ds.repartition(target_num_rows_per_block=settings.block_rows), total
 
 
-def _check_fits(models: list[ScoringModel], settings: ScoreConfig, cluster: dict[str, float]) -> None:
-    """Every model's actor pool runs at once; pools that cannot all be placed would wait forever."""
-    pools = len(models) * settings.actors
+def pools_fit(models: int, settings: ScoreConfig, cluster: dict[str, float]) -> str | None:
+    """Why the models' actor pools cannot all be placed at once (they would wait forever), or None."""
+    pools = models * settings.actors
     cpus, gpus = pools * settings.cpus_per_actor + settings.format_cpus, pools * settings.gpus_per_actor
     if cpus > cluster.get("CPU", 0) or gpus > cluster.get("GPU", 0):
-        raise PrefscaleError(f"{len(models)} models x {settings.actors} actors need {cpus:g} CPUs and {gpus:g} GPUs at once but the cluster has "
-                             f"{cluster.get('CPU', 0):g} and {cluster.get('GPU', 0):g}; score fewer models per pass or lower score.cpus_per_actor / score.actors")
+        return (f"{models} models x {settings.actors} actors need {cpus:g} CPUs and {gpus:g} GPUs at once but the cluster has "
+                f"{cluster.get('CPU', 0):g} and {cluster.get('GPU', 0):g}; score fewer models per pass or lower score.cpus_per_actor / score.actors")
+    return None
 
 
 def score_battles(input_uri: str, output_uri: str, models: list[ScoringModel], settings: ScoreConfig = ScoreConfig()) -> dict[str, Any]:
@@ -178,7 +179,8 @@ def score_battles(input_uri: str, output_uri: str, models: list[ScoringModel], s
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise PrefscaleError(f"model names must be unique, got {names}")
-    _check_fits(models, settings, ray.cluster_resources())
+    if problem := pools_fit(len(models), settings, ray.cluster_resources()):
+        raise PrefscaleError(problem)
     previous = read_parts(output_uri, [schema.ID, "model"])
     previous_rejects = _read_rejects(output_uri).column(schema.ID).to_numpy()
     done = np.union1d(pc.unique(previous.column(schema.ID)).to_numpy(), previous_rejects)
