@@ -39,8 +39,15 @@ def _models(config: Config) -> dict[str, str]:
     return {path: precision for path, precision in named.items() if not _inside(path, config.run_dir)}
 
 
-def weight_bytes(spec: str) -> int:
-    """Bytes of a model's safetensors weights, from file sizes or the hub's file listing: no download."""
+def _stored_dtype(config_json: str) -> str:
+    with open(config_json, encoding="utf-8") as handle:
+        config = json.load(handle)
+    return {"float16": "fp16", "bfloat16": "bf16"}.get(config.get("torch_dtype") or config.get("dtype"), "fp32")
+
+
+def model_footprint(spec: str) -> tuple[int, str]:
+    """Bytes of a model's safetensors weights and the dtype they are stored in, from file sizes,
+    the hub cache or the hub's file listing plus its config.json: never the weights themselves."""
     from prefscale.models.loading import (
         HUB_ID,
         PACKAGE_PREFIX,
@@ -51,34 +58,33 @@ def weight_bytes(spec: str) -> int:
     hub = HUB_ID.match(spec)
     if spec.startswith(PACKAGE_PREFIX) or not hub or os.path.exists(spec):
         folder = resolve_model_path(spec)
-        return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(".safetensors"))
-    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+        size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(".safetensors"))
+        return size, _stored_dtype(os.path.join(folder, "config.json"))
+    from huggingface_hub import (
+        HfApi,
+        constants,
+        hf_hub_download,
+        try_to_load_from_cache,
+    )
 
-    cached = try_to_load_from_cache(hub["repo"], "config.json", revision=hub["revision"])
+    repo, revision = hub["repo"], hub["revision"]
+    cached = try_to_load_from_cache(repo, "config.json", revision=revision)
     if isinstance(cached, str):  # in the cache: read the snapshot, as the job will
-        return weight_bytes(os.path.dirname(cached))
+        return model_footprint(os.path.dirname(cached))
     if constants.is_offline_mode():
         resolve_model_path(spec)  # raises the one-line "not in the hub cache" error
-    with hub_errors(spec, hub["repo"], hub["revision"]):
-        info = HfApi().model_info(hub["repo"], revision=hub["revision"], files_metadata=True)
+    with hub_errors(spec, repo, revision):
+        info = HfApi().model_info(repo, revision=revision, files_metadata=True)
+        config_json = hf_hub_download(repo, "config.json", revision=revision)
     sizes = [s.size or 0 for s in info.siblings or [] if s.rfilename.endswith(".safetensors")]
     if not sizes:
         raise PrefscaleError(f"{spec} has no .safetensors weights; prefscale never loads pickled weights")
-    return sum(sizes)
+    return sum(sizes), _stored_dtype(config_json)
 
 
-def replica_gib(spec: str, stored_bytes: int, precision: str) -> float:
-    """Memory of one loaded replica: parameters (from the stored bytes and dtype) x bytes per parameter."""
-    from prefscale.models.loading import resolve_model_path
-
-    stored_dtype = "fp32"
-    try:
-        config = json.load(open(os.path.join(resolve_model_path(spec), "config.json")))
-        stored_dtype = {"float16": "fp16", "bfloat16": "bf16"}.get(config.get("torch_dtype") or config.get("dtype"), "fp32")
-    except (OSError, PrefscaleError, ValueError):
-        pass
-    parameters = stored_bytes / BYTES_PER_PARAMETER[stored_dtype]
-    return parameters * BYTES_PER_PARAMETER[precision] / 2**30
+def replica_gib(stored_bytes: int, stored_dtype: str, precision: str) -> float:
+    """Memory of one loaded replica: parameters (stored bytes / stored bytes per parameter) x bytes per parameter."""
+    return stored_bytes / BYTES_PER_PARAMETER[stored_dtype] * BYTES_PER_PARAMETER[precision] / 2**30
 
 
 def _cluster_problems(config: Config) -> tuple[list[str], dict[str, Any]]:
@@ -142,7 +148,7 @@ def doctor(config: Config) -> dict[str, Any]:
     replicas = {}
     for spec, precision in _models(config).items():
         try:
-            replicas[spec] = round(replica_gib(spec, weight_bytes(spec), precision), 2)
+            replicas[spec] = round(replica_gib(*model_footprint(spec), precision), 2)
         except PrefscaleError as exc:
             problems.append(f"model {spec}: {exc}")
     summary: dict[str, Any] = {"config": config.name, "run_dir": config.run_dir, "inputs_checked": len(_inputs(config)),

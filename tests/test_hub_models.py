@@ -114,3 +114,12 @@ def test_online_failures_are_one_line(hf_home, fake_hub, spec, message):
     code, line = resolve(spec, hf_home, HF_HUB_OFFLINE="0", HF_ENDPOINT=fake_hub, HF_TOKEN="hf_test_token")
     assert code == 2 and message in line, line
     assert "hf_test_token" not in line  # the token never reaches a message
+
+
+def test_doctor_sizes_a_cached_hub_model_from_the_cache(hf_home, tiny_llama_path):
+    """What `prefscale doctor` reports for a hub id: the cached snapshot's safetensors bytes and stored dtype."""
+    code = "from prefscale.doctor import model_footprint; print(*model_footprint('meta-llama/Meta-Llama-3-70B'))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
+                            env={**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"})
+    size, dtype = result.stdout.split()
+    assert int(size) == sum(p.stat().st_size for p in Path(tiny_llama_path).glob("*.safetensors")) and dtype in ("fp32", "bf16", "fp16")
