@@ -143,7 +143,8 @@ def _shared_run_dir(config: Config, nodes: list[dict]) -> list[str]:
 def doctor(config: Config) -> dict[str, Any]:
     """Every check's findings; ``problems`` lists one line per thing that would stop the job."""
     problems: list[str] = []
-    missing = [p for p in _inputs(config) if not _readable(p)]
+    inputs = _inputs(config)
+    missing = [p for p in inputs if not _readable(p)]
     problems += [f"input not readable: {p}; fix the path or your storage credentials" for p in missing]
     replicas = {}
     for spec, precision in _models(config).items():
@@ -151,7 +152,7 @@ def doctor(config: Config) -> dict[str, Any]:
             replicas[spec] = round(replica_gib(*model_footprint(spec), precision), 2)
         except PrefscaleError as exc:
             problems.append(f"model {spec}: {exc}")
-    summary: dict[str, Any] = {"config": config.name, "run_dir": config.run_dir, "inputs_checked": len(_inputs(config)),
+    summary: dict[str, Any] = {"config": config.name, "run_dir": config.run_dir, "inputs_checked": len(inputs),
                                "replica_gib": replicas}
     try:
         from prefscale.ray_runtime import ensure_ray

@@ -141,14 +141,18 @@ def score(config: Config, log: Log) -> dict[str, Any]:
 
 def _score_report(battles_uri: str, scores_uri: str) -> dict[str, Any]:
     """Join scores to labels by id (Ray Data does not keep order) and measure them."""
+    import pyarrow.dataset as pads
+
     from prefscale.artifacts import read_parts
     from prefscale.data import schema
-    from prefscale.io import read_table
+    from prefscale.io import read_table, resolve
     from prefscale.metrics import log_loss
 
     scores = read_parts(scores_uri).to_pandas().set_index(schema.ID)
-    battles = read_table(battles_uri)
-    labeled = battles.select([schema.ID, *schema.LABEL_COLUMNS]).to_pandas().set_index(schema.ID) if schema.is_labeled(battles) else None
+    fs, path = resolve(battles_uri)
+    has_labels = set(schema.LABEL_COLUMNS) <= set(pads.dataset(path, filesystem=fs, format="parquet").schema.names)
+    battles = read_table(battles_uri, columns=[schema.ID, *schema.LABEL_COLUMNS]) if has_labels else None  # never the texts
+    labeled = battles.to_pandas().set_index(schema.ID) if battles is not None and schema.is_labeled(battles) else None
     joined = scores.join(labeled, how="inner") if labeled is not None else scores.iloc[:0]
     return {
         "log_loss": round(log_loss(joined[list(schema.LABEL_COLUMNS)].to_numpy(), joined[list(schema.PROBS)].to_numpy()), 4) if len(joined) else None,

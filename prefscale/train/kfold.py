@@ -57,10 +57,6 @@ def fit_fold(config: Config, name: str, job: FoldJob) -> tuple[str, dict]:
     from ray.train.torch import TorchTrainer
 
     run = job.run
-    if run.use_gpu and not ray.cluster_resources().get("GPU"):
-        raise PrefscaleError(f"train.{name} asks for GPUs but the Ray cluster has none; set use_gpu: false or add GPU nodes")
-    if run.use_gpu:
-        check_gpu_nodes(f"a training worker of train.{name} (use_gpu: true)")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=job.model_dump(),
@@ -93,6 +89,12 @@ def train_run(config: Config, name: str, log=print) -> dict[str, Any]:
     table = all_battles.select([schema.ID, schema.FOLD, *schema.LABEL_COLUMNS])
     folds = run.folds if run.folds is not None else sorted(set(table.column(schema.FOLD).to_pylist()))
     started = time.perf_counter()
+    if run.use_gpu:  # once per run, before the Tune search and every fold's workers
+        import ray
+
+        if not ray.cluster_resources().get("GPU"):
+            raise PrefscaleError(f"train.{name} asks for GPUs but the Ray cluster has none; set use_gpu: false or add GPU nodes")
+        check_gpu_nodes(f"a training worker of train.{name} (use_gpu: true)")
     best = _searched(config, name, fold_job(config, name, folds[0]), log) if run.tune_samples else None
     fold_reports = []
     for fold in folds:
