@@ -16,7 +16,7 @@ import pyarrow.dataset as pads
 
 from prefscale.data import schema
 from prefscale.io import exists, resolve
-from prefscale.metrics import log_loss, out_of_fold_prior
+from prefscale.metrics import class_prior, log_loss, out_of_fold_prior
 
 SCORE_SCHEMA = pa.schema(
     [pa.field(schema.ID, pa.int64()), pa.field("model", pa.string())]
@@ -47,14 +47,15 @@ def oof_table(ids: np.ndarray, folds: np.ndarray, name: str, probs: np.ndarray) 
 def oof_metrics(oof: pa.Table, battles: pa.Table) -> dict[str, Any]:
     """OOF log loss beside two baselines: the class prior of all rows, and the out-of-fold
     prior (each fold predicted by the other folds' balance, the fair one for OOF logits)."""
-    frame = oof.to_pandas().set_index(schema.ID).join(battles.to_pandas().set_index(schema.ID)[list(schema.LABEL_COLUMNS)], how="inner")
-    labels = frame[list(schema.LABEL_COLUMNS)].to_numpy()
+    truth = battles.select([schema.ID, *schema.LABEL_COLUMNS]).append_column(schema.TIES, pa.array(schema.ties_allowed(battles)))
+    frame = oof.to_pandas().set_index(schema.ID).join(truth.to_pandas().set_index(schema.ID), how="inner")
+    labels, ties = frame[list(schema.LABEL_COLUMNS)].to_numpy(), frame[schema.TIES].to_numpy(dtype=bool)
     probs = frame[list(schema.PROBS)].to_numpy()
-    prior = np.broadcast_to(labels.mean(axis=0), labels.shape)
+    prior = np.broadcast_to(class_prior(labels, ties), labels.shape)
     return {
-        "oof_log_loss": round(log_loss(labels, probs), 4),
-        "prior_log_loss": round(log_loss(labels, prior), 4),
-        "oof_prior_log_loss": round(log_loss(labels, out_of_fold_prior(labels, frame[schema.FOLD].to_numpy())), 4),
+        "oof_log_loss": round(log_loss(labels, probs, ties), 4),
+        "prior_log_loss": round(log_loss(labels, prior, ties), 4),
+        "oof_prior_log_loss": round(log_loss(labels, out_of_fold_prior(labels, frame[schema.FOLD].to_numpy(), ties), ties), 4),
         "oof_accuracy": round(float((labels.argmax(axis=1) == probs.argmax(axis=1)).mean()), 4),
         "training_rows_with_oof": int(len(frame)),
     }

@@ -9,6 +9,7 @@ import sys
 import time
 from typing import Any
 
+from prefscale.data.schema import TIE_PROTOCOLS
 from prefscale.errors import PrefscaleError
 
 
@@ -124,7 +125,7 @@ def cmd_doctor(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
     from prefscale.predict import predict
 
-    return predict(args.run_dir, args.input, args.out, log=_log(args))
+    return predict(args.run_dir, args.input, args.out, log=_log(args), ties=args.ties)
 
 
 def _log(args: argparse.Namespace):
@@ -214,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", required=True, help="run directory of a finished `prefscale run`")
     p.add_argument("--input", required=True, help="battles in any supported format (labels optional: log loss is printed when present)")
     p.add_argument("--out", required=True, help="submission CSV: id, winner_model_a, winner_model_b, winner_tie")
+    p.add_argument("--ties", choices=TIE_PROTOCOLS,
+                   help="could the new battles' judges answer tie? 'none' puts no mass on tie (a `ties` column wins); "
+                        "default: the run's data.ties by source, else allowed")
     p.set_defaults(func=cmd_predict)
 
     p = commands.add_parser("config", help="check configs").add_subparsers(dest="config_command", required=True)

@@ -19,9 +19,12 @@ from pydantic import (
     model_validator,
 )
 
+from prefscale.data.schema import TIE_PROTOCOLS
 from prefscale.errors import PrefscaleError
 from prefscale.layout import RunLayout, default_run_dir
 from prefscale.text.template import DEFAULT_TEMPLATE, parse_template
+
+TieProtocol = Literal[TIE_PROTOCOLS]  # type: ignore[valid-type]
 
 
 class Section(BaseModel):
@@ -33,6 +36,13 @@ class ValidationConfig(Section):
 
     lenient_json: bool = Field(False, description="salvage unparseable JSON text as one raw turn (flagged json_salvaged)")
     max_chars: int = Field(200_000, gt=0, description="reject battles with more text than this (too_long)")
+    ties: dict[str, TieProtocol] = Field(default_factory=lambda: {"hh_rlhf_harmless_test": "none"},
+                                         description="label protocol per source (the `dataset` column, 'arena' where absent): "
+                                                     "'none' = forced choice, no tie option; a `ties` column in the input wins")
+    default_ties: TieProtocol = Field("allowed", description="protocol of sources not named in `ties` (`prefscale predict --ties`)")
+
+    def protocol(self, source: str) -> TieProtocol:
+        return self.ties.get(source, self.default_ties)
 
 
 class DataConfig(ValidationConfig):

@@ -141,6 +141,7 @@ def score(config: Config, log: Log) -> dict[str, Any]:
 
 def _score_report(battles_uri: str, scores_uri: str) -> dict[str, Any]:
     """Join scores to labels by id (Ray Data does not keep order) and measure them."""
+    import pyarrow as pa
     import pyarrow.dataset as pads
 
     from prefscale.artifacts import read_parts
@@ -150,12 +151,16 @@ def _score_report(battles_uri: str, scores_uri: str) -> dict[str, Any]:
 
     scores = read_parts(scores_uri).to_pandas().set_index(schema.ID)
     fs, path = resolve(battles_uri)
-    has_labels = set(schema.LABEL_COLUMNS) <= set(pads.dataset(path, filesystem=fs, format="parquet").schema.names)
-    battles = read_table(battles_uri, columns=[schema.ID, *schema.LABEL_COLUMNS]) if has_labels else None  # never the texts
-    labeled = battles.to_pandas().set_index(schema.ID) if battles is not None and schema.is_labeled(battles) else None
+    names = set(pads.dataset(path, filesystem=fs, format="parquet").schema.names)
+    columns = [schema.ID, *schema.LABEL_COLUMNS, *([schema.TIES] if schema.TIES in names else [])]
+    battles = read_table(battles_uri, columns=columns) if set(schema.LABEL_COLUMNS) <= names else None  # never the texts
+    labeled = None
+    if battles is not None and schema.is_labeled(battles):
+        labeled = battles.select([schema.ID, *schema.LABEL_COLUMNS]).append_column("allowed", pa.array(schema.ties_allowed(battles))).to_pandas().set_index(schema.ID)
     joined = scores.join(labeled, how="inner") if labeled is not None else scores.iloc[:0]
     return {
-        "log_loss": round(log_loss(joined[list(schema.LABEL_COLUMNS)].to_numpy(), joined[list(schema.PROBS)].to_numpy()), 4) if len(joined) else None,
+        "log_loss": round(log_loss(joined[list(schema.LABEL_COLUMNS)].to_numpy(), joined[list(schema.PROBS)].to_numpy(),
+                                   joined["allowed"].to_numpy(dtype=bool)), 4) if len(joined) else None,
         "mean_tokens": round(float(scores["tokens"].mean()), 1) if len(scores) else None,
     }
 

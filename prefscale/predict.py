@@ -27,7 +27,7 @@ from prefscale.errors import PrefscaleError
 from prefscale.io import atomic_path, exists, read_json, read_table, resolve
 from prefscale.layout import RunLayout
 from prefscale.members.store import load_estimator
-from prefscale.metrics import log_loss
+from prefscale.metrics import log_loss, without_ties
 
 
 def load_run(run_dir: str) -> tuple[Config, list[str]]:
@@ -63,13 +63,16 @@ def neural_probs(config: Config, name: str, battles_uri: str, work_key: str) -> 
     return dict(zip(scores.index.to_numpy(), scores.to_numpy(), strict=True))
 
 
-def predict(run_dir: str, input_uri: str, out_csv: str, log: Callable[[str], None] = print) -> dict[str, Any]:
+def predict(run_dir: str, input_uri: str, out_csv: str, log: Callable[[str], None] = print, ties: str | None = None) -> dict[str, Any]:
+    """``ties`` states the label protocol of the new battles ('allowed' or 'none'; a ``ties``
+    column wins); None keeps the run's data.ties mapping by source. Forced choice puts no mass on tie."""
     started = time.perf_counter()
     config, members = load_run(run_dir)
     layout = config.layout
     work_key = _work_key(input_uri)
     clean_uri, rejects_uri = layout.predict_work(work_key, "clean.parquet"), f"{out_csv}.rejects.parquet"
-    validation = validate_file(input_uri, clean_uri, rejects_uri, config.data)
+    validation_options = config.data if ties is None else config.data.model_copy(update={"ties": {}, "default_ties": ties})
+    validation = validate_file(input_uri, clean_uri, rejects_uri, validation_options)
     battles = read_table(clean_uri)
     if battles.num_rows == 0:
         raise PrefscaleError(f"no valid battles in {input_uri} ({validation['rejected']} rejected, see {rejects_uri})")
@@ -90,13 +93,16 @@ def predict(run_dir: str, input_uri: str, out_csv: str, log: Callable[[str], Non
     probs = load_estimator(layout.stack_file("stacker.skops")).predict_proba(logp)
     probs = load_estimator(layout.stack_file("calibrator.skops")).predict_proba(probs)
     probs = load_estimator(layout.stack_file("rules.skops")).apply(battles, probs)
+    allowed = schema.ties_allowed(battles)
+    probs = without_ties(probs, allowed)
     submission = pa.table({schema.ID: ids, **{c: probs[:, k] for k, c in enumerate(schema.LABEL_COLUMNS)}})
     with atomic_path(out_csv) as (fs, tmp):
         with fs.open_output_stream(tmp) as handle:
             pacsv.write_csv(submission, handle)
     summary: dict[str, Any] = {"run_dir": run_dir, "input": input_uri, "output": out_csv, "predicted": len(ids),
-                               "rejected": validation["rejected"], "rejects_path": rejects_uri, "members": members}
+                               "rejected": validation["rejected"], "rejects_path": rejects_uri, "members": members,
+                               "forced_choice": int((~allowed).sum())}
     if schema.is_labeled(battles):
-        summary["log_loss"] = round(log_loss(schema.label_matrix(battles), probs), 4)
+        summary["log_loss"] = round(log_loss(schema.label_matrix(battles), probs, allowed), 4)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     return summary

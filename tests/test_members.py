@@ -8,7 +8,7 @@ import pytest
 from prefscale.data import schema
 from prefscale.data.schema import SWAP_ORDER
 from prefscale.errors import PrefscaleError
-from prefscale.members.estimators import expand_soft_labels, make_member
+from prefscale.members.estimators import make_member
 from prefscale.members.features import battle_features, feature_names
 from prefscale.members.store import load_estimator, save_estimator
 from prefscale.metrics import log_loss
@@ -32,12 +32,6 @@ def test_features_of_the_swapped_battle_are_the_swapped_features(real_battles):
     of_swapped, _ = battle_features(swapped(real_battles.slice(0, 200)))
     np.testing.assert_allclose(of_swapped, direct_swapped, rtol=1e-6)
     assert direct.shape[1] == len(feature_names())
-
-
-def test_soft_labels_expand_to_weighted_class_rows():
-    x = np.array([[1.0], [2.0]])
-    rows, classes, weights = expand_soft_labels(x, np.array([[0.0, 1.0, 0.0], [0.5, 0.0, 0.5]]))
-    assert rows.ravel().tolist() == [1.0, 2.0, 2.0] and classes.tolist() == [1, 0, 2] and weights.tolist() == [1.0, 0.5, 0.5]
 
 
 @pytest.mark.parametrize("kind", ["features", "tfidf"])

@@ -61,8 +61,8 @@ def test_swap_balanced_prior_is_symmetric_in_a_and_b():
     from prefscale.train.loop import swap_balanced_prior
 
     labels = np.array([[1.0, 0, 0]] * 3 + [[0, 0, 1.0]])
-    assert np.allclose(swap_balanced_prior(labels, 0.5), [0.375, 0.375, 0.25])
-    assert np.allclose(swap_balanced_prior(labels, 0.0), [0.75, 0.0, 0.25])
+    assert np.allclose(swap_balanced_prior(labels, np.ones(len(labels), dtype=bool), 0.5), [0.375, 0.375, 0.25])
+    assert np.allclose(swap_balanced_prior(labels, np.ones(len(labels), dtype=bool), 0.0), [0.75, 0.0, 0.25])
 
 
 @pytest.mark.parametrize("precision", ["fp32", "nf4"])

@@ -29,7 +29,8 @@ def synthetic(n: int = 3000, members: int = 3, seed: int = 0) -> StackData:
     logp = np.stack([log_softmax(truth + rng.normal(size=(n, 3)) * (0.5 + m), axis=1) for m in range(members)], axis=1)
     text = [schema.RESPONSE_A, schema.RESPONSE_B]
     battles = pa.table({schema.ID: np.arange(n), **{c: ['["x"]'] * n for c in text}})
-    return StackData(np.arange(n), np.arange(n) % 5, labels, logp, [f"m{i}" for i in range(members)], np.full(n, "synthetic", dtype=object), battles)
+    return StackData(np.arange(n), np.arange(n) % 5, labels, logp, [f"m{i}" for i in range(members)], np.full(n, "synthetic", dtype=object),
+                     np.ones(n, dtype=bool), battles)
 
 
 def test_powell_blend_beats_every_member_and_equal_weights():
@@ -79,7 +80,7 @@ def test_temperature_recovers_the_sharpening_factor():
 def test_automatic_choice_never_scores_worse_than_no_calibration():
     data = synthetic(members=1)
     probs = np.exp(data.logp[:, 0])
-    name, scores = choose_calibrator(probs, data.labels, data.folds)
+    name, scores = choose_calibrator(probs, data.labels, data.folds, data.ties)
     assert scores[name] <= scores["none"] and set(scores) == set(CALIBRATORS)
 
 
@@ -89,7 +90,7 @@ def test_nested_cv_never_lets_a_fold_see_its_own_labels():
     flipped = data.labels.copy()
     fold0 = data.folds == 0
     flipped[fold0] = flipped[fold0][:, [1, 2, 0]]
-    after = nested_cv(StackData(data.ids, data.folds, flipped, data.logp, data.members, data.datasets, data.battles), "lr", "auto", False)
+    after = nested_cv(StackData(data.ids, data.folds, flipped, data.logp, data.members, data.datasets, data.ties, data.battles), "lr", "auto", False)
     np.testing.assert_allclose(after.final[fold0], before.final[fold0])
     assert not np.allclose(after.final[~fold0], before.final[~fold0])
 

@@ -26,6 +26,8 @@ BAD_ROWS = {
     "empty_text": battle(prompt='[""]', a="[null]", b='["  "]'),
     "too_long": battle(a=json.dumps(["x" * 500])),
     "bad_label": battle(labels=(1, 1, 0)),
+    "bad_ties": battle(ties="sometimes"),
+    "tie_in_forced_choice": battle(labels=(0, 0, 1), dataset="hh_rlhf_harmless_test"),
     "duplicate_id": battle(i=7),
 }
 

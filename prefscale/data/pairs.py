@@ -101,6 +101,7 @@ def _group_battles(group: pa.Table, options: PairsConfig) -> pa.Table:
             schema.MODEL_B: names.take(take_b),
             **{c: pa.nulls(n, pa.float32()) for c in schema.LABEL_COLUMNS},
             schema.FLAGS: pa.nulls(n, pa.string()),
+            schema.TIES: pa.nulls(n, pa.string()),  # unlabeled: predicted as battles that allow ties
         },
         schema=schema.BATTLE_SCHEMA,
     )

@@ -35,6 +35,8 @@ REASONS = {
     "empty_text": "prompt and both responses are all empty",
     "too_long": "the battle's text is over the size limit",
     "bad_label": "labels are partly missing, outside [0, 1] or do not sum to 1",
+    "bad_ties": "the ties column is not 'allowed' or 'none'",
+    "tie_in_forced_choice": "labeled tie, but its source's protocol has no tie option (data.ties)",
     "duplicate_id": "an earlier clean row has the same id",
 }
 LABEL_TOLERANCE = 1e-3
@@ -158,6 +160,11 @@ def check_row(row: dict[str, Any], options: ValidationConfig) -> dict[str, Any]:
     if soft is not None:
         flags.append("soft_label")
     label = soft if soft is not None else hard
+    ties = row.get(schema.TIES) or options.protocol(row.get(schema.SOURCE) or schema.DEFAULT_SOURCE)
+    if ties not in schema.TIE_PROTOCOLS:
+        raise Rejected("bad_ties", f"ties must be one of {', '.join(schema.TIE_PROTOCOLS)}, got {str(ties)[:40]!r}")
+    if ties == "none" and label is not None and label[2] > LABEL_TOLERANCE:
+        raise Rejected("tie_in_forced_choice", f"labeled tie ({label[2]:.2f}) under protocol 'none'; fix the label or data.ties")
     a_text, b_text = "".join(texts[schema.RESPONSE_A]).strip(), "".join(texts[schema.RESPONSE_B]).strip()
     flags += [name for name, on in (("empty_a", not a_text), ("empty_b", not b_text), ("identical", a_text == b_text)) if on]
     return {
@@ -167,6 +174,7 @@ def check_row(row: dict[str, Any], options: ValidationConfig) -> dict[str, Any]:
         schema.MODEL_B: row.get(schema.MODEL_B),
         **dict(zip(schema.LABEL_COLUMNS, label or (None, None, None), strict=True)),
         schema.FLAGS: ",".join(dict.fromkeys([*_earlier_flags(row.get(schema.FLAGS)), *flags])) or None,
+        schema.TIES: ties,
     }
 
 

@@ -2,7 +2,8 @@
 
 Each member trains on both orders of every battle (labels swapped with them) and predicts the
 mean of the original and the un-swapped swapped prediction, so P(A wins | A, B) equals
-P(B wins | B, A) exactly. Soft labels train as class-weighted rows.
+P(B wins | B, A) exactly. Models fit the protocol likelihood (protocol_models.py), so
+forced-choice battles train through P(winner | not a tie).
 """
 
 from __future__ import annotations
@@ -14,20 +15,14 @@ import pyarrow as pa
 from scipy import sparse
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
 
 from prefscale.data import schema
 from prefscale.members.features import battle_features, cell_turns
-
-
-def expand_soft_labels(x: Any, labels: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray]:
-    """One row per class with non-zero probability, weighted by it (exact for one-hot labels)."""
-    rows, classes = np.nonzero(labels > 0)
-    return x[rows], classes, labels[rows, classes]
+from prefscale.protocol_models import SoftmaxRegression, fit_factored
 
 
 class SwapSymmetricMember:
-    """Base class: subclasses turn battles into (X, X_swapped) and name an estimator."""
+    """Base class: subclasses turn battles into (X, X_swapped) and fit a three-way model on them."""
 
     def __init__(self, **params: Any) -> None:
         self.params = params
@@ -35,14 +30,14 @@ class SwapSymmetricMember:
     def encode(self, battles: pa.Table, fit: bool) -> tuple[Any, Any]:
         raise NotImplementedError
 
-    def make_estimator(self) -> Any:
+    def fit_model(self, x: Any, labels: np.ndarray, ties: np.ndarray) -> Any:
         raise NotImplementedError
 
     def fit(self, battles: pa.Table, labels: np.ndarray) -> SwapSymmetricMember:
         x, x_swapped = self.encode(battles, fit=True)
         both = sparse.vstack([x, x_swapped]).tocsr() if sparse.issparse(x) else np.vstack([x, x_swapped])
-        rows, classes, weights = expand_soft_labels(both, np.vstack([labels, labels[:, schema.SWAP_ORDER]]))
-        self.estimator_ = self.make_estimator().fit(rows, classes, sample_weight=weights)
+        ties = np.tile(schema.ties_allowed(battles), 2)
+        self.estimator_ = self.fit_model(both, np.vstack([labels, labels[:, schema.SWAP_ORDER]]), ties)
         return self
 
     def predict_proba(self, battles: pa.Table) -> np.ndarray:
@@ -58,8 +53,11 @@ class FeatureMember(SwapSymmetricMember):
     def encode(self, battles: pa.Table, fit: bool) -> tuple[np.ndarray, np.ndarray]:
         return battle_features(battles)
 
-    def make_estimator(self) -> HistGradientBoostingClassifier:
+    def _trees(self) -> HistGradientBoostingClassifier:
         return HistGradientBoostingClassifier(**{**self.DEFAULTS, **self.params}, random_state=0)
+
+    def fit_model(self, x: np.ndarray, labels: np.ndarray, ties: np.ndarray) -> Any:
+        return fit_factored(self._trees, x, labels, ties)  # trees take no custom loss: a tie model and a winner model
 
 
 class TfidfMember(SwapSymmetricMember):
@@ -82,8 +80,8 @@ class TfidfMember(SwapSymmetricMember):
         cosine = sparse.csr_matrix(np.asarray(a.multiply(b).sum(axis=1), dtype=np.float32))
         return sparse.hstack([a - b, cosine]).tocsr(), sparse.hstack([b - a, cosine]).tocsr()
 
-    def make_estimator(self) -> LogisticRegression:
-        return LogisticRegression(C=self._options()["C"], max_iter=2000)
+    def fit_model(self, x: sparse.csr_matrix, labels: np.ndarray, ties: np.ndarray) -> SoftmaxRegression:
+        return SoftmaxRegression(C=self._options()["C"], max_iter=2000).fit(x, labels, ties)
 
 
 MEMBER_KINDS: dict[str, type[SwapSymmetricMember]] = {"features": FeatureMember, "tfidf": TfidfMember}

@@ -13,7 +13,7 @@ from prefscale.io import resolve, write_bytes
 # skops already trusts plain scikit-learn estimators and numpy arrays; beyond those, only our
 # own classes and the tree nodes of boosted trees. Functions (say builtins.eval planted as a
 # vectorizer's preprocessor) are never on the list.
-TRUSTED_PREFIXES = ("prefscale.members.estimators.", "prefscale.stack.")
+TRUSTED_PREFIXES = ("prefscale.members.estimators.", "prefscale.protocol_models.", "prefscale.stack.")
 TRUSTED_TYPES = ("sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",)
 
 

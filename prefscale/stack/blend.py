@@ -20,13 +20,13 @@ def blend(logp: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.exp(log_softmax(np.einsum("nmk,m->nk", logp, np.asarray(weights, dtype=np.float64)), axis=1))
 
 
-def blend_loss(weights: np.ndarray, logp: np.ndarray, labels: np.ndarray) -> float:
-    return log_loss(labels, blend(logp, np.clip(weights, 0.0, MAX_WEIGHT)))
+def blend_loss(weights: np.ndarray, logp: np.ndarray, labels: np.ndarray, ties: np.ndarray | None = None) -> float:
+    return log_loss(labels, blend(logp, np.clip(weights, 0.0, MAX_WEIGHT)), ties)
 
 
-def powell_weights(logp: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def powell_weights(logp: np.ndarray, labels: np.ndarray, ties: np.ndarray | None = None) -> np.ndarray:
     start = np.full(logp.shape[1], 1.0 / logp.shape[1])
-    result = minimize(blend_loss, start, args=(logp, labels), method="Powell", bounds=[(0.0, MAX_WEIGHT)] * logp.shape[1],
+    result = minimize(blend_loss, start, args=(logp, labels, ties), method="Powell", bounds=[(0.0, MAX_WEIGHT)] * logp.shape[1],
                       options={"xtol": 1e-4, "ftol": 1e-7})
     return np.clip(result.x, 0.0, MAX_WEIGHT)
 
@@ -37,8 +37,8 @@ class BlendStacker:
     def __init__(self, weights: list[float] | None = None) -> None:
         self.weights = weights
 
-    def fit(self, logp: np.ndarray, labels: np.ndarray) -> BlendStacker:
-        self.weights_ = np.asarray(self.weights, dtype=np.float64) if self.weights is not None else powell_weights(logp, labels)
+    def fit(self, logp: np.ndarray, labels: np.ndarray, ties: np.ndarray | None = None) -> BlendStacker:
+        self.weights_ = np.asarray(self.weights, dtype=np.float64) if self.weights is not None else powell_weights(logp, labels, ties)
         return self
 
     def predict_proba(self, logp: np.ndarray) -> np.ndarray:

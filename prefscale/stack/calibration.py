@@ -2,7 +2,8 @@
 
 temperature: softmax(log p / T) (1 parameter); vector: softmax(w * log p + b) (6);
 dirichlet: softmax(W log p + b) (12, L2-regularised; Kull et al. 2019). Identity is the
-'none' choice, so the automatic selection can always decline to calibrate.
+'none' choice, so the automatic selection can always decline to calibrate. All fit the
+protocol log loss (forced-choice rows through P(winner | not a tie)).
 """
 
 from __future__ import annotations
@@ -10,10 +11,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax
-from sklearn.linear_model import LogisticRegression
 
-from prefscale.members.estimators import expand_soft_labels
 from prefscale.metrics import log_loss
+from prefscale.protocol_models import SoftmaxRegression
 
 
 def _logp(probs: np.ndarray) -> np.ndarray:
@@ -21,7 +21,7 @@ def _logp(probs: np.ndarray) -> np.ndarray:
 
 
 class IdentityCalibrator:
-    def fit(self, probs: np.ndarray, labels: np.ndarray) -> IdentityCalibrator:
+    def fit(self, probs: np.ndarray, labels: np.ndarray, ties: np.ndarray | None = None) -> IdentityCalibrator:
         return self
 
     def predict_proba(self, probs: np.ndarray) -> np.ndarray:
@@ -29,9 +29,9 @@ class IdentityCalibrator:
 
 
 class TemperatureCalibrator:
-    def fit(self, probs: np.ndarray, labels: np.ndarray) -> TemperatureCalibrator:
+    def fit(self, probs: np.ndarray, labels: np.ndarray, ties: np.ndarray | None = None) -> TemperatureCalibrator:
         logp = _logp(probs)
-        result = minimize_scalar(lambda t: log_loss(labels, np.exp(log_softmax(logp / t, axis=1))), bounds=(0.05, 20.0), method="bounded")
+        result = minimize_scalar(lambda t: log_loss(labels, np.exp(log_softmax(logp / t, axis=1)), ties), bounds=(0.05, 20.0), method="bounded")
         self.temperature_ = float(result.x)
         return self
 
@@ -40,11 +40,11 @@ class TemperatureCalibrator:
 
 
 class VectorCalibrator:
-    def fit(self, probs: np.ndarray, labels: np.ndarray) -> VectorCalibrator:
+    def fit(self, probs: np.ndarray, labels: np.ndarray, ties: np.ndarray | None = None) -> VectorCalibrator:
         logp = _logp(probs)
 
         def loss(theta: np.ndarray) -> float:
-            return log_loss(labels, np.exp(log_softmax(logp * theta[:3] + theta[3:], axis=1)))
+            return log_loss(labels, np.exp(log_softmax(logp * theta[:3] + theta[3:], axis=1)), ties)
 
         self.theta_ = minimize(loss, np.array([1.0, 1.0, 1.0, 0.0, 0.0, 0.0]), method="L-BFGS-B").x
         return self
@@ -57,9 +57,8 @@ class DirichletCalibrator:
     def __init__(self, C: float = 1.0) -> None:
         self.C = C
 
-    def fit(self, probs: np.ndarray, labels: np.ndarray) -> DirichletCalibrator:
-        rows, classes, weights = expand_soft_labels(_logp(probs), labels)
-        self.model_ = LogisticRegression(C=self.C, max_iter=1000).fit(rows, classes, sample_weight=weights)
+    def fit(self, probs: np.ndarray, labels: np.ndarray, ties: np.ndarray | None = None) -> DirichletCalibrator:
+        self.model_ = SoftmaxRegression(C=self.C).fit(_logp(probs), labels, ties)
         return self
 
     def predict_proba(self, probs: np.ndarray) -> np.ndarray:
@@ -69,13 +68,13 @@ class DirichletCalibrator:
 CALIBRATORS = {"none": IdentityCalibrator, "temperature": TemperatureCalibrator, "vector": VectorCalibrator, "dirichlet": DirichletCalibrator}
 
 
-def choose_calibrator(probs: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> tuple[str, dict[str, float]]:
+def choose_calibrator(probs: np.ndarray, labels: np.ndarray, folds: np.ndarray, ties: np.ndarray) -> tuple[str, dict[str, float]]:
     """The calibrator with the lowest cross-validated log loss over ``folds`` ('none' included)."""
     scores = {}
     for name, make in CALIBRATORS.items():
         calibrated = np.empty_like(probs)
         for fold in np.unique(folds):
             test = folds == fold
-            calibrated[test] = make().fit(probs[~test], labels[~test]).predict_proba(probs[test])
-        scores[name] = log_loss(labels, calibrated)
+            calibrated[test] = make().fit(probs[~test], labels[~test], ties[~test]).predict_proba(probs[test])
+        scores[name] = log_loss(labels, calibrated, ties)
     return min(scores, key=scores.get), scores

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from prefscale.data import schema
 from prefscale.errors import PrefscaleError
@@ -21,25 +20,19 @@ class StackData:
     labels: np.ndarray
     logp: np.ndarray  # (rows, members, 3)
     members: list[str]
-    datasets: np.ndarray
+    datasets: np.ndarray  # each battle's source (schema.battle_sources)
+    ties: np.ndarray  # each battle's label protocol: True where judges could answer tie
     battles: pa.Table  # aligned with ids; degenerate rules read its texts
 
     def take(self, rows: np.ndarray) -> StackData:
         return StackData(self.ids[rows], self.folds[rows], self.labels[rows], self.logp[rows], self.members, self.datasets[rows],
-                         self.battles.take(rows))
+                         self.ties[rows], self.battles.take(rows))
 
 
 def log_probs(table: pa.Table) -> np.ndarray:
     probs = np.stack([table.column(c).to_numpy().astype(np.float64) for c in schema.PROBS], axis=1)
     probs = np.clip(probs, 1e-7, 1.0)
     return np.log(probs / probs.sum(axis=1, keepdims=True))
-
-
-def dataset_names(battles: pa.Table) -> np.ndarray:
-    """Per-row dataset for the report; battles without one (the Kaggle sample) are 'arena'."""
-    if "dataset" not in battles.column_names:
-        return np.full(battles.num_rows, "arena", dtype=object)
-    return np.asarray(pc.fill_null(battles.column("dataset").cast(pa.string()), "arena").to_pylist(), dtype=object)
 
 
 def load_stack_data(layout: RunLayout, members: list[str]) -> StackData:
@@ -62,4 +55,4 @@ def load_stack_data(layout: RunLayout, members: list[str]) -> StackData:
             raise PrefscaleError(f"OOF of '{name}' lacks {int((~found).sum())} of {len(ids)} battles; rerun that member so every battle has one OOF row")
         logps.append(log_probs(oof.take(by_id[position])))
     return StackData(ids, battles.column(schema.FOLD).to_numpy(), schema.label_matrix(battles), np.stack(logps, axis=1), list(members),
-                     dataset_names(battles), battles)
+                     schema.battle_sources(battles), schema.ties_allowed(battles), battles)

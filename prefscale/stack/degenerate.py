@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from prefscale.data import schema
 from prefscale.members.features import cell_turns
+from prefscale.metrics import class_prior
 
 RULES = ("identical", "a_empty", "b_empty")
 
@@ -30,15 +31,17 @@ class DegenerateRules:
         self.smoothing = smoothing
 
     def fit(self, battles: pa.Table, labels: np.ndarray) -> DegenerateRules:
-        kinds = degenerate_kinds(battles)
-        prior = labels.mean(axis=0)
+        kinds, ties = degenerate_kinds(battles), schema.ties_allowed(battles)
+        prior = class_prior(labels, ties)
         self.rules_: dict[str, list[float]] = {}
         self.counts_: dict[str, int] = {}
         for rule in RULES:
-            matched = labels[kinds == rule]
-            self.counts_[rule] = len(matched)
-            if self.enabled and len(matched) >= self.min_count:
-                self.rules_[rule] = ((matched.sum(axis=0) + self.smoothing * prior) / (len(matched) + self.smoothing)).tolist()
+            matched = kinds == rule
+            count = int(matched.sum())
+            self.counts_[rule] = count
+            if self.enabled and count >= self.min_count:
+                own = class_prior(labels[matched], ties[matched])
+                self.rules_[rule] = ((count * own + self.smoothing * prior) / (count + self.smoothing)).tolist()
         return self
 
     def apply(self, battles: pa.Table, probs: np.ndarray) -> np.ndarray:

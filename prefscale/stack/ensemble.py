@@ -30,10 +30,10 @@ def blend_search(data: StackData, settings: StackConfig) -> dict[str, Any]:
     from prefscale.stack.tune_blend import tune_blend_weights
 
     started = time.perf_counter()
-    powell = powell_weights(data.logp, data.labels)
+    powell = powell_weights(data.logp, data.labels, data.ties)
     powell_s = time.perf_counter() - started
-    tuned = tune_blend_weights(data.logp, data.labels, settings.tune_samples, seed=settings.seed)
-    powell_loss = blend_loss(powell, data.logp, data.labels)
+    tuned = tune_blend_weights(data.logp, data.labels, settings.tune_samples, seed=settings.seed, ties=data.ties)
+    powell_loss = blend_loss(powell, data.logp, data.labels, data.ties)
     return {
         "powell": {"weights": dict(zip(data.members, np.round(powell, 4).tolist(), strict=True)), "log_loss": round(powell_loss, 5),
                    "seconds": round(powell_s, 1)},
@@ -52,11 +52,11 @@ def run_stack(config: Config, log: Callable[[str], None] = print) -> dict[str, A
     nested = nested_cv(data, settings.method, settings.calibration, settings.degenerate_rules)
     summary: dict[str, Any] = {
         "members": data.members, "rows": len(data.ids), "method": settings.method,
-        "member_log_loss": {m: round(log_loss(data.labels, np.exp(data.logp[:, i])), 4) for i, m in enumerate(data.members)},
+        "member_log_loss": {m: round(log_loss(data.labels, np.exp(data.logp[:, i]), data.ties), 4) for i, m in enumerate(data.members)},
         "nested_cv": {
-            "stacked": round(log_loss(data.labels, nested.raw), 4),
-            "stacked_calibrated": round(log_loss(data.labels, nested.calibrated), 4),
-            "final": round(log_loss(data.labels, nested.final), 4),
+            "stacked": round(log_loss(data.labels, nested.raw, data.ties), 4),
+            "stacked_calibrated": round(log_loss(data.labels, nested.calibrated, data.ties), 4),
+            "final": round(log_loss(data.labels, nested.final, data.ties), 4),
             "calibrator_per_fold": nested.calibrators,
         },
     }
@@ -64,17 +64,18 @@ def run_stack(config: Config, log: Callable[[str], None] = print) -> dict[str, A
     tuned_weights = search.pop("_tuned_weights")
     summary["blend_search"] = search
     stacker = BlendStacker(tuned_weights if settings.blend_search == "tune" else None) if settings.method == "blend" else STACKERS[settings.method]()
-    stacker.fit(data.logp, data.labels)
+    stacker.fit(data.logp, data.labels, data.ties)
     calibrator_name = settings.calibration
     if calibrator_name == "auto":
-        calibrator_name, summary["calibrator_cv"] = choose_calibrator(nested.raw, data.labels, data.folds)
-    calibrator = CALIBRATORS[calibrator_name]().fit(nested.raw, data.labels)
+        calibrator_name, summary["calibrator_cv"] = choose_calibrator(nested.raw, data.labels, data.folds, data.ties)
+    calibrator = CALIBRATORS[calibrator_name]().fit(nested.raw, data.labels, data.ties)
     rules = DegenerateRules(enabled=settings.degenerate_rules).fit(data.battles, data.labels)
     summary.update({"calibrator": calibrator_name, "degenerate_rules": rules.rules_, "degenerate_counts": rules.counts_})
     for name, obj in (("stacker", stacker), ("calibrator", calibrator), ("rules", rules)):
         save_estimator(obj, layout.stack_file(f"{name}.skops"))
     write_table(pa.table({
-        schema.ID: data.ids, schema.FOLD: data.folds, "dataset": data.datasets.astype(str),
+        schema.ID: data.ids, schema.FOLD: data.folds, schema.SOURCE: data.datasets.astype(str),
+        schema.TIES: np.where(data.ties, "allowed", "none"),
         **{f"{kind}_{c}": nested_probs[:, i].astype(np.float32) for kind, nested_probs in (("raw", nested.raw), ("calibrated", nested.calibrated), ("final", nested.final))
            for i, c in enumerate(schema.CLASSES)},
     }), layout.stack_file("oof.parquet"))

@@ -28,12 +28,12 @@ class NestedResult:
     calibrators: dict[int, str] = field(default_factory=dict)
 
 
-def fold_oof(make, logp: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> np.ndarray:
+def fold_oof(make, logp: np.ndarray, labels: np.ndarray, folds: np.ndarray, ties: np.ndarray) -> np.ndarray:
     """Predictions of ``make()`` for every row from a model fitted on the other folds."""
     probs = np.empty(labels.shape)
     for fold in np.unique(folds):
         test = folds == fold
-        probs[test] = make().fit(logp[~test], labels[~test]).predict_proba(logp[test])
+        probs[test] = make().fit(logp[~test], labels[~test], ties[~test]).predict_proba(logp[test])
     return probs
 
 
@@ -45,12 +45,12 @@ def nested_cv(data: StackData, method: str, calibration: str, degenerate_rules: 
         inner = data.take(np.nonzero(train)[0])
         name, calibrator = calibration, CALIBRATORS["none"]()
         if calibration != "none":
-            inner_oof = fold_oof(make, inner.logp, inner.labels, inner.folds)
+            inner_oof = fold_oof(make, inner.logp, inner.labels, inner.folds, inner.ties)
             if calibration == "auto":
-                name, _ = choose_calibrator(inner_oof, inner.labels, inner.folds)
-            calibrator = CALIBRATORS[name]().fit(inner_oof, inner.labels)
+                name, _ = choose_calibrator(inner_oof, inner.labels, inner.folds, inner.ties)
+            calibrator = CALIBRATORS[name]().fit(inner_oof, inner.labels, inner.ties)
         result.calibrators[int(fold)] = name
-        result.raw[test] = make().fit(inner.logp, inner.labels).predict_proba(data.logp[test])
+        result.raw[test] = make().fit(inner.logp, inner.labels, inner.ties).predict_proba(data.logp[test])
         result.calibrated[test] = calibrator.predict_proba(result.raw[test])
         rules = DegenerateRules(enabled=degenerate_rules).fit(inner.battles, inner.labels)
         result.final[test] = rules.apply(data.battles.take(np.nonzero(test)[0]), result.calibrated[test])

@@ -1,5 +1,6 @@
-"""The run report: per-member and ensemble OOF log loss and accuracy, per dataset, and a
-reliability diagram before and after calibration. Reads only the run's Parquet outputs.
+"""The run report: per-member and ensemble OOF log loss and accuracy, per source beside that
+source's own out-of-fold prior, and a reliability diagram before and after calibration.
+Forced-choice sources are scored by P(winner | not a tie). Reads only the run's Parquet outputs.
 """
 
 from __future__ import annotations
@@ -12,14 +13,25 @@ import numpy as np
 from prefscale.data import schema
 from prefscale.io import read_table, write_bytes, write_json
 from prefscale.layout import RunLayout
-from prefscale.metrics import log_loss, out_of_fold_prior
+from prefscale.metrics import class_prior, log_loss, out_of_fold_prior, without_ties
 from prefscale.stack.data import StackData, load_stack_data
 
 ENSEMBLE_COLUMNS = {"ensemble (stacked)": "raw", "ensemble (calibrated)": "calibrated", "ensemble (final)": "final"}
 
 
-def _scores(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    return {"log_loss": round(log_loss(labels, probs), 4), "accuracy": round(float((labels.argmax(1) == probs.argmax(1)).mean()), 4)}
+def _scores(labels: np.ndarray, probs: np.ndarray, ties: np.ndarray) -> dict[str, float]:
+    return {"log_loss": round(log_loss(labels, probs, ties), 4),
+            "accuracy": round(float((labels.argmax(1) == without_ties(probs, ties).argmax(1)).mean()), 4)}
+
+
+def source_prior(data: StackData) -> np.ndarray:
+    """Each battle predicted by its own source's balance in the other folds: the baseline a
+    model must beat on that source (the pooled prior is mostly the mix of sources)."""
+    probs = np.empty(data.labels.shape)
+    for source in np.unique(data.datasets):
+        rows = data.datasets == source
+        probs[rows] = out_of_fold_prior(data.labels[rows], data.folds[rows], data.ties[rows])
+    return probs
 
 
 def prediction_table(data: StackData, layout: RunLayout) -> dict[str, np.ndarray]:
@@ -28,8 +40,9 @@ def prediction_table(data: StackData, layout: RunLayout) -> dict[str, np.ndarray
     ensemble = read_table(layout.stack_file("oof.parquet")).to_pandas().set_index(schema.ID).loc[data.ids]
     for label, kind in ENSEMBLE_COLUMNS.items():
         predictions[label] = ensemble[[f"{kind}_{c}" for c in schema.CLASSES]].to_numpy()
-    predictions["class prior"] = np.broadcast_to(data.labels.mean(axis=0), data.labels.shape)
-    predictions["class prior (out of fold)"] = out_of_fold_prior(data.labels, data.folds)
+    predictions["class prior"] = np.broadcast_to(class_prior(data.labels, data.ties), data.labels.shape)
+    predictions["class prior (out of fold)"] = out_of_fold_prior(data.labels, data.folds, data.ties)
+    predictions["source prior (out of fold)"] = source_prior(data)
     return predictions
 
 
@@ -64,14 +77,17 @@ def write_report(layout: RunLayout, members: list[str]) -> dict[str, Any]:
     predictions = prediction_table(data, layout)
     datasets = sorted(set(data.datasets))
     table = {
-        name: {**_scores(data.labels, probs),
-               "per_dataset": {d: _scores(data.labels[data.datasets == d], probs[data.datasets == d])["log_loss"] for d in datasets}}
+        name: {**_scores(data.labels, probs, data.ties),
+               "per_dataset": {d: _scores(data.labels[data.datasets == d], probs[data.datasets == d], data.ties[data.datasets == d])["log_loss"]
+                               for d in datasets}}
         for name, probs in predictions.items()
     }
-    reliability_plot(data.labels, predictions["ensemble (stacked)"], predictions["ensemble (final)"], layout.report_file("reliability.png"))
+    reliability_plot(data.labels, without_ties(predictions["ensemble (stacked)"], data.ties), without_ties(predictions["ensemble (final)"], data.ties),
+                     layout.report_file("reliability.png"))
     best_member = min(data.members, key=lambda m: table[m]["log_loss"])
     report = {
-        "rows": len(data.ids), "datasets": {d: int((data.datasets == d).sum()) for d in datasets}, "table": table,
+        "rows": len(data.ids), "datasets": {d: int((data.datasets == d).sum()) for d in datasets},
+        "forced_choice": {d: int((~data.ties[data.datasets == d]).sum()) for d in datasets}, "table": table,
         "best_member": best_member,
         "ensemble_gain_vs_best_member": round(table[best_member]["log_loss"] - table["ensemble (final)"]["log_loss"], 4),
         "reliability_png": layout.report_file("reliability.png"),
@@ -88,6 +104,10 @@ def _write_markdown(report: dict[str, Any], datasets: list[str], path: str) -> N
     for name, row in report["table"].items():
         lines.append(f"| {name} | {row['log_loss']} | {row['accuracy']} | " + " | ".join(str(row["per_dataset"][d]) for d in datasets) + " |")
     lines += ["", "`class prior` predicts every battle at the balance of all rows, its own fold's labels included; "
-              "`class prior (out of fold)` uses the other folds' balance, as every OOF prediction must.", "",
+              "`class prior (out of fold)` uses the other folds' balance, as every OOF prediction must; "
+              "`source prior (out of fold)` uses the other folds' balance of the battle's own source: a model that does not beat it "
+              "on a source has learned which source a battle comes from, not which answer people prefer.", "",
+              "Forced-choice battles (protocol `none`: " + (", ".join(f"{d} {n}" for d, n in report["forced_choice"].items() if n) or "none") +
+              ") are scored by P(winner | not a tie).", "",
               "![reliability](reliability.png)", ""]
     write_bytes("\n".join(lines).encode(), path)

@@ -1,4 +1,5 @@
-"""A multinomial logistic-regression meta-model over member log-probabilities.
+"""A multinomial logistic-regression meta-model over member log-probabilities, fitted on the
+protocol likelihood (protocol_models.py: forced-choice battles through P(winner | not a tie)).
 
 Trained on both orders of every battle (members' A and B columns and the labels swapped
 together) and averaged over both at prediction, so it stays symmetric under swapping A and B.
@@ -7,10 +8,9 @@ together) and averaged over both at prediction, so it stays symmetric under swap
 from __future__ import annotations
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
 from prefscale.data import schema
-from prefscale.members.estimators import expand_soft_labels
+from prefscale.protocol_models import SoftmaxRegression
 
 
 def stack_features(logp: np.ndarray) -> np.ndarray:
@@ -23,10 +23,10 @@ class LogisticStacker:
     def __init__(self, C: float = 1.0) -> None:
         self.C = C
 
-    def fit(self, logp: np.ndarray, labels: np.ndarray) -> LogisticStacker:
+    def fit(self, logp: np.ndarray, labels: np.ndarray, ties: np.ndarray | None = None) -> LogisticStacker:
         x = np.vstack([stack_features(logp), stack_features(logp[:, :, schema.SWAP_ORDER])])
-        rows, classes, weights = expand_soft_labels(x, np.vstack([labels, labels[:, schema.SWAP_ORDER]]))
-        self.model_ = LogisticRegression(C=self.C, max_iter=1000).fit(rows, classes, sample_weight=weights)
+        both = None if ties is None else np.tile(ties, 2)
+        self.model_ = SoftmaxRegression(C=self.C).fit(x, np.vstack([labels, labels[:, schema.SWAP_ORDER]]), both)
         return self
 
     def predict_proba(self, logp: np.ndarray) -> np.ndarray:

@@ -16,14 +16,15 @@ import numpy as np
 from prefscale.stack.blend import MAX_WEIGHT, blend_loss
 
 
-def _trial(config: dict[str, float], logp: np.ndarray, labels: np.ndarray) -> None:
+def _trial(config: dict[str, float], logp: np.ndarray, labels: np.ndarray, ties: np.ndarray | None) -> None:
     from ray import tune
 
     weights = np.array([config[f"w{i}"] for i in range(logp.shape[1])])
-    tune.report({"log_loss": blend_loss(weights, logp, labels)})
+    tune.report({"log_loss": blend_loss(weights, logp, labels, ties)})
 
 
-def tune_blend_weights(logp: np.ndarray, labels: np.ndarray, samples: int, seed: int = 0, storage: str | None = None) -> dict[str, Any]:
+def tune_blend_weights(logp: np.ndarray, labels: np.ndarray, samples: int, seed: int = 0, storage: str | None = None,
+                       ties: np.ndarray | None = None) -> dict[str, Any]:
     """Best weights found by ``samples`` Optuna trials; returns weights, log loss and trial count."""
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
@@ -36,7 +37,7 @@ def tune_blend_weights(logp: np.ndarray, labels: np.ndarray, samples: int, seed:
     search = OptunaSearch(metric="log_loss", mode="min", sampler=sampler, points_to_evaluate=[{f"w{i}": 1.0 / members for i in range(members)}])
     with tempfile.TemporaryDirectory(prefix="prefscale-tune-") as scratch:
         tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(_trial, logp=logp, labels=labels), {"cpu": 0.25}),
+            tune.with_resources(tune.with_parameters(_trial, logp=logp, labels=labels, ties=ties), {"cpu": 0.25}),
             param_space=space,
             tune_config=tune.TuneConfig(search_alg=search, num_samples=samples, metric="log_loss", mode="min", max_concurrent_trials=8,
                                         reuse_actors=True),

@@ -23,27 +23,37 @@ class TrainRows:
     input_ids: list[list[int]]
     swapped_ids: list[list[int]]
     labels: np.ndarray  # (n, 3) probabilities
+    ties: np.ndarray  # (n,) bool: False for forced-choice battles, which train through P(winner | not a tie)
     teachers: list[np.ndarray]  # each (n, 3) logits
 
     def __len__(self) -> int:
         return len(self.ids)
 
 
+TRAIN_COLUMNS = [schema.ID, *schema.TEXT_COLUMNS, *schema.LABEL_COLUMNS, schema.TIES]
+
+
+def _train_columns(table: pa.Table) -> pa.Table:
+    """The columns training reads, in one schema; a table without a protocol column allows ties."""
+    if schema.TIES not in table.column_names:
+        table = table.append_column(schema.TIES, pa.nulls(table.num_rows, pa.string()))
+    return table.select(TRAIN_COLUMNS).cast(pa.schema([schema.BATTLE_SCHEMA.field(c) for c in TRAIN_COLUMNS]))
+
+
 def select_rows(train_path: str, fold: int | None, extra: list[str], max_rows: int | None, seed: int) -> pa.Table:
-    columns = [schema.ID, *schema.TEXT_COLUMNS, *schema.LABEL_COLUMNS]
     table = read_table(train_path)
     if fold is not None:
         if schema.FOLD not in table.column_names:
             raise PrefscaleError(f"{train_path} has no fold column; run `prefscale data split` first")
         table = table.filter(pc.not_equal(table[schema.FOLD], fold))
-    parts = [table.select(columns)] + [read_table(path).select(columns) for path in extra]
-    return _labeled_sample(pa.concat_tables([p.cast(parts[0].schema) for p in parts]), max_rows, seed)
+    parts = [_train_columns(table)] + [_train_columns(read_table(path)) for path in extra]
+    return _labeled_sample(pa.concat_tables(parts), max_rows, seed)
 
 
 def select_heldout(train_path: str, fold: int, rows: int, seed: int) -> pa.Table:
     """Up to ``rows`` labeled battles of the held-out fold, in a seeded random order."""
-    table = read_table(train_path, [schema.ID, *schema.TEXT_COLUMNS, *schema.LABEL_COLUMNS, schema.FOLD])
-    return _labeled_sample(table.filter(pc.equal(table[schema.FOLD], fold)), rows, seed)
+    table = read_table(train_path)
+    return _labeled_sample(_train_columns(table.filter(pc.equal(table[schema.FOLD], fold))), rows, seed)
 
 
 def _labeled_sample(table: pa.Table, rows: int | None, seed: int) -> pa.Table:
@@ -76,4 +86,4 @@ def build_rows(table: pa.Table, formatter: BattleFormatter, teachers: list[str])
     plain, swapped = formatter.encode_with_swap(*cells)
     ids = table.column(schema.ID).to_numpy()
     labels = schema.label_matrix(table).astype(np.float32)
-    return TrainRows(ids, plain.input_ids, swapped.input_ids, labels, teacher_logits(teachers, ids, labels))
+    return TrainRows(ids, plain.input_ids, swapped.input_ids, labels, schema.ties_allowed(table), teacher_logits(teachers, ids, labels))

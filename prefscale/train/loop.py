@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from prefscale.config import ModelConfig, TextConfig, TrainRunConfig
 from prefscale.data.schema import SWAP_ORDER
+from prefscale.metrics import class_prior
 
 TRAINABLE_FILE = "trainable.safetensors"  # in every checkpoint: the adapters and head, what export and averaging read
 
@@ -95,12 +96,12 @@ def heldout_log_loss(model, rows, pad: int, device, job: FoldJob) -> float:
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
             probs.append(torch.softmax(logits, -1).detach().cpu().numpy())
     model.train()
-    return log_loss(rows.labels, np.concatenate(probs))
+    return log_loss(rows.labels, np.concatenate(probs), rows.ties)
 
 
-def swap_balanced_prior(labels: np.ndarray, swap_prob: float) -> np.ndarray:
-    """The class balance training actually sees: a swapped row's A and B labels trade places."""
-    mean = labels.mean(axis=0)
+def swap_balanced_prior(labels: np.ndarray, ties: np.ndarray, swap_prob: float) -> np.ndarray:
+    """The class balance training actually sees (under each row's protocol): a swapped row's A and B labels trade places."""
+    mean = class_prior(labels, ties)
     return (1 - swap_prob) * mean + swap_prob * mean[SWAP_ORDER]
 
 
@@ -141,7 +142,7 @@ def run_training(job: FoldJob, *, rank: int = 0, world: int = 1, local_rank: int
 
     model = build_trainable(model_config.path, model_config.precision, run.lora, model_config.trust_remote_code,
                             device_map={"": device.index if device.type == "cuda" else "cpu"}, gradient_checkpointing=run.gradient_checkpointing,
-                            class_prior=swap_balanced_prior(rows.labels, run.swap_prob) if run.head_init == "prior" else None)
+                            class_prior=swap_balanced_prior(rows.labels, rows.ties, run.swap_prob) if run.head_init == "prior" else None)
     if model_config.precision in ("fp32", "bf16", "fp16"):
         model.to(device)
     model = wrap(model) if wrap else model
@@ -193,7 +194,7 @@ def run_training(job: FoldJob, *, rank: int = 0, world: int = 1, local_rank: int
             teachers = [torch.tensor(flip(t), device=device) for t in rows.teachers]
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
                 logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-            loss = distillation_loss(logits, labels, teachers, weights)
+            loss = distillation_loss(logits, labels, teachers, weights, torch.tensor(rows.ties[index], device=device))
             (loss / run.grad_accum).backward()
             losses.append(float(loss.detach()))
             seen += len(sequences)
