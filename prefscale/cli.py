@@ -99,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         if args.only not in config.train:
             raise PrefscaleError(f"no train run named '{args.only}'; the config has {', '.join(config.train)}")
         config = config.model_copy(update={"train": {args.only: config.train[args.only]}})
-    return _stages(args, config, ["train"])
+    return _stages(args, config, ["train", "pseudolabel", "students"] if config.train_phases()[1] else ["train"])
 
 
 def cmd_members(args: argparse.Namespace) -> dict[str, Any]:

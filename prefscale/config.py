@@ -123,7 +123,8 @@ class PseudolabelConfig(Section):
     input: str | None = Field(None, description="unlabeled battles; default <run_dir>/unlabeled_pairs.parquet")
     scores: list[str] = Field(default_factory=list, description="score directories to average; empty: score input with the scorers")
     scorers: list[str] = Field(default_factory=list, description="train runs (their scoring models) or score.models names that label the "
-                               "battles; empty: the last train run when there is one, else score.models")
+                               "battles; empty: the teachers (runs distilled from, trained before the pseudolabels), else the last "
+                               "such run, else score.models")
     output: str | None = Field(None, description="default <run_dir>/pseudolabels.parquet")
     rows: int | None = Field(None, gt=0, description="pseudolabel only the first N battles")
     min_confidence: float = Field(0.0, ge=0, le=1)
@@ -176,6 +177,8 @@ class TrainRunConfig(Section):
     head_init: Literal["prior", "random"] = Field("prior", description="prior: the head starts at the training class balance (zero weights, bias log prior)")
     max_failures: int = Field(2, ge=0)
     extra_train: list[str] = Field(default_factory=list, description="soft-labeled Parquet added to every fold (pseudolabels)")
+    pseudolabels: bool = Field(False, description="also train on this run's pseudolabels (the pseudolabel stage, run after the runs "
+                               "without this key): the recipe's students")
     distill: DistillConfig | None = None
     average: Literal["none", "exact", "factors"] = Field("exact", description="merge the fold adapters into one model")
     tta: bool = Field(True, description="swap TTA whenever this run's models score: held-out folds, pseudolabels and predict alike")
@@ -194,6 +197,7 @@ class StackConfig(Section):
     blend_search: Literal["tune", "powell"] = "tune"
     tune_samples: int = Field(250, gt=0, description="Optuna trials of the Ray Tune blend-weight search")
     degenerate_rules: bool = Field(False, description="fitted probabilities for identical / empty-response battles")
+    leave_one_source_out: bool = Field(True, description="refit the cheap members and the stacker without each source, score it (the report's transfer table)")
     seed: int = 0
 
 
@@ -228,6 +232,14 @@ class Config(Section):
         for name, run in self.train.items():
             if run.distill and run.distill.weights and len(run.distill.weights) != len(run.distill.teachers):
                 raise ValueError(f"train.{name}.distill.weights needs one weight per teacher ({len(run.distill.teachers)})")
+        try:
+            self.train_order()
+        except PrefscaleError as cycle:
+            raise ValueError(str(cycle)) from None
+        if late := sorted(set(self.pseudolabel.scorers) & set(self.train_phases()[1])):
+            raise ValueError(f"pseudolabel.scorers names {late}, which train on the pseudolabels themselves; name runs trained before them")
+        if self.train_phases()[1] and not self.data.unlabeled and not self.pseudolabel.input:
+            raise ValueError("a train run sets pseudolabels: true, but there is nothing to pseudolabel; set data.unlabeled or pseudolabel.input")
         return self
 
     def stack_members(self) -> list[str]:
@@ -248,6 +260,25 @@ class Config(Section):
             for name in ready:
                 del pending[name]
         return order
+
+    def train_phases(self) -> tuple[list[str], list[str]]:
+        """Train runs before the pseudolabel stage and after it (those with pseudolabels: true and
+        any run that distills from one), each in train order."""
+        after: set[str] = set()
+        for name in self.train_order():
+            run = self.train[name]
+            if run.pseudolabels or (run.distill and after & set(run.distill.teachers)):
+                after.add(name)
+        order = self.train_order()
+        return [n for n in order if n not in after], [n for n in order if n in after]
+
+    def pseudolabel_scorers(self) -> list[str]:
+        """pseudolabel.scorers, else the teachers trained before the pseudolabels, else the last run before them."""
+        if self.pseudolabel.scorers:
+            return list(self.pseudolabel.scorers)
+        before = self.train_phases()[0]
+        teachers = [n for n in before if any(r.distill and n in r.distill.teachers for r in self.train.values())]
+        return teachers or before[-1:]
 
     @property
     def run_dir(self) -> str:

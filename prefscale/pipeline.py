@@ -80,11 +80,12 @@ def fit_members(config: Config, log: Log) -> dict[str, Any]:
             for name, member in config.members.items()}
 
 
-def train_runs(config: Config, log: Log) -> dict[str, Any]:
+def train_runs(config: Config, log: Log, phase: int = 0) -> dict[str, Any]:
+    """Phase 0: the runs trained before the pseudolabels (teachers); phase 1: the runs that use them."""
     from prefscale.train.kfold import train_run
 
     results = {}
-    for name in config.train_order():
+    for name in config.train_phases()[phase]:
         results[f"train:{name}"] = result = _timed(f"train:{name}", log, lambda name=name: train_run(config, name, log))
         log(f"  OOF log loss {result['oof_log_loss']} vs class prior {result['prior_log_loss']} (out of fold {result['oof_prior_log_loss']}) "
             f"over {result['oof_rows']} battles")
@@ -99,7 +100,7 @@ def pseudolabel(config: Config, log: Log) -> dict[str, Any]:
     from prefscale.score.scoring_model import configured_models, scoring_plan
 
     layout, settings = config.layout, config.pseudolabel
-    scorers = settings.scorers or ([config.train_order()[-1]] if config.train else [m.name for m in configured_models(config)])
+    scorers = config.pseudolabel_scorers() or [m.name for m in configured_models(config)]
 
     def work() -> dict[str, Any]:
         battles = settings.input or layout.unlabeled_pairs
@@ -189,9 +190,12 @@ STAGES: tuple[Stage, ...] = (
           lambda c: [c.layout.unlabeled_pairs], make_unlabeled_pairs, makes_inputs=True),
     Stage("members", lambda c: bool(c.members), lambda c: [c.layout.battles],
           lambda c: [p for m in c.members for p in (c.layout.oof(m), c.layout.member_model(m))], fit_members, uses_ray=True),
-    Stage("train", lambda c: bool(c.train), lambda c: [c.layout.battles], lambda c: [c.layout.oof(n) for n in c.train], train_runs, uses_ray=True),
+    Stage("train", lambda c: bool(c.train_phases()[0]), lambda c: [c.layout.battles], lambda c: [c.layout.oof(n) for n in c.train_phases()[0]],
+          train_runs, uses_ray=True),
     Stage("pseudolabel", _pseudolabels_enabled, lambda c: [c.pseudolabel.input or c.layout.unlabeled_pairs],
           lambda c: [c.pseudolabel.output or c.layout.pseudolabels], pseudolabel, uses_ray=True),
+    Stage("students", lambda c: bool(c.train_phases()[1]), lambda c: [c.layout.battles, c.pseudolabel.output or c.layout.pseudolabels],
+          lambda c: [c.layout.oof(n) for n in c.train_phases()[1]], lambda c, log: train_runs(c, log, phase=1), uses_ray=True),
     Stage("score", lambda c: not _pseudolabels_enabled(c) and c.stack is None, lambda c: [c.score.input or c.layout.battles],
           lambda c: [score_output(c)], score, uses_ray=True),
     Stage("stack", lambda c: c.stack is not None, lambda c: [c.layout.oof(m) for m in c.stack_members()],

@@ -44,6 +44,21 @@ def test_bad_template_and_yaml_and_missing_file(tmp_path):
 def test_train_runs_are_ordered_teachers_first(tmp_path):
     config = load_config(write(tmp_path, "name: x\ndata: {train: [a]}\ntrain:\n  student: {distill: {teachers: [teacher]}}\n  teacher: {}\n"))
     assert config.train_order() == ["teacher", "student"]
-    cyclic = load_config(write(tmp_path, "name: x\ndata: {train: [a]}\ntrain:\n  a: {distill: {teachers: [b]}}\n  b: {distill: {teachers: [a]}}\n"))
-    with pytest.raises(PrefscaleError, match="cycle"):
-        cyclic.train_order()
+    with pytest.raises(PrefscaleError, match="cycle"):  # caught when the config loads, not when training reaches it
+        load_config(write(tmp_path, "name: x\ndata: {train: [a]}\ntrain:\n  a: {distill: {teachers: [b]}}\n  b: {distill: {teachers: [a]}}\n"))
+
+
+def test_the_local_recipe_runs_teachers_then_pseudolabels_then_students(tmp_path):
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "local.yaml")
+    assert config.train_phases() == (["teacher"], ["student"])
+    assert config.pseudolabel_scorers() == ["teacher"]  # the teachers label the dump, not the student
+
+    from prefscale.pipeline import STAGE_NAMES
+
+    assert STAGE_NAMES.index("train") < STAGE_NAMES.index("pseudolabel") < STAGE_NAMES.index("students") < STAGE_NAMES.index("stack")
+    student = "    student: {distill: {teachers: [teacher]}, pseudolabels: true}\n"
+    base = "name: x\ndata:\n  train: [a.parquet]\n  unlabeled: u.parquet\ntrain:\n    teacher: {}\n" + student
+    with pytest.raises(PrefscaleError, match="pseudolabel.scorers names \\['student'\\]"):
+        load_config(write(tmp_path, base + "pseudolabel: {scorers: [student]}\n"))
+    with pytest.raises(PrefscaleError, match="nothing to pseudolabel"):
+        load_config(write(tmp_path, base.replace("  unlabeled: u.parquet\n", "")))

@@ -39,6 +39,9 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
     assert stages["validate:arena_kaggle_sample"]["rows"] == 806
     battles = pq.read_table(out / "battles.parquet")
     assert stages["split"]["kept"] == battles.num_rows
+    protocols = battles.select(["dataset", "ties"]).to_pandas().fillna({"dataset": "arena"}).groupby("dataset")["ties"].unique()
+    assert {d: list(p) for d, p in protocols.items()} == {"arena": ["allowed"], "hh_rlhf_harmless_test": ["none"], "llmeval2": ["allowed"],
+                                                          "pandalm_testset": ["allowed"]}
     assert stages["pairs"]["pairs_written"] == 2016
     fold0 = sum(1 for f in battles.column("fold").to_pylist() if f == 0)
     for name in ("teacher", "student"):
@@ -57,7 +60,11 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
     assert stack["nested_cv"]["final"] < stack["member_log_loss"]["tfidf"]
     assert abs(stack["blend_search"]["tune_minus_powell"]) < 0.01
     report = json.loads((out / "report" / "report.json").read_text())
-    assert set(report["table"]["features"]["per_dataset"]) == {"arena", "hh_rlhf_harmless_test", "llmeval2", "pandalm_testset"}
+    sources = {"arena", "hh_rlhf_harmless_test", "llmeval2", "pandalm_testset"}
+    assert set(report["table"]["features"]["per_dataset"]) == set(report["table"]["source prior (out of fold)"]["per_dataset"]) == sources
+    transfer = report["leave_one_source_out"]
+    assert set(transfer["per_source"]) == sources and set(transfer["mean"]) == {"features", "tfidf", "ensemble (cheap members)", "prior (other sources)"}
+    assert "## Leave one source out" in (out / "report" / "report.md").read_text()
     assert (out / "report" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
 
     submission = tmp_path / "submission.csv"
@@ -71,3 +78,12 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
     assert pq.read_table(predicted["rejects_path"]).num_rows == predicted["rejected"]
     np.testing.assert_allclose(rows[["winner_model_a", "winner_model_b", "winner_tie"]].sum(axis=1), 1.0, atol=1e-6)
     assert 0.5 < predicted["log_loss"] < 1.5
+
+    forced = tmp_path / "forced.csv"  # the user states the new battles are forced choice: no mass on tie
+    result = subprocess.run([sys.executable, "-m", "prefscale.cli", "predict", "--run-dir", str(out), "--input", str(kaggle_sample),
+                             "--out", str(forced), "--ties", "none", "--json"], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = pd.read_csv(forced)
+    assert (rows["winner_tie"] == 0).all() and np.allclose(rows["winner_model_a"] + rows["winner_model_b"], 1.0)
+    reasons = pq.read_table(f"{forced}.rejects.parquet").column("reject_reason").to_pylist()
+    assert reasons.count("tie_in_forced_choice") > 100  # the sample's tie-labeled rows contradict --ties none, and say so

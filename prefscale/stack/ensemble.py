@@ -60,6 +60,10 @@ def run_stack(config: Config, log: Callable[[str], None] = print) -> dict[str, A
             "calibrator_per_fold": nested.calibrators,
         },
     }
+    if settings.leave_one_source_out:
+        from prefscale.stack.transfer import leave_one_source_out
+
+        summary["leave_one_source_out"] = leave_one_source_out(config, data)
     search = blend_search(data, settings)
     tuned_weights = search.pop("_tuned_weights")
     summary["blend_search"] = search

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from prefscale.data import schema
-from prefscale.io import read_table, write_bytes, write_json
+from prefscale.io import read_json, read_table, write_bytes, write_json
 from prefscale.layout import RunLayout
 from prefscale.metrics import class_prior, log_loss, out_of_fold_prior, without_ties
 from prefscale.stack.data import StackData, load_stack_data
@@ -73,6 +73,7 @@ def reliability_plot(labels: np.ndarray, before: np.ndarray, after: np.ndarray, 
 
 
 def write_report(layout: RunLayout, members: list[str]) -> dict[str, Any]:
+    """report.json and report.md from the run's OOF and stack outputs (no model is fitted here)."""
     data = load_stack_data(layout, members)
     predictions = prediction_table(data, layout)
     datasets = sorted(set(data.datasets))
@@ -91,6 +92,7 @@ def write_report(layout: RunLayout, members: list[str]) -> dict[str, Any]:
         "best_member": best_member,
         "ensemble_gain_vs_best_member": round(table[best_member]["log_loss"] - table["ensemble (final)"]["log_loss"], 4),
         "reliability_png": layout.report_file("reliability.png"),
+        "leave_one_source_out": read_json(layout.stack_summary).get("leave_one_source_out") or None,
     }
     write_json(report, layout.report_file("report.json"))
     _write_markdown(report, datasets, layout.report_file("report.md"))
@@ -109,5 +111,18 @@ def _write_markdown(report: dict[str, Any], datasets: list[str], path: str) -> N
               "on a source has learned which source a battle comes from, not which answer people prefer.", "",
               "Forced-choice battles (protocol `none`: " + (", ".join(f"{d} {n}" for d, n in report["forced_choice"].items() if n) or "none") +
               ") are scored by P(winner | not a tie).", "",
-              "![reliability](reliability.png)", ""]
+              "![reliability](reliability.png)", "", *_transfer_markdown(report["leave_one_source_out"])]
     write_bytes("\n".join(lines).encode(), path)
+
+
+def _transfer_markdown(transfer: dict[str, Any] | None) -> list[str]:
+    if not transfer:
+        return []
+    sources = list(transfer["per_source"])
+    lines = ["## Leave one source out", "",
+             "Each source predicted by models fitted without it (cheap members and their stack; neural runs are not refitted per source). "
+             "This, not the OOF table, is the figure for data unlike the training data.", "",
+             "| model | mean | " + " | ".join(f"{s} ({transfer['rows'][s]})" for s in sources) + " |", "|---|---|" + "---|" * len(sources)]
+    for name, mean in transfer["mean"].items():
+        lines.append(f"| {name} | {mean} | " + " | ".join(str(transfer["per_source"][s][name]) for s in sources) + " |")
+    return [*lines, ""]

@@ -48,7 +48,18 @@ def fold_job(config: Config, name: str, fold: int | None) -> FoldJob:
     if os.path.isdir(model.path):
         model = model.model_copy(update={"path": os.path.abspath(model.path)})
     return FoldJob(run=run, model=model, text=text_for(config, run.max_length), battles=absolute(layout.battles), fold=fold,
-                   teachers=[absolute(p) for p in teachers], extra_train=[absolute(p) for p in run.extra_train])
+                   teachers=[absolute(p) for p in teachers], extra_train=[absolute(p) for p in extra_train(config, name)])
+
+
+def extra_train(config: Config, name: str) -> list[str]:
+    """The run's extra soft-labeled files: extra_train, plus the run's pseudolabels when it asks for them."""
+    run = config.train[name]
+    if not run.pseudolabels:
+        return list(run.extra_train)
+    pseudolabels = config.pseudolabel.output or config.layout.pseudolabels
+    if not exists(pseudolabels):
+        raise PrefscaleError(f"train.{name} trains on pseudolabels, but {pseudolabels} is missing; run `prefscale pseudolabel` first")
+    return [*run.extra_train, pseudolabels]
 
 
 def fit_fold(config: Config, name: str, job: FoldJob) -> tuple[str, dict]:
@@ -120,7 +131,7 @@ def train_run(config: Config, name: str, log=print) -> dict[str, Any]:
         fold_reports.append({"fold": fold, "oof_scored": scored["output_rows"],
                              **{k: metrics.get(k) for k in ("train_rows", "samples", "samples_per_s", "loss", "skipped") if k in metrics}})
     oof = gather_oof(config, name, folds)
-    summary = {"name": name, "folds": fold_reports, "oof_path": layout.oof(name), "oof_rows": oof.num_rows, **oof_metrics(oof, table)}
+    summary = {"name": name, "folds": fold_reports, "oof_path": layout.oof(name), "oof_rows": oof.num_rows, **oof_metrics(oof, all_battles)}
     if best:
         summary["tuned"] = best
     if run.average != "none" and len(folds) > 1:
