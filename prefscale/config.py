@@ -194,6 +194,8 @@ class StackConfig(Section):
     members: list[str] | None = Field(None, description="OOF members to stack; default every member and every train run over all folds")
     method: Literal["lr", "blend"] = Field("lr", description="lr: multinomial LR over member logits; blend: weighted log-prob blend")
     calibration: Literal["auto", "none", "temperature", "vector", "dirichlet"] = Field("auto", description="auto: chosen by inner CV")
+    per_source: bool = Field(True, description="lr: each training source also gets its own intercepts and member weights, shrunk toward "
+                             "the pooled ones; battles of an unseen source get the pooled weights")
     blend_search: Literal["tune", "powell"] = "tune"
     tune_samples: int = Field(250, gt=0, description="Optuna trials of the Ray Tune blend-weight search")
     degenerate_rules: bool = Field(False, description="fitted probabilities for identical / empty-response battles")

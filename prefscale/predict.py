@@ -90,7 +90,7 @@ def predict(run_dir: str, input_uri: str, out_csv: str, log: Callable[[str], Non
             probs = np.stack([by_id[i_] for i_ in ids])
         logp[:, i] = np.log(np.clip(probs, 1e-7, 1.0))
         log(f"  [{name}] predicted {len(ids)} battles")
-    probs = load_estimator(layout.stack_file("stacker.skops")).predict_proba(logp)
+    probs = load_estimator(layout.stack_file("stacker.skops")).predict_proba(logp, schema.battle_sources(battles))
     probs = load_estimator(layout.stack_file("calibrator.skops")).predict_proba(probs)
     probs = load_estimator(layout.stack_file("rules.skops")).apply(battles, probs)
     allowed = schema.ties_allowed(battles)

@@ -86,11 +86,11 @@ def test_automatic_choice_never_scores_worse_than_no_calibration():
 
 def test_nested_cv_never_lets_a_fold_see_its_own_labels():
     data = synthetic()
-    before = nested_cv(data, "lr", "auto", degenerate_rules=False)
+    before = nested_cv(data, LogisticStacker, "auto", degenerate_rules=False)
     flipped = data.labels.copy()
     fold0 = data.folds == 0
     flipped[fold0] = flipped[fold0][:, [1, 2, 0]]
-    after = nested_cv(StackData(data.ids, data.folds, flipped, data.logp, data.members, data.datasets, data.ties, data.battles), "lr", "auto", False)
+    after = nested_cv(StackData(data.ids, data.folds, flipped, data.logp, data.members, data.datasets, data.ties, data.battles), LogisticStacker, "auto", False)
     np.testing.assert_allclose(after.final[fold0], before.final[fold0])
     assert not np.allclose(after.final[~fold0], before.final[~fold0])
 
@@ -132,3 +132,22 @@ def test_out_of_fold_prior_never_uses_its_own_folds_labels():
     folds = np.array([0, 0, 1, 1])
     probs = out_of_fold_prior(labels, folds)
     assert np.allclose(probs[:2], [0, 0.5, 0.5]) and np.allclose(probs[2:], [1.0, 0, 0])
+
+
+def test_per_source_stacker_learns_each_sources_ties_and_falls_back_to_pooled_weights():
+    data = synthetic(n=4000)
+    sources = np.where(np.arange(4000) % 2 == 0, "many_ties", "few_ties").astype(object)
+    labels = data.labels.copy()
+    rng = np.random.default_rng(3)
+    retie = (sources == "many_ties") & (rng.random(4000) < 0.4)  # one source's judges say tie far more often
+    labels[retie] = [0.0, 0.0, 1.0]
+    train, test = np.arange(4000) < 3000, np.arange(4000) >= 3000
+    ties = np.ones(4000, dtype=bool)
+    pooled = LogisticStacker(per_source=False).fit(data.logp[train], labels[train], ties[train], sources[train])
+    per_source = LogisticStacker().fit(data.logp[train], labels[train], ties[train], sources[train])
+    for source in ("many_ties", "few_ties"):
+        rows = test & (sources == source)
+        assert log_loss(labels[rows], per_source.predict_proba(data.logp[rows], sources[rows])) < \
+            log_loss(labels[rows], pooled.predict_proba(data.logp[rows], sources[rows])) - 0.01
+    unseen = np.full(test.sum(), "new_source", dtype=object)
+    np.testing.assert_allclose(per_source.predict_proba(data.logp[test], unseen), per_source.predict_proba(data.logp[test]))

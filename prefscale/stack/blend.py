@@ -37,9 +37,10 @@ class BlendStacker:
     def __init__(self, weights: list[float] | None = None) -> None:
         self.weights = weights
 
-    def fit(self, logp: np.ndarray, labels: np.ndarray, ties: np.ndarray | None = None) -> BlendStacker:
+    def fit(self, logp: np.ndarray, labels: np.ndarray, ties: np.ndarray | None = None, sources: np.ndarray | None = None) -> BlendStacker:
+        """``sources`` is accepted for the stacker interface; one blend serves every source."""
         self.weights_ = np.asarray(self.weights, dtype=np.float64) if self.weights is not None else powell_weights(logp, labels, ties)
         return self
 
-    def predict_proba(self, logp: np.ndarray) -> np.ndarray:
+    def predict_proba(self, logp: np.ndarray, sources: np.ndarray | None = None) -> np.ndarray:
         return blend(logp, self.weights_)

@@ -22,7 +22,7 @@ from prefscale.stack.blend import BlendStacker, blend_loss, powell_weights
 from prefscale.stack.calibration import CALIBRATORS, choose_calibrator
 from prefscale.stack.data import StackData, load_stack_data
 from prefscale.stack.degenerate import DegenerateRules
-from prefscale.stack.nested import STACKERS, nested_cv
+from prefscale.stack.nested import nested_cv, stacker_factory
 
 
 def blend_search(data: StackData, settings: StackConfig) -> dict[str, Any]:
@@ -49,7 +49,7 @@ def run_stack(config: Config, log: Callable[[str], None] = print) -> dict[str, A
     started = time.perf_counter()
     layout = config.layout
     data = load_stack_data(layout, config.stack_members())
-    nested = nested_cv(data, settings.method, settings.calibration, settings.degenerate_rules)
+    nested = nested_cv(data, stacker_factory(settings), settings.calibration, settings.degenerate_rules)
     summary: dict[str, Any] = {
         "members": data.members, "rows": len(data.ids), "method": settings.method,
         "member_log_loss": {m: round(log_loss(data.labels, np.exp(data.logp[:, i]), data.ties), 4) for i, m in enumerate(data.members)},
@@ -67,8 +67,8 @@ def run_stack(config: Config, log: Callable[[str], None] = print) -> dict[str, A
     search = blend_search(data, settings)
     tuned_weights = search.pop("_tuned_weights")
     summary["blend_search"] = search
-    stacker = BlendStacker(tuned_weights if settings.blend_search == "tune" else None) if settings.method == "blend" else STACKERS[settings.method]()
-    stacker.fit(data.logp, data.labels, data.ties)
+    stacker = BlendStacker(tuned_weights if settings.blend_search == "tune" else None) if settings.method == "blend" else stacker_factory(settings)()
+    stacker.fit(data.logp, data.labels, data.ties, data.datasets)
     calibrator_name = settings.calibration
     if calibrator_name == "auto":
         calibrator_name, summary["calibrator_cv"] = choose_calibrator(nested.raw, data.labels, data.folds, data.ties)

@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from prefscale.config import Config
+from prefscale.config import Config, StackConfig
 from prefscale.members.estimators import fit_predict
 from prefscale.members.fitting import fold_predictions
 from prefscale.metrics import class_prior, log_loss
 from prefscale.stack.data import StackData
-from prefscale.stack.nested import STACKERS
+from prefscale.stack.nested import stacker_factory
 
 ENSEMBLE = "ensemble (cheap members)"
 PRIOR = "prior (other sources)"
@@ -46,9 +46,9 @@ def leave_one_source_out(config: Config, data: StackData) -> dict[str, Any]:
         held_probs = {name: ray.get(ref) for name, ref in pending.items()}
         held_logp = np.stack([np.log(np.clip(held_probs[name], 1e-7, 1)) for name in members], axis=1)
         labels, ties = data.labels[held], data.ties[held]
-        stacker = STACKERS[(config.stack.method if config.stack else "lr")]().fit(rest_oof, data.labels[~held], data.ties[~held])
+        stacker = stacker_factory(config.stack or StackConfig())().fit(rest_oof, data.labels[~held], data.ties[~held], data.datasets[~held])
         row = {name: log_loss(labels, probs, ties) for name, probs in held_probs.items()}
-        row[ENSEMBLE] = log_loss(labels, stacker.predict_proba(held_logp), ties)
+        row[ENSEMBLE] = log_loss(labels, stacker.predict_proba(held_logp, data.datasets[held]), ties)  # an unseen source: pooled weights
         row[PRIOR] = log_loss(labels, np.broadcast_to(class_prior(data.labels[~held], data.ties[~held]), labels.shape), ties)
         per_source[source] = {k: round(v, 4) for k, v in row.items()}
     names = [*members, ENSEMBLE, PRIOR]
