@@ -5,7 +5,8 @@ Reads a finished local run (5-fold OOF over human_pairs plus the Kaggle sample, 
 stage on it (nested CV: every ensemble number is scored on folds its stacker, calibrator and
 rules never saw) and records the report table, the Ray Tune vs Powell blend search, and the
 issue's targets: ensemble at least 0.01 below the best member, calibration never worse,
-Tune within 0.001 of Powell. From the run's summary.json it also copies the recipe's stage
+Tune within 0.001 of Powell, every source below its own out-of-fold prior, and the
+leave-one-source-out ensemble below the leave-one-source-out prior. From the run's summary.json it also copies the recipe's stage
 times and each train run's OOF log loss against the class prior and the out-of-fold prior
 (the README's demo figures).
 Usage: python benchmarks/bench_stack.py [--run-dir runs/local]
@@ -54,8 +55,19 @@ def main() -> None:
             "calibration_never_worse": {"stacked": nested["stacked"], "calibrated": nested["stacked_calibrated"],
                                         "met": nested["stacked_calibrated"] <= nested["stacked"]},
             "tune_within_0.001_of_powell": {"value": stack["blend_search"]["tune_minus_powell"], "met": stack["blend_search"]["tune_minus_powell"] < 0.001},
+            "every_source_below_its_own_prior": {
+                source: {"ensemble": table["ensemble (final)"]["per_dataset"][source], "source_prior": prior,
+                         "met": table["ensemble (final)"]["per_dataset"][source] < prior}
+                for source, prior in table["source prior (out of fold)"]["per_dataset"].items()},
         },
+        "leave_one_source_out": report["leave_one_source_out"],
     }
+    transfer = report["leave_one_source_out"]
+    if transfer:
+        mean = transfer["mean"]
+        record["targets"]["leave_one_source_out_ensemble_beats_its_prior"] = {
+            "ensemble": mean["ensemble (cheap members)"], "prior": mean["prior (other sources)"],
+            "met": mean["ensemble (cheap members)"] < mean["prior (other sources)"]}
     if os.path.exists(layout.summary):
         summary = json.load(open(layout.summary))
         record["recipe"] = {

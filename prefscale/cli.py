@@ -98,7 +98,9 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     if args.only:
         if args.only not in config.train:
             raise PrefscaleError(f"no train run named '{args.only}'; the config has {', '.join(config.train)}")
+        late = args.only in config.train_phases()[1]
         config = config.model_copy(update={"train": {args.only: config.train[args.only]}})
+        return _stages(args, config, ["students"] if late else ["train"])  # a student alone reads the pseudolabels already made
     return _stages(args, config, ["train", "pseudolabel", "students"] if config.train_phases()[1] else ["train"])
 
 
