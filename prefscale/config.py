@@ -129,6 +129,8 @@ class PseudolabelConfig(Section):
     rows: int | None = Field(None, gt=0, description="pseudolabel only the first N battles")
     min_confidence: float = Field(0.0, ge=0, le=1)
     max_entropy: float | None = Field(None, gt=0)
+    min_agreement: float = Field(0.0, ge=0, le=1, description="share of the scoring models (teachers' folds) whose top class is the "
+                                 "ensemble's; below it a battle is rejected (low_agreement)")
     balance: Literal["none", "uniform", "prior"] = "none"
     prior: tuple[float, float, float] | None = Field(None, description="class shares for balance: prior")
     seed: int = 0

@@ -65,3 +65,14 @@ def test_uniform_balance_evens_out_top_classes(setup):
     counts = np.bincount(labels, minlength=3)
     assert counts.max() - counts.min() <= 1
     assert "class_balance" in pq.read_table(tmp / "rej.parquet").column("reject_reason").to_pylist()
+
+
+def test_battles_the_teachers_disagree_on_are_rejected_with_a_reason(setup):
+    tmp, ids, _ = setup
+    table = ensemble([str(tmp / "s1"), str(tmp / "s2")])
+    write_pseudolabels(str(tmp / "pairs.parquet"), [str(tmp / "s1"), str(tmp / "s2")], str(tmp / "pl.parquet"), str(tmp / "rej.parquet"),
+                       PseudolabelConfig(min_agreement=1.0))
+    rejects = pq.read_table(tmp / "rej.parquet").to_pandas().set_index("id")["reject_reason"]
+    split = table.index[table.pl_agreement < 1.0]
+    assert len(split) > 0 and (rejects.loc[split] == "low_agreement").all()
+    assert (pq.read_table(tmp / "pl.parquet").column("pl_agreement").to_numpy() == 1.0).all()

@@ -54,6 +54,7 @@ def _reasons(table: pd.DataFrame, options: PseudolabelConfig) -> pd.Series:
     reason[table.pl_confidence < options.min_confidence] = "low_confidence"
     if options.max_entropy is not None:
         reason[reason.isna() & (table.pl_entropy > options.max_entropy)] = "high_entropy"
+    reason[reason.isna() & (table.pl_agreement < options.min_agreement)] = "low_agreement"
     if options.balance != "none":
         shares = np.full(3, 1 / 3) if options.balance == "uniform" else np.asarray(options.prior, dtype=float)
         if options.balance == "prior" and (shares is None or len(shares) != 3):
