@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from scipy import sparse
 from scipy.optimize import minimize
 from scipy.special import log_softmax
 
@@ -70,9 +69,8 @@ def fit_binary(make: Callable[[], Any], x: Any, target: np.ndarray, weight: np.n
         return ConstantBinary(1.0 if negative.sum() <= 0 and positive.sum() > 0 else 0.0)
     pos, neg = np.nonzero(positive > 0)[0], np.nonzero(negative > 0)[0]
     rows = np.concatenate([pos, neg])
-    stacked = x[rows] if sparse.issparse(x) or isinstance(x, np.ndarray) else np.asarray(x)[rows]
     classes = np.concatenate([np.ones(len(pos), dtype=int), np.zeros(len(neg), dtype=int)])
-    return make().fit(stacked, classes, sample_weight=np.concatenate([positive[pos], negative[neg]]))
+    return make().fit(x[rows], classes, sample_weight=np.concatenate([positive[pos], negative[neg]]))
 
 
 class FactoredModel:

@@ -36,11 +36,11 @@ def leave_one_source_out(config: Config, data: StackData) -> dict[str, Any]:
         return {}
     task = ray.remote(num_cpus=1)(fit_predict)
     per_source: dict[str, dict[str, float]] = {}
+    battles_ref = ray.put(data.battles)
     for source in sources:
         held = data.datasets == source
         rest_rows, held_rows = np.nonzero(~held)[0], np.nonzero(held)[0]
         rest = data.battles.take(rest_rows)
-        battles_ref = ray.put(data.battles)
         pending = {name: task.remote(m.kind, dict(m.params), battles_ref, rest_rows, held_rows) for name, m in members.items()}
         rest_oof = np.stack([np.log(np.clip(fold_predictions(m.kind, dict(m.params), rest), 1e-7, 1)) for m in members.values()], axis=1)
         held_probs = {name: ray.get(ref) for name, ref in pending.items()}
