@@ -3,8 +3,11 @@
 Every member predicts (cheap members from their skops fits; neural runs through the Ray Data
 engine with the model resolver OOF scoring uses: the run's precision, text options and TTA),
 then the stacker, calibrator and rules of the run's stack/ turn them into one prediction per
-battle. Rows that fail validation go to <out>.rejects.parquet with a reason; none are dropped
-silently.
+battle. A submission must name every id, so validation salvages unparseable JSON as raw text
+(flagged json_salvaged) and a row that still fails it (empty, too long, bad labels, ...) is
+predicted at the run's class prior; both are counted in the summary, and every failing row
+also goes to <out>.rejects.parquet with its reason. Only a row without a usable id cannot be
+in the submission.
 """
 
 from __future__ import annotations
@@ -20,14 +23,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from prefscale.config import Config, load_config
+from prefscale.config import Config, ValidationConfig, load_config
 from prefscale.data import schema
 from prefscale.data.files import validate_file
+from prefscale.data.validate import Rejected, coerce_id
 from prefscale.errors import PrefscaleError
 from prefscale.io import atomic_path, exists, read_json, read_table, resolve
 from prefscale.layout import RunLayout
 from prefscale.members.store import load_estimator
-from prefscale.metrics import log_loss, without_ties
+from prefscale.metrics import class_prior, log_loss, without_ties
 
 
 def load_run(run_dir: str) -> tuple[Config, list[str]]:
@@ -63,6 +67,30 @@ def neural_probs(config: Config, name: str, battles_uri: str, work_key: str) -> 
     return dict(zip(scores.index.to_numpy(), scores.to_numpy(), strict=True))
 
 
+def prior_for_rejects(layout: RunLayout, rejects_uri: str, predicted: set[int], options: ValidationConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Ids of rejected rows that have a usable id (and no prediction yet) with the run's class
+    prior under each row's protocol: a submission still names them."""
+    rejects = read_table(rejects_uri)
+    if rejects.num_rows == 0 or schema.ID not in rejects.column_names:
+        return np.empty(0, dtype=np.int64), np.empty((0, 3))
+    training = read_table(layout.battles, columns=[schema.ID, *schema.LABEL_COLUMNS, schema.TIES])
+    prior = class_prior(schema.label_matrix(training), schema.ties_allowed(training))
+    sources = rejects.column(schema.SOURCE).to_pylist() if schema.SOURCE in rejects.column_names else [None] * rejects.num_rows
+    stated = rejects.column(schema.TIES).to_pylist() if schema.TIES in rejects.column_names else [None] * rejects.num_rows
+    ids, allowed = [], []
+    for raw, source, ties in zip(rejects.column(schema.ID).to_pylist(), sources, stated, strict=True):
+        try:
+            battle_id = coerce_id(raw)
+        except Rejected:
+            continue
+        if battle_id not in predicted:
+            predicted.add(battle_id)
+            ids.append(battle_id)
+            allowed.append((ties or options.protocol(source or schema.DEFAULT_SOURCE)) != "none")
+    probs = without_ties(np.tile(prior, (len(ids), 1)), np.asarray(allowed, dtype=bool)) if ids else np.empty((0, 3))
+    return np.asarray(ids, dtype=np.int64), probs
+
+
 def predict(run_dir: str, input_uri: str, out_csv: str, log: Callable[[str], None] = print, ties: str | None = None) -> dict[str, Any]:
     """``ties`` states the label protocol of the new battles ('allowed' or 'none'; a ``ties``
     column wins); None keeps the run's data.ties mapping by source. Forced choice puts no mass on tie."""
@@ -71,7 +99,7 @@ def predict(run_dir: str, input_uri: str, out_csv: str, log: Callable[[str], Non
     layout = config.layout
     work_key = _work_key(input_uri)
     clean_uri, rejects_uri = layout.predict_work(work_key, "clean.parquet"), f"{out_csv}.rejects.parquet"
-    validation_options = config.data if ties is None else config.data.model_copy(update={"ties": {}, "default_ties": ties})
+    validation_options = config.data.model_copy(update={"lenient_json": True, **({} if ties is None else {"ties": {}, "default_ties": ties})})
     validation = validate_file(input_uri, clean_uri, rejects_uri, validation_options)
     battles = read_table(clean_uri)
     if battles.num_rows == 0:
@@ -95,13 +123,16 @@ def predict(run_dir: str, input_uri: str, out_csv: str, log: Callable[[str], Non
     probs = load_estimator(layout.stack_file("rules.skops")).apply(battles, probs)
     allowed = schema.ties_allowed(battles)
     probs = without_ties(probs, allowed)
-    submission = pa.table({schema.ID: ids, **{c: probs[:, k] for k, c in enumerate(schema.LABEL_COLUMNS)}})
+    fallback_ids, fallback_probs = prior_for_rejects(layout, rejects_uri, set(ids.tolist()), validation_options)
+    submission = pa.table({schema.ID: np.concatenate([ids, fallback_ids]).astype(np.int64),
+                           **{c: np.concatenate([probs[:, k], fallback_probs[:, k]]) for k, c in enumerate(schema.LABEL_COLUMNS)}})
     with atomic_path(out_csv) as (fs, tmp):
         with fs.open_output_stream(tmp) as handle:
             pacsv.write_csv(submission, handle)
     summary: dict[str, Any] = {"run_dir": run_dir, "input": input_uri, "output": out_csv, "predicted": len(ids),
-                               "rejected": validation["rejected"], "rejects_path": rejects_uri, "members": members,
-                               "forced_choice": int((~allowed).sum())}
+                               "salvaged_json": validation["flags"].get("json_salvaged", 0), "rejected": validation["rejected"],
+                               "predicted_at_prior": len(fallback_ids), "submission_rows": submission.num_rows, "rejects_path": rejects_uri,
+                               "members": members, "forced_choice": int((~allowed).sum())}
     if schema.is_labeled(battles):
         summary["log_loss"] = round(log_loss(schema.label_matrix(battles), probs, allowed), 4)
     summary["seconds"] = round(time.perf_counter() - started, 1)

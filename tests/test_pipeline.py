@@ -74,8 +74,8 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
     predicted = json.loads(result.stdout.strip().splitlines()[-1])
     rows = pd.read_csv(submission)
     assert list(rows.columns) == ["id", "winner_model_a", "winner_model_b", "winner_tie"]
-    assert len(rows) == predicted["predicted"] and len(rows) + predicted["rejected"] == 806 and predicted["rejected"] > 0
-    assert pq.read_table(predicted["rejects_path"]).num_rows == predicted["rejected"]
+    assert len(rows) == predicted["submission_rows"] == 806 and rows["id"].is_unique  # a submission names every id
+    assert predicted["salvaged_json"] > 100 and predicted["rejected"] == 0 and predicted["predicted"] == 806  # truncated JSON read as raw text
     np.testing.assert_allclose(rows[["winner_model_a", "winner_model_b", "winner_tie"]].sum(axis=1), 1.0, atol=1e-6)
     assert 0.5 < predicted["log_loss"] < 1.5
 
@@ -83,7 +83,8 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
     result = subprocess.run([sys.executable, "-m", "prefscale.cli", "predict", "--run-dir", str(out), "--input", str(kaggle_sample),
                              "--out", str(forced), "--ties", "none", "--json"], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = pd.read_csv(forced)
-    assert (rows["winner_tie"] == 0).all() and np.allclose(rows["winner_model_a"] + rows["winner_model_b"], 1.0)
+    rows, forced_summary = pd.read_csv(forced), json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(rows) == 806 and (rows["winner_tie"] == 0).all() and np.allclose(rows["winner_model_a"] + rows["winner_model_b"], 1.0)
     reasons = pq.read_table(f"{forced}.rejects.parquet").column("reject_reason").to_pylist()
     assert reasons.count("tie_in_forced_choice") > 100  # the sample's tie-labeled rows contradict --ties none, and say so
+    assert forced_summary["predicted_at_prior"] == len(reasons) == forced_summary["rejected"]  # ... and are still in the submission

@@ -70,7 +70,7 @@ class Rejected(Exception):
         self.detail = detail
 
 
-def _coerce_id(value: Any) -> int:
+def coerce_id(value: Any) -> int:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         raise Rejected("missing_value", "id is null")
     if isinstance(value, bool):
@@ -132,7 +132,7 @@ def _text(column: str, value: Any, lenient: bool, flags: list[str]) -> tuple[lis
 
 def check_row(row: dict[str, Any], options: ValidationConfig) -> dict[str, Any]:
     """Return the clean core fields of one raw row, or raise Rejected."""
-    battle_id = _coerce_id(row.get(schema.ID))
+    battle_id = coerce_id(row.get(schema.ID))
     flags: list[str] = []  # recomputed here; flags from earlier stages (e.g. 'pseudolabel') are kept below
     turns, cells = {}, {}
     for column in schema.TEXT_COLUMNS:
