@@ -22,12 +22,22 @@ def _sibling(out: str, suffix: str) -> str:
     return f"{root}.{suffix}{ext or '.parquet'}"
 
 
+def _never_an_input(outputs: list[str], inputs: list[str]) -> None:
+    """Refuse an output path that names an input: a command never overwrites what it reads."""
+    readers = {os.path.realpath(p) for p in inputs if "://" not in p}
+    for out in outputs:
+        if "://" not in out and os.path.realpath(out) in readers:
+            raise PrefscaleError(f"{out} is an input of this command; write the output somewhere else (inputs are never overwritten)")
+
+
 def cmd_validate(args: argparse.Namespace) -> dict[str, Any]:
     from prefscale.config import ValidationConfig
     from prefscale.data.files import validate_file
 
-    out = args.out or _sibling(args.input, "clean")
+    stem = os.path.basename(args.input.rstrip("/")).split(".")[0]
+    out = args.out or f"{stem}.clean.parquet"  # the working directory, not the (maybe shared, read-only) data folder
     rejects = args.rejects or _sibling(out, "rejects")
+    _never_an_input([out, rejects], [args.input])
     return validate_file(args.input, out, rejects, ValidationConfig(lenient_json=args.lenient, max_chars=args.max_chars))
 
 
@@ -35,6 +45,7 @@ def cmd_split(args: argparse.Namespace) -> dict[str, Any]:
     from prefscale.data.files import split
 
     rejects = args.rejects or _sibling(args.out, "duplicates")
+    _never_an_input([args.out, rejects], args.inputs)
     return split(args.inputs, args.out, rejects, folds=args.folds, seed=args.seed, dedup=args.dedup, merge_labels=not args.no_merge)
 
 
@@ -158,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = data.add_parser("validate", help="split an input into clean battles and rejects with reasons")
     p.add_argument("input", help="Parquet, CSV, JSONL or Arena JSON; local path or URI (s3://, gs://, file://)")
-    p.add_argument("--out", help="clean Parquet (default: INPUT.clean.parquet)")
+    p.add_argument("--out", help="clean Parquet (default: <input name>.clean.parquet in the working directory)")
     p.add_argument("--rejects", help="rejects Parquet (default: OUT.rejects.parquet)")
     p.add_argument("--lenient", action="store_true", help="salvage unparseable JSON text as one raw turn (flagged)")
     p.add_argument("--max-chars", type=int, default=200_000, help="reject battles with more text than this")

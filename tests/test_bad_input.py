@@ -101,3 +101,21 @@ def test_stack_naming_an_unknown_member(tmp_path, capsys):
     path = write_config(tmp_path, members={"features": {"kind": "features"}}, stack={"members": ["featurs"]})
     code, err = run(capsys, "stack", "--config", path)
     assert code == 2 and "featurs" in err and "neither members nor train runs" in err
+
+
+def test_validate_never_writes_into_or_over_its_input(tmp_path, capsys, monkeypatch, kaggle_sample):
+    data = tmp_path / "data"
+    data.mkdir()
+    source = data / "battles.parquet"
+    source.write_bytes(kaggle_sample.read_bytes())
+    before = source.read_bytes()
+    code, err = run(capsys, "data", "validate", str(source), "--out", str(source))
+    assert code == 2 and "is an input of this command" in err and source.read_bytes() == before
+    code, err = run(capsys, "data", "split", str(source), "--out", str(source))
+    assert code == 2 and "is an input of this command" in err and source.read_bytes() == before
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert run(capsys, "data", "validate", str(source))[0] == 0
+    assert sorted(os.listdir(data)) == ["battles.parquet"]  # nothing written beside the input
+    assert sorted(os.listdir(work)) == ["battles.clean.parquet", "battles.clean.rejects.parquet"]
