@@ -1,5 +1,9 @@
 """Models and the training loop in-process: QLoRA gradients, distillation, LoRA averaging."""
 
+import os
+import shutil
+import tempfile
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -85,7 +89,7 @@ def test_distillation_loss_matches_its_formula():
     assert torch.isclose(got, expected, atol=1e-6)
 
 
-def test_distilled_student_moves_toward_its_teacher(tmp_path, battles_path, tiny_bert_path):
+def test_distilled_student_moves_toward_its_teacher(tmp_path, battles_path, tiny_bert_path, monkeypatch):
     """Train only on the KL term to fixed teacher logits: the student's KL to the teacher falls."""
     import pyarrow as pa
 
@@ -121,12 +125,20 @@ def test_distilled_student_moves_toward_its_teacher(tmp_path, battles_path, tiny
         return float(torch.nn.functional.kl_div(torch.log_softmax(logits, -1), torch.log_softmax(torch.tensor(teacher), -1), log_target=True, reduction="batchmean"))
 
     saved = []
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where run_training makes its checkpoint directories
+
+    def keep(metrics, directory):  # a checkpoint directory lives only during report(), as with Ray Train
+        saved.append(shutil.copytree(directory, tmp_path / f"kept-{len(saved)}"))
+
     run = TrainRunConfig(lora=LoraConfig(r=8, alpha=16, dropout=0.0), distill=DistillConfig(teachers=["t"], ce_weight=0.0), epochs=5, lr=3e-3,
                          batch_size=16, swap_prob=0.0, warmup_ratio=0.0, checkpoint_every=1000)
     job = FoldJob(run=run, model=ModelConfig(path=tiny_bert_path), text=TextConfig(max_length=64), battles=str(tmp_path / "train.parquet"),
                   teachers=[str(tmp_path / "teacher.parquet")])
-    run_training(job, report=lambda metrics, directory: saved.append(directory))
-    assert kl_to_teacher(saved[-1]) < 0.5 * kl_to_teacher(None)
+    run_training(job, report=keep)
+    assert kl_to_teacher(str(saved[-1])) < 0.5 * kl_to_teacher(None)
+    assert os.listdir(scratch) == []  # no checkpoint directory left behind
 
 
 def test_exact_average_equals_mean_of_merged_fold_models(tiny_llama_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -177,8 +178,12 @@ def run_training(job: FoldJob, *, rank: int = 0, world: int = 1, local_rank: int
             torch.save(scheduler.state_dict(), os.path.join(directory, "scheduler.pt"))
             with open(os.path.join(directory, "state.json"), "w") as handle:
                 json.dump({"micro_step": micro, **metrics}, handle)
-        if report:
-            report(metrics, directory)
+        try:
+            if report:
+                report(metrics, directory)  # Ray Train persists the checkpoint inside report()
+        finally:
+            if directory:
+                shutil.rmtree(directory, ignore_errors=True)  # adapters + optimizer state: gigabytes each for a 70B run
 
     while micro < total_micro:
         epoch, offset = divmod(micro, per_epoch)
