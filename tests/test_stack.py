@@ -151,3 +151,11 @@ def test_per_source_stacker_learns_each_sources_ties_and_falls_back_to_pooled_we
             log_loss(labels[rows], pooled.predict_proba(data.logp[rows], sources[rows])) - 0.01
     unseen = np.full(test.sum(), "new_source", dtype=object)
     np.testing.assert_allclose(per_source.predict_proba(data.logp[test], unseen), per_source.predict_proba(data.logp[test]))
+
+
+def test_a_stacker_saved_before_per_source_stacking_still_predicts():
+    data = synthetic(n=600)
+    stacker = LogisticStacker(per_source=False).fit(data.logp, data.labels)
+    expected = stacker.predict_proba(data.logp)
+    del stacker.sources_  # what a run from before the attribute existed loads
+    np.testing.assert_allclose(stacker.predict_proba(data.logp, data.datasets), expected)

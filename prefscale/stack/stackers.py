@@ -33,7 +33,7 @@ class LogisticStacker:
 
     def _design(self, logp: np.ndarray, sources: np.ndarray | None) -> np.ndarray:
         features = stack_features(logp)
-        if not self.sources_:
+        if not getattr(self, "sources_", None):  # pooled, or a stacker saved before per-source stacking
             return features
         known = np.array([[s == k for k in self.sources_] for s in sources], dtype=np.float64)
         centred = np.where(known.any(axis=1, keepdims=True), known - 1.0 / len(self.sources_), 0.0)  # unseen source: pooled
