@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 
@@ -44,12 +45,20 @@ def oof_table(ids: np.ndarray, folds: np.ndarray, name: str, probs: np.ndarray) 
     return pa.table(columns)
 
 
+ALLOWED = "ties_allowed"
+
+
+def label_frame(battles: pa.Table) -> pd.DataFrame:
+    """Labels and each battle's protocol (bool column ALLOWED) indexed by id, for joining to predictions."""
+    truth = battles.select([schema.ID, *schema.LABEL_COLUMNS]).append_column(ALLOWED, pa.array(schema.ties_allowed(battles)))
+    return truth.to_pandas().set_index(schema.ID)
+
+
 def oof_metrics(oof: pa.Table, battles: pa.Table) -> dict[str, Any]:
     """OOF log loss beside two baselines: the class prior of all rows, and the out-of-fold
     prior (each fold predicted by the other folds' balance, the fair one for OOF logits)."""
-    truth = battles.select([schema.ID, *schema.LABEL_COLUMNS]).append_column(schema.TIES, pa.array(schema.ties_allowed(battles)))
-    frame = oof.to_pandas().set_index(schema.ID).join(truth.to_pandas().set_index(schema.ID), how="inner")
-    labels, ties = frame[list(schema.LABEL_COLUMNS)].to_numpy(), frame[schema.TIES].to_numpy(dtype=bool)
+    frame = oof.to_pandas().set_index(schema.ID).join(label_frame(battles), how="inner")
+    labels, ties = frame[list(schema.LABEL_COLUMNS)].to_numpy(), frame[ALLOWED].to_numpy(dtype=bool)
     probs = frame[list(schema.PROBS)].to_numpy()
     prior = np.broadcast_to(class_prior(labels, ties), labels.shape)
     return {

@@ -268,12 +268,11 @@ class Config(Section):
     def train_phases(self) -> tuple[list[str], list[str]]:
         """Train runs before the pseudolabel stage and after it (those with pseudolabels: true and
         any run that distills from one), each in train order."""
-        after: set[str] = set()
-        for name in self.train_order():
+        order, after = self.train_order(), set()
+        for name in order:
             run = self.train[name]
             if run.pseudolabels or (run.distill and after & set(run.distill.teachers)):
                 after.add(name)
-        order = self.train_order()
         return [n for n in order if n not in after], [n for n in order if n in after]
 
     def pseudolabel_scorers(self) -> list[str]:

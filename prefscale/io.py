@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -152,6 +153,14 @@ def read_json(uri: str | os.PathLike[str]) -> Any:
     fs, path = resolve(uri)
     with fs.open_input_stream(path) as stream:
         return json.loads(stream.read())
+
+
+def read_present_columns(uri: str | os.PathLike[str], wanted: list[str]) -> pa.Table:
+    """The ``wanted`` columns the Parquet file has (read from its schema first), never the others."""
+    require_file(uri)
+    fs, path = resolve(uri)
+    names = set(pads.dataset(path, filesystem=fs, format="parquet").schema.names)
+    return read_table(uri, columns=[c for c in wanted if c in names])
 
 
 def read_table(uri: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:

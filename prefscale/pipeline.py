@@ -142,26 +142,18 @@ def score(config: Config, log: Log) -> dict[str, Any]:
 
 def _score_report(battles_uri: str, scores_uri: str) -> dict[str, Any]:
     """Join scores to labels by id (Ray Data does not keep order) and measure them."""
-    import pyarrow as pa
-    import pyarrow.dataset as pads
-
-    from prefscale.artifacts import read_parts
+    from prefscale.artifacts import ALLOWED, label_frame, read_parts
     from prefscale.data import schema
-    from prefscale.io import read_table, resolve
+    from prefscale.io import read_present_columns
     from prefscale.metrics import log_loss
 
     scores = read_parts(scores_uri).to_pandas().set_index(schema.ID)
-    fs, path = resolve(battles_uri)
-    names = set(pads.dataset(path, filesystem=fs, format="parquet").schema.names)
-    columns = [schema.ID, *schema.LABEL_COLUMNS, *([schema.TIES] if schema.TIES in names else [])]
-    battles = read_table(battles_uri, columns=columns) if set(schema.LABEL_COLUMNS) <= names else None  # never the texts
-    labeled = None
-    if battles is not None and schema.is_labeled(battles):
-        labeled = battles.select([schema.ID, *schema.LABEL_COLUMNS]).append_column("allowed", pa.array(schema.ties_allowed(battles))).to_pandas().set_index(schema.ID)
+    battles = read_present_columns(battles_uri, [schema.ID, *schema.LABEL_COLUMNS, schema.TIES])  # never the texts
+    labeled = label_frame(battles) if schema.is_labeled(battles) else None
     joined = scores.join(labeled, how="inner") if labeled is not None else scores.iloc[:0]
     return {
         "log_loss": round(log_loss(joined[list(schema.LABEL_COLUMNS)].to_numpy(), joined[list(schema.PROBS)].to_numpy(),
-                                   joined["allowed"].to_numpy(dtype=bool)), 4) if len(joined) else None,
+                                   joined[ALLOWED].to_numpy(dtype=bool)), 4) if len(joined) else None,
         "mean_tokens": round(float(scores["tokens"].mean()), 1) if len(scores) else None,
     }
 

@@ -23,12 +23,20 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from prefscale.artifacts import ALLOWED, label_frame
 from prefscale.config import Config, ValidationConfig, load_config
 from prefscale.data import schema
 from prefscale.data.files import validate_file
-from prefscale.data.validate import Rejected, coerce_id
+from prefscale.data.validate import Rejected, coerce_id, row_protocol
 from prefscale.errors import PrefscaleError
-from prefscale.io import atomic_path, exists, read_json, read_table, resolve
+from prefscale.io import (
+    atomic_path,
+    exists,
+    read_json,
+    read_present_columns,
+    read_table,
+    resolve,
+)
 from prefscale.layout import RunLayout
 from prefscale.members.store import load_estimator
 from prefscale.metrics import class_prior, log_loss, without_ties
@@ -73,20 +81,18 @@ def prior_for_rejects(layout: RunLayout, rejects_uri: str, predicted: set[int], 
     rejects = read_table(rejects_uri)
     if rejects.num_rows == 0 or schema.ID not in rejects.column_names:
         return np.empty(0, dtype=np.int64), np.empty((0, 3))
-    training = read_table(layout.battles, columns=[schema.ID, *schema.LABEL_COLUMNS, schema.TIES])
-    prior = class_prior(schema.label_matrix(training), schema.ties_allowed(training))
-    sources = rejects.column(schema.SOURCE).to_pylist() if schema.SOURCE in rejects.column_names else [None] * rejects.num_rows
-    stated = rejects.column(schema.TIES).to_pylist() if schema.TIES in rejects.column_names else [None] * rejects.num_rows
+    training = label_frame(read_present_columns(layout.battles, [schema.ID, *schema.LABEL_COLUMNS, schema.TIES]))  # never the texts
+    prior = class_prior(training[list(schema.LABEL_COLUMNS)].to_numpy(), training[ALLOWED].to_numpy(dtype=bool))
     ids, allowed = [], []
-    for raw, source, ties in zip(rejects.column(schema.ID).to_pylist(), sources, stated, strict=True):
+    for row in rejects.to_pylist():
         try:
-            battle_id = coerce_id(raw)
+            battle_id = coerce_id(row.get(schema.ID))
         except Rejected:
             continue
         if battle_id not in predicted:
             predicted.add(battle_id)
             ids.append(battle_id)
-            allowed.append((ties or options.protocol(source or schema.DEFAULT_SOURCE)) != "none")
+            allowed.append(row_protocol(row, options) != "none")
     probs = without_ties(np.tile(prior, (len(ids), 1)), np.asarray(allowed, dtype=bool)) if ids else np.empty((0, 3))
     return np.asarray(ids, dtype=np.int64), probs
 

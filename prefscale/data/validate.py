@@ -130,6 +130,11 @@ def _text(column: str, value: Any, lenient: bool, flags: list[str]) -> tuple[lis
         raise Rejected(exc.reason, f"{column}: {exc}") from None
 
 
+def row_protocol(row: dict[str, Any], options: ValidationConfig) -> Any:
+    """The row's label protocol: its own ``ties`` value, else its source's in the config (unchecked here)."""
+    return row.get(schema.TIES) or options.protocol(row.get(schema.SOURCE) or schema.DEFAULT_SOURCE)
+
+
 def check_row(row: dict[str, Any], options: ValidationConfig) -> dict[str, Any]:
     """Return the clean core fields of one raw row, or raise Rejected."""
     battle_id = coerce_id(row.get(schema.ID))
@@ -160,7 +165,7 @@ def check_row(row: dict[str, Any], options: ValidationConfig) -> dict[str, Any]:
     if soft is not None:
         flags.append("soft_label")
     label = soft if soft is not None else hard
-    ties = row.get(schema.TIES) or options.protocol(row.get(schema.SOURCE) or schema.DEFAULT_SOURCE)
+    ties = row_protocol(row, options)
     if ties not in schema.TIE_PROTOCOLS:
         raise Rejected("bad_ties", f"ties must be one of {', '.join(schema.TIE_PROTOCOLS)}, got {str(ties)[:40]!r}")
     if ties == "none" and label is not None and label[2] > LABEL_TOLERANCE:
