@@ -9,7 +9,10 @@ export HF_HUB_OFFLINE := 1
 export RAY_AUTH_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test bench clean
+MLFLOW_UI_VENV ?= .venv-mlflow-ui
+RUN ?= runs/local
+
+.PHONY: setup demo test bench clean mlflow-ui
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,6 +31,12 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/bench_pairs.py
+
+# Browse a run's tracked commands at http://127.0.0.1:5000 (local only). MLflow's server pins
+# pyarrow<26, below prefscale's, so it gets its own environment.
+mlflow-ui:
+	test -x $(MLFLOW_UI_VENV)/bin/mlflow || (python3 -m venv $(MLFLOW_UI_VENV) && $(MLFLOW_UI_VENV)/bin/pip install -q "mlflow==3.17.2")
+	$(MLFLOW_UI_VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(RUN))/mlflow/mlflow.db --host 127.0.0.1 --port 5000
 
 clean:
 	rm -rf runs .pytest_cache .hypothesis

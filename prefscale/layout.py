@@ -31,6 +31,7 @@ TOP_LEVEL = {
     "stack": "stacker, calibrator, rules (skops), nested-CV OOF, summary",
     "report": "report.md, report.json, reliability.png",
     "predict": "predict's scratch space per input (clean rows, scores)",
+    "mlflow": "MLflow tracking store of the run's commands: mlflow.db (SQLite) and artifacts/",
 }
 
 
@@ -151,6 +152,16 @@ class RunLayout:
     def report_file(self, name: str) -> str:
         """report.json, report.md, reliability.png."""
         return self._path("report", name)
+
+    # experiment tracking
+    @property
+    def mlflow_db(self) -> str:
+        """The default MLflow store (SQLite): one tracked run per command on this run directory."""
+        return self._path("mlflow", "mlflow.db")
+
+    @property
+    def mlflow_artifacts(self) -> str:
+        return self._path("mlflow", "artifacts")
 
     def predict_work(self, key: str, *parts: str) -> str:
         """Scratch space of one `prefscale predict` input: clean.parquet, scores/<model>."""

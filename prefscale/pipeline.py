@@ -20,6 +20,7 @@ import yaml
 from prefscale.config import Config
 from prefscale.errors import PrefscaleError
 from prefscale.io import exists, write_bytes, write_json
+from prefscale.tracking import tracked
 
 Log = Callable[[str], None]
 
@@ -224,12 +225,19 @@ def run_stages(config: Config, names: list[str] | None = None, log: Log = print)
 
         ensure_ray(config.ray)
     results: dict[str, Any] = {}
-    for stage in stages:
-        results.update(stage.run(config, log))
-    summary: dict[str, Any] = {"name": config.name, "run_dir": config.run_dir, "stages": results,
-                               "timings_s": {key: result["seconds"] for key, result in results.items()}}
-    summary["elapsed_s"] = round(time.perf_counter() - started, 1)
-    if names is None:
-        write_json(summary, config.layout.summary)
+    with tracked(config, "run" if names is None else "+".join(names), log) as tracker:
+        for stage in stages:
+            with tracker.stage(stage.name):
+                stage_results = stage.run(config, log)
+                tracker.stage_results(stage_results)
+            results.update(stage_results)
+        summary: dict[str, Any] = {"name": config.name, "run_dir": config.run_dir, "stages": results,
+                                   "timings_s": {key: result["seconds"] for key, result in results.items()}}
+        summary["elapsed_s"] = round(time.perf_counter() - started, 1)
+        if names is None:
+            write_json(summary, config.layout.summary)
+        layout = config.layout
+        tracker.finish(summary, [layout.config, layout.summary, layout.stack_summary,
+                                 *(layout.report_file(f) for f in ("report.md", "report.json", "reliability.png"))])
     return summary
 

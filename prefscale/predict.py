@@ -13,7 +13,9 @@ in the submission.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from prefscale.artifacts import ALLOWED, label_frame
 from prefscale.config import Config, ValidationConfig, load_config
@@ -60,7 +63,7 @@ def _work_key(input_uri: str) -> str:
     return f"{os.path.basename(path).split('.')[0]}-{key}"
 
 
-def neural_probs(config: Config, name: str, battles_uri: str, work_key: str) -> dict[int, np.ndarray]:
+def neural_probs(config: Config, name: str, battles_uri: str, scratch: str) -> dict[int, np.ndarray]:
     """Probabilities of one train run by id: its scoring model (averaged, else the mean of its fold models)."""
     from prefscale.artifacts import read_parts
     from prefscale.score.engine import score_battles
@@ -68,11 +71,36 @@ def neural_probs(config: Config, name: str, battles_uri: str, work_key: str) -> 
 
     parts = []
     for model, settings in scoring_plan(config, name):
-        out = config.layout.predict_work(work_key, "scores", model.name)
+        out = os.path.join(scratch, "scores", model.name)
         score_battles(battles_uri, out, [model], settings)
         parts.append(read_parts(out, [schema.ID, *schema.PROBS]).to_pandas())
     scores = pd.concat(parts).groupby(schema.ID).mean()
     return dict(zip(scores.index.to_numpy(), scores.to_numpy(), strict=True))
+
+
+def ensemble_probs(config: Config, members: list[str], battles: pa.Table, battles_uri: str, scratch: str,
+                   log: Callable[[str], None]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Each member's probabilities (by name) and the ensemble's (stacker, calibrator, rules, then
+    each battle's tie protocol) for validated battles."""
+    layout = config.layout
+    ids = battles.column(schema.ID).to_numpy()
+    if any(m in config.train for m in members):
+        from prefscale.ray_runtime import ensure_ray
+
+        ensure_ray(config.ray)
+    by_member: dict[str, np.ndarray] = {}
+    for name in members:
+        if name in config.members:
+            by_member[name] = load_estimator(layout.member_model(name)).predict_proba(battles)
+        else:
+            by_id = neural_probs(config, name, battles_uri, scratch)
+            by_member[name] = np.stack([by_id[i_] for i_ in ids])
+        log(f"  [{name}] predicted {len(ids)} battles")
+    logp = np.log(np.clip(np.stack([by_member[m] for m in members], axis=1), 1e-7, 1.0))
+    probs = load_estimator(layout.stack_file("stacker.skops")).predict_proba(logp, schema.battle_sources(battles))
+    probs = load_estimator(layout.stack_file("calibrator.skops")).predict_proba(probs)
+    probs = load_estimator(layout.stack_file("rules.skops")).apply(battles, probs)
+    return by_member, without_ties(probs, schema.ties_allowed(battles))
 
 
 def prior_for_rejects(layout: RunLayout, rejects_uri: str, predicted: set[int], options: ValidationConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -111,24 +139,8 @@ def predict(run_dir: str, input_uri: str, out_csv: str, log: Callable[[str], Non
     if battles.num_rows == 0:
         raise PrefscaleError(f"no valid battles in {input_uri} ({validation['rejected']} rejected, see {rejects_uri})")
     ids = battles.column(schema.ID).to_numpy()
-    logp = np.empty((len(ids), len(members), 3))
-    if any(m in config.train for m in members):
-        from prefscale.ray_runtime import ensure_ray
-
-        ensure_ray(config.ray)
-    for i, name in enumerate(members):
-        if name in config.members:
-            probs = load_estimator(layout.member_model(name)).predict_proba(battles)
-        else:
-            by_id = neural_probs(config, name, clean_uri, work_key)
-            probs = np.stack([by_id[i_] for i_ in ids])
-        logp[:, i] = np.log(np.clip(probs, 1e-7, 1.0))
-        log(f"  [{name}] predicted {len(ids)} battles")
-    probs = load_estimator(layout.stack_file("stacker.skops")).predict_proba(logp, schema.battle_sources(battles))
-    probs = load_estimator(layout.stack_file("calibrator.skops")).predict_proba(probs)
-    probs = load_estimator(layout.stack_file("rules.skops")).apply(battles, probs)
+    probs = ensemble_probs(config, members, battles, clean_uri, layout.predict_work(work_key), log)[1]
     allowed = schema.ties_allowed(battles)
-    probs = without_ties(probs, allowed)
     fallback_ids, fallback_probs = prior_for_rejects(layout, rejects_uri, set(ids.tolist()), validation_options)
     submission = pa.table({schema.ID: np.concatenate([ids, fallback_ids]).astype(np.int64),
                            **{c: np.concatenate([probs[:, k], fallback_probs[:, k]]) for k, c in enumerate(schema.LABEL_COLUMNS)}})
@@ -143,3 +155,43 @@ def predict(run_dir: str, input_uri: str, out_csv: str, log: Callable[[str], Non
         summary["log_loss"] = round(log_loss(schema.label_matrix(battles), probs, allowed), 4)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     return summary
+
+
+def _as_turns(value: Any, field: str) -> str:
+    """A battle's text as the Arena's JSON list of turns (plain text is one turn)."""
+    if isinstance(value, str):
+        return json.dumps([value])
+    if isinstance(value, list) and all(isinstance(turn, str) for turn in value):
+        return json.dumps(value)
+    raise PrefscaleError(f"battle field '{field}' must be text or a list of texts (turns), got {type(value).__name__}")
+
+
+def compare(run_dir: str, battles: list[dict[str, Any]], log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """A finished run's A / B / tie probabilities, and each member's, for battles given as text
+    (prompt, response_a, response_b; optional id, dataset, ties): a quick look, nothing kept."""
+    config, members = load_run(run_dir)
+    rows = []
+    for index, battle in enumerate(battles):
+        missing = [f for f in ("prompt", "response_a", "response_b") if f not in battle]
+        if missing:
+            raise PrefscaleError(f"battle {index + 1} lacks {', '.join(missing)}; give prompt, response_a and response_b")
+        rows.append({schema.ID: int(battle.get("id", index)), "dataset": battle.get("dataset"), schema.TIES: battle.get("ties"),
+                     **{f: _as_turns(battle[f], f) for f in ("prompt", "response_a", "response_b")}})
+    with tempfile.TemporaryDirectory(prefix="prefscale-compare-") as scratch:
+        source, clean_uri, rejects_uri = (os.path.join(scratch, f"{n}.parquet") for n in ("input", "clean", "rejects"))
+        table = pa.Table.from_pylist(rows)
+        pq.write_table(table.select([c for c in table.column_names if table.column(c).null_count < len(rows)]), source)
+        validate_file(source, clean_uri, rejects_uri, config.data.model_copy(update={"lenient_json": True}))
+        clean, rejected = read_table(clean_uri), read_table(rejects_uri)
+        by_member, probs = ensemble_probs(config, members, clean, clean_uri, scratch, log) if clean.num_rows else ({}, np.empty((0, 3)))
+    position = {int(i): k for k, i in enumerate(clean.column(schema.ID).to_pylist())}
+    reasons = dict(zip(rejected.column(schema.ID).to_pylist(), rejected.column("reject_reason").to_pylist(), strict=True)) if rejected.num_rows else {}
+    results = []
+    for row in rows:
+        k = position.get(row[schema.ID])
+        if k is None:
+            results.append({"id": row[schema.ID], "rejected": reasons.get(row[schema.ID], "rejected")})
+            continue
+        as_dict = lambda p: dict(zip(schema.CLASSES, (round(float(x), 4) for x in p), strict=True))  # noqa: E731
+        results.append({"id": row[schema.ID], "ensemble": as_dict(probs[k]), "members": {m: as_dict(p[k]) for m, p in by_member.items()}})
+    return results

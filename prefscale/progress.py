@@ -8,4 +8,5 @@ from tqdm import tqdm
 
 
 def bar(total: int | None, desc: str, unit: str = "rows") -> tqdm:
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr, mininterval=1.0, leave=False, dynamic_ncols=True)
+    """Counts whole rows or steps ("312/806 rows"), never scaled to "0.00k"."""
+    return tqdm(total=total, desc=desc, unit=f" {unit}", file=sys.stderr, mininterval=1.0, leave=False, dynamic_ncols=True)

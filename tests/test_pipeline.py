@@ -32,7 +32,7 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
     path.write_text(yaml.safe_dump(config))
     out = tmp_path / "run"
     result = subprocess.run([sys.executable, "-m", "prefscale.cli", "run", "--config", str(path), "--run-dir", str(out), "--json"],
-                            capture_output=True, text=True, cwd=REPO, timeout=900, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+                            capture_output=True, text=True, cwd=REPO, timeout=900, env=_without_tracking_server())
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     stages = summary["stages"]
@@ -66,6 +66,7 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
     assert set(transfer["per_source"]) == sources and set(transfer["mean"]) == {"features", "tfidf", "ensemble (cheap members)", "prior (other sources)"}
     assert "## Leave one source out" in (out / "report" / "report.md").read_text()
     assert (out / "report" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    _check_tracked(out, summary)
 
     submission = tmp_path / "submission.csv"
     result = subprocess.run([sys.executable, "-m", "prefscale.cli", "predict", "--run-dir", str(out), "--input", str(kaggle_sample),
@@ -79,6 +80,8 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
     np.testing.assert_allclose(rows[["winner_model_a", "winner_model_b", "winner_tie"]].sum(axis=1), 1.0, atol=1e-6)
     assert 0.5 < predicted["log_loss"] < 1.5
 
+    _check_compare(out, kaggle_sample, rows.set_index("id"))
+
     forced = tmp_path / "forced.csv"  # the user states the new battles are forced choice: no mass on tie
     result = subprocess.run([sys.executable, "-m", "prefscale.cli", "predict", "--run-dir", str(out), "--input", str(kaggle_sample),
                              "--out", str(forced), "--ties", "none", "--json"], capture_output=True, text=True, cwd=REPO, timeout=600)
@@ -88,3 +91,66 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
     reasons = pq.read_table(f"{forced}.rejects.parquet").column("reject_reason").to_pylist()
     assert reasons.count("tie_in_forced_choice") > 100  # the sample's tie-labeled rows contradict --ties none, and say so
     assert forced_summary["predicted_at_prior"] == len(reasons) == forced_summary["rejected"]  # ... and are still in the submission
+
+
+def _without_tracking_server() -> dict[str, str]:
+    """The job's environment with the default tracking store (a SQLite file in the run directory)."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def _check_tracked(out: Path, summary: dict) -> None:
+    """The run reads back through MLflow's client: config as params, figures as metrics, nested
+    stage / fold / Tune-trial runs, the report and config as artifacts."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("prefscale")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(top) == 1 and top[0].info.status == "FINISHED" and top[0].info.run_name == "local:run"
+    job = top[0]
+    assert job.data.params["train.teacher.max_rows"] == "64" and job.data.params["stack.tune_samples"] == "30"
+    assert job.data.metrics["stages/stack/nested_cv/final"] == summary["stages"]["stack"]["nested_cv"]["final"]
+    assert job.data.metrics["stages/report/table/source prior _out of fold_/per_dataset/arena"] > 0
+    assert job.data.metrics["timings_s/train:teacher"] == summary["timings_s"]["train:teacher"]
+    artifacts = {a.path for a in client.list_artifacts(job.info.run_id)}
+    assert artifacts >= {"config.yaml", "summary.json", "report.md", "report.json", "reliability.png"}
+    children = {}
+    for run in runs:
+        children.setdefault(run.data.tags.get("mlflow.parentRunId"), []).append(run)
+    stages = {r.info.run_name: r for r in children[job.info.run_id]}
+    assert set(stages) >= {"data", "members", "train", "pseudolabel", "students", "stack", "report"}
+    assert all(r.info.status == "FINISHED" for r in stages.values())
+    folds = [r.info.run_name for r in children[stages["train"].info.run_id]]
+    assert folds == ["train:teacher fold 0"]
+    trials = children[stages["stack"].info.run_id]  # Ray Tune's MLflowLoggerCallback, one run per blend trial
+    assert len(trials) == 30 and all("log_loss" in t.data.metrics for t in trials)
+
+
+def _check_compare(out: Path, kaggle_sample: Path, submission: pd.DataFrame) -> None:
+    """`prefscale compare` gives predict's probabilities for the same battle, each member's too, and
+    names a battle it cannot predict."""
+    sample = pq.read_table(kaggle_sample).to_pandas()
+    battle = next(row for row in sample.itertuples() if _parses(row))
+    lines = [json.dumps({"id": int(battle.id), **{f: json.loads(getattr(battle, f)) for f in ("prompt", "response_a", "response_b")}}),
+             json.dumps({"id": 7, "prompt": "", "response_a": "", "response_b": ""})]
+    result = subprocess.run([sys.executable, "-m", "prefscale.cli", "compare", "--run-dir", str(out), "--json"], input="\n".join(lines),
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    compared, empty = json.loads(result.stdout.strip().splitlines()[-1])["battles"]
+    expected = submission.loc[int(battle.id), ["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy(dtype=float)
+    np.testing.assert_allclose([compared["ensemble"][c] for c in ("a", "b", "tie")], expected, atol=1e-4)
+    assert set(compared["members"]) == {"features", "tfidf"}
+    assert empty == {"id": 7, "rejected": "empty_text"}
+    result = subprocess.run([sys.executable, "-m", "prefscale.cli", "compare", "--run-dir", str(out), "--prompt", "What is 2+2?",
+                             "--a", "4", "--b", "It is four, because two plus two makes four."], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0 and "ensemble" in result.stdout and "tfidf" in result.stdout, result.stderr[-2000:]
+
+
+def _parses(row) -> bool:
+    try:
+        return all(isinstance(json.loads(getattr(row, f)), list) for f in ("prompt", "response_a", "response_b"))
+    except json.JSONDecodeError:
+        return False

@@ -73,7 +73,7 @@ def predicted_equals_oof(config, name: str, fold: int) -> None:
 
     layout = config.layout
     oof = pq.read_table(layout.oof(name)).to_pandas().set_index("id")
-    predicted = neural_probs(config, name, layout.heldout(name, fold), "equality-check")
+    predicted = neural_probs(config, name, layout.heldout(name, fold), layout.predict_work("equality-check"))
     assert sorted(predicted) == sorted(oof.index)
     np.testing.assert_allclose(np.stack([predicted[i] for i in oof.index]), oof[["prob_a", "prob_b", "prob_tie"]].to_numpy(), atol=2e-4)
 

@@ -50,12 +50,19 @@ def split(inputs: list[str], out_uri: str, rejects_uri: str, *, folds: int, seed
     memory, and swap-aware dedup needs to see every row anyway.
     """
     started = time.perf_counter()
-    tables = [read_table(uri) for uri in inputs]
-    table = pa.concat_tables(tables, promote_options="permissive")
-    kept, duplicates, dedup_summary = deduplicate(table, dedup, merge_labels)
-    kept = assign_folds(kept, folds, seed)
-    write_table(kept, out_uri)
-    write_table(duplicates, rejects_uri)
+    with bar(len(inputs) + 3, "split", unit="steps") as progress:  # read each input, dedup, folds, write
+        tables = []
+        for uri in inputs:
+            tables.append(read_table(uri))
+            progress.update()
+        table = pa.concat_tables(tables, promote_options="permissive")
+        kept, duplicates, dedup_summary = deduplicate(table, dedup, merge_labels)
+        progress.update()
+        kept = assign_folds(kept, folds, seed)
+        progress.update()
+        write_table(kept, out_uri)
+        write_table(duplicates, rejects_uri)
+        progress.update()
     sizes = np.bincount(kept.column(schema.FOLD).to_numpy(), minlength=folds).tolist()
     return {
         "inputs": inputs,

@@ -15,6 +15,7 @@ import pyarrow as pa
 from prefscale.data import schema
 from prefscale.members.estimators import fit_predict
 from prefscale.metrics import log_loss
+from prefscale.tracking import tune_callbacks
 
 
 def search_space(kind: str) -> dict[str, Any]:
@@ -56,7 +57,7 @@ def tune_member(kind: str, battles: pa.Table, samples: int, base: dict[str, Any]
                 metric="log_loss", mode="min", num_samples=samples, search_alg=OptunaSearch(seed=seed),
                 scheduler=ASHAScheduler(max_t=folds, grace_period=1, reduction_factor=2), reuse_actors=True,
             ),
-            run_config=tune.RunConfig(name=f"member-{kind}", storage_path=scratch, verbose=0),
+            run_config=tune.RunConfig(name=f"member-{kind}", storage_path=scratch, verbose=0, callbacks=tune_callbacks()),
         )
         results = tuner.fit()
     finished = [r for r in results if r.metrics and r.metrics.get("training_iteration") == folds]

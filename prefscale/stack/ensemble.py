@@ -49,6 +49,7 @@ def run_stack(config: Config, log: Callable[[str], None] = print) -> dict[str, A
     started = time.perf_counter()
     layout = config.layout
     data = load_stack_data(layout, config.stack_members())
+    log(f"  [stack] nested CV over {len(np.unique(data.folds))} folds: {len(data.ids)} battles, members {', '.join(data.members)}")
     nested = nested_cv(data, stacker_factory(settings), settings.calibration, settings.degenerate_rules)
     summary: dict[str, Any] = {
         "members": data.members, "rows": len(data.ids), "method": settings.method,
@@ -63,7 +64,9 @@ def run_stack(config: Config, log: Callable[[str], None] = print) -> dict[str, A
     if settings.leave_one_source_out:
         from prefscale.stack.transfer import leave_one_source_out
 
+        log(f"  [stack] leave one source out: cheap members and stacker refitted without each of {len(np.unique(data.datasets))} sources")
         summary["leave_one_source_out"] = leave_one_source_out(config, data)
+    log(f"  [stack] blend-weight search: Powell, then {settings.tune_samples} Ray Tune trials")
     search = blend_search(data, settings)
     tuned_weights = search.pop("_tuned_weights")
     summary["blend_search"] = search

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from prefscale.stack.blend import MAX_WEIGHT, blend_loss
+from prefscale.tracking import tune_callbacks
 
 
 def _trial(config: dict[str, float], logp: np.ndarray, labels: np.ndarray, ties: np.ndarray | None) -> None:
@@ -41,7 +42,7 @@ def tune_blend_weights(logp: np.ndarray, labels: np.ndarray, samples: int, seed:
             param_space=space,
             tune_config=tune.TuneConfig(search_alg=search, num_samples=samples, metric="log_loss", mode="min", max_concurrent_trials=8,
                                         reuse_actors=True),
-            run_config=tune.RunConfig(name="blend", storage_path=storage or scratch, verbose=0),
+            run_config=tune.RunConfig(name="blend", storage_path=storage or scratch, verbose=0, callbacks=tune_callbacks()),
         )
         best = tuner.fit().get_best_result()
     return {"weights": [best.config[f"w{i}"] for i in range(members)], "log_loss": best.metrics["log_loss"], "trials": samples}

@@ -14,6 +14,7 @@ from typing import Any
 from prefscale.config import Config
 from prefscale.errors import PrefscaleError
 from prefscale.io import write_json
+from prefscale.tracking import tune_callbacks
 from prefscale.train.loop import FoldJob, run_training
 
 
@@ -42,7 +43,7 @@ def tune_train_run(config: Config, name: str, job: FoldJob, log=print) -> dict[s
             param_space=space,
             tune_config=tune.TuneConfig(metric="heldout_log_loss", mode="min", num_samples=run.tune_samples, search_alg=OptunaSearch(seed=run.seed),
                                         scheduler=ASHAScheduler(max_t=reports + 1, grace_period=1, reduction_factor=2)),
-            run_config=tune.RunConfig(name=f"train-{name}", storage_path=scratch, verbose=0),
+            run_config=tune.RunConfig(name=f"train-{name}", storage_path=scratch, verbose=0, callbacks=tune_callbacks()),
         )
         results = tuner.fit()
     trials = [{"lr": r.config["lr"], "r": int(r.config["r"]), "heldout_log_loss": r.metrics.get("heldout_log_loss"),
