@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,6 +32,9 @@ def load_trainable(checkpoint_dir: str) -> dict:
     from safetensors.torch import load_file
 
     return load_file(os.path.join(checkpoint_dir, TRAINABLE_FILE))
+
+
+PROGRESS_EVERY_S = 10.0  # rank 0 prints its step count to stderr this often (Ray forwards it to the driver)
 
 
 class FoldJob(BaseModel):
@@ -185,6 +189,7 @@ def run_training(job: FoldJob, *, rank: int = 0, world: int = 1, local_rank: int
             if directory:
                 shutil.rmtree(directory, ignore_errors=True)  # adapters + optimizer state: gigabytes each for a 70B run
 
+    noted = time.perf_counter()
     while micro < total_micro:
         epoch, offset = divmod(micro, per_epoch)
         for step_in_epoch, (index, swap) in enumerate(_batches(rows, job, epoch, world, rank)):
@@ -210,6 +215,10 @@ def run_training(job: FoldJob, *, rank: int = 0, world: int = 1, local_rank: int
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step = micro // run.grad_accum
+                if rank == 0 and (time.perf_counter() - noted >= PROGRESS_EVERY_S or micro == total_micro):
+                    noted = time.perf_counter()
+                    fold = "all battles" if job.fold is None else f"fold {job.fold}"
+                    print(f"train {fold}: step {step}/{total_steps}, loss {np.mean(losses[-20:]):.4f}", file=sys.stderr, flush=True)
                 if step % run.checkpoint_every == 0 and micro < total_micro:
                     save_and_report({"step": step, "loss": float(np.mean(losses[-20:]))})
     seconds = time.perf_counter() - started
