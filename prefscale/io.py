@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -42,6 +43,16 @@ def exists(uri: str | os.PathLike[str]) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def remove(uri: str | os.PathLike[str]) -> None:
+    """Delete a file or a directory tree, local or on an object store; nothing there is fine."""
+    fs, path = resolve(uri)
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif kind == pafs.FileType.File:
+        fs.delete_file(path)
+
+
 def require_file(uri: str | os.PathLike[str]) -> None:
     """Fail early, naming the path, rather than deep inside a reader."""
     if not exists(uri):
@@ -58,7 +69,12 @@ def atomic_path(uri: str | os.PathLike[str]) -> Iterator[tuple[pafs.FileSystem, 
     tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         yield fs, tmp
+        local = isinstance(fs, pafs.LocalFileSystem)
+        if local:
+            _fsync_file(tmp)  # the bytes reach the disk before the rename publishes them
         fs.move(tmp, path)
+        if local:
+            _fsync_dir(parent)
     except BaseException:
         with contextlib.suppress(OSError, FileNotFoundError):
             fs.delete_file(tmp)
@@ -68,20 +84,60 @@ def atomic_path(uri: str | os.PathLike[str]) -> Iterator[tuple[pafs.FileSystem, 
 @contextlib.contextmanager
 def atomic_dir(path: str) -> Iterator[str]:
     """Yield a temporary local directory that replaces ``path`` only when complete."""
-    import shutil
-
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
     os.makedirs(tmp)
     try:
         yield tmp
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.rename(tmp, path)
+        _fsync_tree(tmp)
+        if not os.path.exists(path):
+            os.rename(tmp, path)
+        elif _exchange(tmp, path):  # one atomic swap: path always holds a whole copy
+            shutil.rmtree(tmp)  # now the old copy
+        else:  # no renameat2 here: the old copy is set aside (not deleted) until the new one is in place
+            aside = f"{tmp}.old"
+            os.rename(path, aside)
+            os.rename(tmp, path)
+            shutil.rmtree(aside)
+        _fsync_dir(parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: str) -> None:
+    """Make a rename in ``path`` durable (a crash after it keeps the new entry)."""
+    with contextlib.suppress(OSError):
+        _fsync_file(path)
+
+
+def _fsync_tree(root: str) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            _fsync_file(os.path.join(folder, name))
 
 
 class ParquetSink:

@@ -16,6 +16,7 @@ RUNS_DIR = "runs"  # where a config without output_dir puts its run: runs/<name>
 TOP_LEVEL = {
     "config.yaml": "the config the run was made with (what predict reloads)",
     "summary.json": "every stage's summary and timings",
+    "fingerprints.json": "per unit of work, the config keys and inputs its outputs were made from (a changed one is recomputed)",
     "validated": "clean rows of each training input",
     "rejects": "rejected rows with reasons: per input, duplicates, pseudolabels",
     "battles.parquet": "validated, deduplicated battles with their fold",
@@ -54,6 +55,11 @@ class RunLayout:
     @property
     def summary(self) -> str:
         return self._path("summary.json")
+
+    @property
+    def fingerprints(self) -> str:
+        """Per unit of work (data, member:<name>, train:<name>, ...), what its outputs were made from."""
+        return self._path("fingerprints.json")
 
     def validated(self, source: str) -> str:
         """Clean rows of one training input (``source``: the input's file stem)."""

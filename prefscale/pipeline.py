@@ -19,6 +19,7 @@ import yaml
 
 from prefscale.config import Config
 from prefscale.errors import PrefscaleError
+from prefscale.fingerprints import ensure_fresh
 from prefscale.io import exists, write_bytes, write_json
 from prefscale.tracking import tracked
 
@@ -54,6 +55,7 @@ def prepare_battles(config: Config, log: Log) -> dict[str, Any]:
     from prefscale.data.files import split, validate_file
 
     layout, data = config.layout, config.data
+    ensure_fresh(config, "data", log)
     results: dict[str, Any] = {}
     for uri in data.train:
         key = f"validate:{_stem(uri)}"
@@ -69,6 +71,7 @@ def prepare_battles(config: Config, log: Log) -> dict[str, Any]:
 def make_unlabeled_pairs(config: Config, log: Log) -> dict[str, Any]:
     from prefscale.data.files import make_pairs
 
+    ensure_fresh(config, "pairs", log)
     result = _timed("pairs", log, lambda: make_pairs(config.data.unlabeled, config.layout.unlabeled_pairs, config.pairs))
     log(f"  {result['pairs_written']} unlabeled battles")
     return {"pairs": result}
@@ -77,8 +80,11 @@ def make_unlabeled_pairs(config: Config, log: Log) -> dict[str, Any]:
 def fit_members(config: Config, log: Log) -> dict[str, Any]:
     from prefscale.members.fitting import train_member
 
-    return {f"member:{name}": _timed(f"member:{name}", log, lambda name=name, member=member: train_member(config, name, member, log))
-            for name, member in config.members.items()}
+    results = {}
+    for name, member in config.members.items():
+        ensure_fresh(config, f"member:{name}", log)
+        results[f"member:{name}"] = _timed(f"member:{name}", log, lambda name=name, member=member: train_member(config, name, member, log))
+    return results
 
 
 def train_runs(config: Config, log: Log, phase: int = 0) -> dict[str, Any]:
@@ -87,6 +93,7 @@ def train_runs(config: Config, log: Log, phase: int = 0) -> dict[str, Any]:
 
     results = {}
     for name in config.train_phases()[phase]:
+        ensure_fresh(config, f"train:{name}", log)
         results[f"train:{name}"] = result = _timed(f"train:{name}", log, lambda name=name: train_run(config, name, log))
         log(f"  OOF log loss {result['oof_log_loss']} vs class prior {result['prior_log_loss']} (out of fold {result['oof_prior_log_loss']}) "
             f"over {result['oof_rows']} battles")
@@ -104,6 +111,7 @@ def pseudolabel(config: Config, log: Log) -> dict[str, Any]:
     scorers = config.pseudolabel_scorers() or [m.name for m in configured_models(config)]
 
     def work() -> dict[str, Any]:
+        ensure_fresh(config, "pseudolabel", log)
         battles = settings.input or layout.unlabeled_pairs
         if settings.rows:
             write_table(read_table(battles).slice(0, settings.rows), layout.pseudolabel_input)
@@ -136,6 +144,7 @@ def score(config: Config, log: Log) -> dict[str, Any]:
     settings = config.score
     models = configured_models(config)
     battles, output = settings.input or config.layout.battles, score_output(config)
+    ensure_fresh(config, "score", log, score_output=output)
     result = _timed("score", log, lambda: {**score_battles(battles, output, models, settings), **_score_report(battles, output)})
     log(f"  scored {result['scored']} battles at {result['rows_per_s']} rows/s; log loss {result['log_loss']}")
     return {"score": result}
@@ -162,12 +171,14 @@ def _score_report(battles_uri: str, scores_uri: str) -> dict[str, Any]:
 def stack(config: Config, log: Log) -> dict[str, Any]:
     from prefscale.stack.ensemble import run_stack
 
+    ensure_fresh(config, "stack", log)
     return {"stack": _timed("stack", log, lambda: run_stack(config, log))}
 
 
 def report(config: Config, log: Log) -> dict[str, Any]:
     from prefscale.stack.report import write_report
 
+    ensure_fresh(config, "report", log)
     result = _timed("report", log, lambda: write_report(config.layout, config.stack_members()))
     log(f"  report: {config.layout.report_file('report.md')}")
     return {"report": result}

@@ -23,7 +23,14 @@ from prefscale.config import Config
 from prefscale.data import schema
 from prefscale.devices import check_gpu_nodes, raised_prefscale_error
 from prefscale.errors import PrefscaleError
-from prefscale.io import absolute, exists, read_json, read_table, write_table
+from prefscale.io import (
+    absolute,
+    atomic_dir,
+    exists,
+    read_json,
+    read_table,
+    write_table,
+)
 from prefscale.score.engine import score_battles
 from prefscale.score.scoring_model import (
     text_for,
@@ -117,9 +124,8 @@ def train_run(config: Config, name: str, log=print) -> dict[str, Any]:
         if not exists(model_dir):  # exported atomically: there means complete
             t0 = time.perf_counter()
             checkpoint, metrics = fit_fold(config, name, job)
-            if os.path.exists(adapter):
-                shutil.rmtree(adapter)
-            shutil.copytree(checkpoint, adapter)
+            with atomic_dir(adapter) as staged:  # the old adapter stays until the new one is whole
+                shutil.copytree(checkpoint, staged, dirs_exist_ok=True)
             export_merged(job.model, job.run.lora, load_trainable(adapter), model_dir)
             log(f"  [{name}] fold {fold} trained in {time.perf_counter() - t0:.1f}s")
         heldout = layout.heldout(name, fold)

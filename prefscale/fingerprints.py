@@ -1,0 +1,141 @@
+"""Which config and inputs made each output of a run: reuse only what the current config would make.
+
+A run is split into units of work (``data``, ``pairs``, ``member:<name>``, ``train:<name>``,
+``pseudolabel``, ``score``, ``stack``, ``report``). A unit's fingerprint hashes the config keys
+that change its results (resource keys such as actors or CPUs do not) and its inputs: the
+fingerprints of the units it reads, or the size and modification time of an outside file. It
+is recorded in the run directory's ``fingerprints.json`` when the unit starts, so an
+interrupted unit with the same fingerprint resumes from what it wrote; a unit whose
+fingerprint changed has its outputs deleted first, with one line naming what changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from prefscale.config import Config
+from prefscale.io import exists, read_json, remove, resolve, write_json
+
+# Keys that set how fast or where work runs, never its result.
+RESOURCE_KEYS = {"actors", "cpus_per_actor", "gpus_per_actor", "threads_per_actor", "format_cpus", "block_rows", "part_rows", "max_tokens",
+                 "workers", "cpus_per_worker", "use_gpu", "max_failures", "checkpoint_every", "tune_cpus_per_trial", "output"}
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _section(model: Any) -> str:
+    data = model.model_dump(mode="json") if hasattr(model, "model_dump") else model
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k not in RESOURCE_KEYS}
+    return _digest(data)
+
+
+def file_identity(uri: str) -> str:
+    """Size and modification time of a file, or of every file under a directory (not a content hash: inputs can be terabytes)."""
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        return "missing"
+    if info.type == pafs.FileType.Directory:
+        entries = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        return _digest(sorted((e.path[len(path):], e.size, e.mtime_ns) for e in entries if e.type == pafs.FileType.File))
+    return _digest([info.size, info.mtime_ns])
+
+
+def unit_parts(config: Config, unit: str) -> dict[str, str]:
+    """What a unit's outputs depend on, part by part (so a change can be named)."""
+    kind, _, name = unit.partition(":")
+    files = lambda uris: {f"file {u}": file_identity(u) for u in uris}  # noqa: E731
+    upstream = lambda units: {f"output of {u}": fingerprint(config, u) for u in units}  # noqa: E731
+    if kind == "data":
+        return {"config data": _section(config.data.model_dump(mode="json", exclude={"unlabeled"})), **files(config.data.train)}
+    if kind == "pairs":
+        return {"config pairs": _section(config.pairs), **files([config.data.unlabeled] if config.data.unlabeled else [])}
+    if kind == "member":
+        return {f"config members.{name}": _section(config.members[name]), **upstream(["data"])}
+    if kind == "train":
+        run = config.train[name]
+        teachers = [f"train:{t}" if t in config.train else f"member:{t}" for t in (run.distill.teachers if run.distill else [])]
+        return {f"config train.{name}": _section(run), "config model": _section(run.model or config.model), "config text": _section(config.text),
+                **upstream(["data", *teachers, *(["pseudolabel"] if run.pseudolabels else [])]), **files(run.extra_train)}
+    if kind == "pseudolabel":
+        settings = config.pseudolabel
+        scorers = [f"train:{s}" for s in config.pseudolabel_scorers() if s in config.train]
+        battles = files([settings.input]) if settings.input else upstream(["pairs"])
+        scoring = {"tta": config.score.tta, "tta_space": config.score.tta_space, "models": config.score.model_dump(mode="json")["models"]}
+        return {"config pseudolabel": _section(settings), "config score": _digest(scoring), "config model": _section(config.model),
+                "config text": _section(config.text), **battles, **files(settings.scores), **upstream(scorers)}
+    if kind == "score":
+        battles = files([config.score.input]) if config.score.input else upstream(["data"])
+        return {"config score": _section(config.score), "config model": _section(config.model), "config text": _section(config.text), **battles}
+    if kind == "stack":
+        members = [f"train:{m}" if m in config.train else f"member:{m}" for m in config.stack_members()]
+        return {"config stack": _section(config.stack), **upstream(members)}
+    if kind == "report":
+        return upstream(["stack"])
+    raise ValueError(f"unknown unit {unit}")
+
+
+def outputs_of(config: Config, unit: str, score_output: str | None = None) -> list[str]:
+    """Everything a unit writes, partial work included: what a changed fingerprint deletes."""
+    kind, _, name = unit.partition(":")
+    layout = config.layout
+    if kind == "data":
+        return [layout.battles, layout.rejects("duplicates"), *(p for uri in config.data.train for p in (layout.validated(_stem(uri)), layout.rejects(_stem(uri))))]
+    if kind == "pairs":
+        return [layout.unlabeled_pairs]
+    if kind == "member":
+        return [layout.oof(name), layout.member_model(name)]
+    if kind == "train":
+        return [layout.oof(name), os.path.dirname(layout.oof_fold_scores(name, 0)), layout.run_models(name), layout.tune(name),
+                *_children(layout.checkpoints, f"{name}-fold")]
+    if kind == "pseudolabel":
+        return [config.pseudolabel.output or layout.pseudolabels, layout.pseudolabel_input, layout.rejects("pseudolabels"),
+                *_children(layout.scores(""), "unlabeled-")]
+    if kind == "score":
+        return [score_output] if score_output else []
+    if kind == "stack":
+        return [layout.stack]
+    if kind == "report":
+        return [layout.report]
+    raise ValueError(f"unknown unit {unit}")
+
+
+def _stem(uri: str) -> str:
+    return os.path.basename(uri.rstrip("/")).split(".")[0]
+
+
+def _children(directory: str, prefix: str) -> list[str]:
+    fs, path = resolve(directory)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    return [f"{directory.rstrip('/')}/{e.base_name}" for e in fs.get_file_info(pafs.FileSelector(path)) if e.base_name.startswith(prefix)]
+
+
+def fingerprint(config: Config, unit: str) -> str:
+    return _digest(unit_parts(config, unit))
+
+
+def ensure_fresh(config: Config, unit: str, log: Callable[[str], None], score_output: str | None = None) -> None:
+    """Before a unit runs: delete its outputs when they were made from another config or input,
+    naming what changed, then record the current fingerprint (an interrupted rerun resumes)."""
+    layout = config.layout
+    records = read_json(layout.fingerprints) if exists(layout.fingerprints) else {}
+    parts, recorded = unit_parts(config, unit), records.get(unit)
+    if recorded == parts:
+        return
+    stale = [path for path in outputs_of(config, unit, score_output) if exists(path)]
+    if stale:
+        changed = sorted(k for k in parts.keys() | recorded.keys() if parts.get(k) != recorded.get(k)) if recorded else ["(no record: made by an older prefscale)"]
+        log(f"  [{unit}] its outputs were made from a different {', '.join(changed)}; deleting them and recomputing")
+        for path in stale:
+            remove(path)
+    write_json({**records, unit: parts}, layout.fingerprints)
