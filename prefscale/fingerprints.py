@@ -127,8 +127,10 @@ def fingerprint(config: Config, unit: str) -> str:
 def ensure_fresh(config: Config, unit: str, log: Callable[[str], None], score_output: str | None = None) -> None:
     """Before a unit runs: delete its outputs when they were made from another config or input,
     naming what changed, then record the current fingerprint (an interrupted rerun resumes)."""
-    layout = config.layout
-    records = read_json(layout.fingerprints) if exists(layout.fingerprints) else {}
+    # A score output (often outside the run directory, shared by runs) carries its own record;
+    # pyarrow skips "_"-prefixed files when it reads the parts.
+    record_file = f"{score_output.rstrip('/')}/_fingerprint.json" if unit == "score" and score_output else config.layout.fingerprints
+    records = read_json(record_file) if exists(record_file) else {}
     parts, recorded = unit_parts(config, unit), records.get(unit)
     if recorded == parts:
         return
@@ -138,4 +140,4 @@ def ensure_fresh(config: Config, unit: str, log: Callable[[str], None], score_ou
         log(f"  [{unit}] its outputs were made from a different {', '.join(changed)}; deleting them and recomputing")
         for path in stale:
             remove(path)
-    write_json({**records, unit: parts}, layout.fingerprints)
+    write_json({**records, unit: parts}, record_file)

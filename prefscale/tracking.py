@@ -69,14 +69,12 @@ class Tracker:
     """One tracked command: its MLflow run and the nested runs under it. Inert when tracking is off."""
 
     def __init__(self, config: Config, command: str, log: Log) -> None:
-        self.uri = tracking_uri(config)
+        self.uri: str | None = None
         self.experiment = config.tracking.experiment
         self.run_id: str | None = None
         self.parent_for_trials: str | None = None
         self._stage_run: str | None = None
         self._log = log
-        if self.uri is None:
-            return
         self._guard(self._start, config, command)
 
     @property
@@ -84,6 +82,9 @@ class Tracker:
         return self.run_id is not None
 
     def _start(self, config: Config, command: str) -> None:
+        self.uri = tracking_uri(config)  # guarded too: a vanished working directory fails os.path.abspath
+        if self.uri is None:
+            return
         from mlflow import MlflowClient
 
         if self.uri.startswith("sqlite:///"):
