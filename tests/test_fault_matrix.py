@@ -120,3 +120,103 @@ def _validate(capsys, source, tmp_path):
     assert main(["data", "validate", str(source), "--out", str(out), "--rejects", str(rejects), "--json"]) == 0, capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     return summary, pq.read_table(out), pq.read_table(rejects)
+
+
+def _battle(i, prompt="hi", a="hello", b="hey", labels=(1.0, 0.0, 0.0)):
+    row = {"id": i, "prompt": json.dumps([prompt]), "response_a": json.dumps([a]), "response_b": json.dumps([b])}
+    return {**row, **dict(zip(("winner_model_a", "winner_model_b", "winner_tie"), labels))} if labels else row
+
+
+def test_mixed_schema_parquet_directory_is_unified_by_column_name(tmp_path, capsys):
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    pq.write_table(pa.Table.from_pylist([_battle(i, labels=None) for i in range(3)]), parts / "a-unlabeled.parquet")
+    pq.write_table(pa.Table.from_pylist([_battle(i) for i in range(3, 8)]), parts / "b-labeled.parquet")
+    summary, clean, _ = _validate(capsys, parts, tmp_path)
+    labeled = [row["id"] for row in clean.to_pylist() if row["winner_model_a"] is not None]
+    assert summary["clean"] == 8 and sorted(labeled) == [3, 4, 5, 6, 7]
+
+
+def test_unifiable_schemas_or_one_line_naming_the_file(tmp_path, capsys):
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    pq.write_table(pa.Table.from_pylist([_battle(1)]), parts / "a.parquet")
+    pq.write_table(pa.Table.from_pylist([{**_battle(2), "winner_model_a": "yes"}]), parts / "b.parquet")
+    assert main(["data", "validate", str(parts), "--out", str(tmp_path / "o.parquet")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "b.parquet has columns whose types clash" in err and not (tmp_path / "o.parquet").exists()
+
+
+def test_a_lone_surrogate_is_rejected_and_split_still_works(tmp_path, capsys):
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pylist([_battle(1), {**_battle(2), "response_a": '["half an emoji \\ud83d"]'}, _battle(3, a="other")]), source)
+    summary, clean, rejects = _validate(capsys, source, tmp_path)
+    assert summary["clean"] == 2 and rejects.column("reject_reason").to_pylist() == ["bad_text"]
+    assert main(["data", "split", str(tmp_path / "clean.parquet"), "--out", str(tmp_path / "battles.parquet"), "--folds", "2"]) == 0
+
+
+def test_one_broken_json_line_is_rejected_with_its_true_line_number(tmp_path, capsys):
+    lines = [json.dumps(_battle(i)) for i in range(20_000)]
+    lines[14_999] = '{"id": 15000, "prompt": "cut off'
+    lines[17_000] = json.dumps(_battle(17_000))[:-1].encode().decode() + ', "note": "bad byte"}'
+    source = tmp_path / "in.jsonl"
+    data = "\n".join(lines).encode()
+    data = data.replace(b'bad byte', b'bad \xff byte')
+    source.write_bytes(data)
+    summary, clean, rejects = _validate(capsys, source, tmp_path)
+    assert summary["rows"] == 20_000 and summary["clean"] == 19_998
+    found = dict(zip(rejects.column("reject_reason").to_pylist(), rejects.column("reject_detail").to_pylist()))
+    assert found["unparseable_line"].startswith("line 15000:") and found["bad_text"].startswith("line 17001: note")
+
+
+def test_csv_with_a_byte_order_mark_and_an_invalid_byte(tmp_path, capsys):
+    import csv
+    import io
+
+    rows = [_battle(i) for i in range(4)]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    data = ("\ufeff" + text.getvalue()).encode("utf-8").replace(b'hey""', b'he\xffy""', 1)
+    source = tmp_path / "in.csv"
+    source.write_bytes(data)
+    summary, clean, rejects = _validate(capsys, source, tmp_path)
+    assert summary["rows"] == 4 and summary["clean"] == 3
+    assert rejects.column("reject_reason").to_pylist() == ["bad_text"] and "row 1: column response_b" in rejects.column("reject_detail")[0].as_py()
+
+
+def test_empty_and_unvalidated_inputs_to_split(tmp_path, capsys):
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.Table.from_pylist([_battle(1)]).slice(0, 0), empty)
+    summary, clean, _ = _validate(capsys, empty, tmp_path)
+    assert summary["rows"] == 0 and clean.num_rows == 0
+    assert main(["data", "split", str(tmp_path / "clean.parquet"), "--out", str(tmp_path / "b.parquet")]) == 2
+    assert "nothing to split" in capsys.readouterr().err
+    assert main(["data", "split", str(empty), "--out", str(tmp_path / "b.parquet")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not validated" in err and "prefscale data validate" in err and "\n" not in err and not (tmp_path / "b.parquet").exists()
+
+
+def test_the_same_id_in_two_inputs_is_rejected(tmp_path, capsys):
+    cleaned = []
+    for name, battles in (("one", [_battle(1), _battle(2, a="x")]), ("two", [_battle(2, prompt="another question"), _battle(3, a="y")])):
+        pq.write_table(pa.Table.from_pylist(battles), tmp_path / f"{name}.parquet")
+        out = tmp_path / f"{name}.clean.parquet"
+        assert main(["data", "validate", str(tmp_path / f"{name}.parquet"), "--out", str(out)]) == 0
+        cleaned.append(str(out))
+    capsys.readouterr()
+    assert main(["data", "split", *cleaned, "--out", str(tmp_path / "battles.parquet"), "--folds", "2", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rejects = pq.read_table(tmp_path / "battles.duplicates.parquet")
+    assert summary["duplicate_ids"] == 1 and rejects.column("reject_reason").to_pylist() == ["duplicate_id"]
+    assert sorted(pq.read_table(tmp_path / "battles.parquet").column("id").to_pylist()) == [1, 2, 3]
+
+
+def test_pairs_output_without_extension_reads_back(tmp_path, capsys):
+    long = tmp_path / "long.parquet"
+    pq.write_table(pa.table({"instruction": ["i"] * 3, "generator": list("abc"), "output": list("xyz")}), long)
+    assert main(["data", "pairs", str(long), "--out", str(tmp_path / "pairs")]) == 0
+    capsys.readouterr()
+    assert main(["data", "stats", str(tmp_path / "pairs"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"] == 3

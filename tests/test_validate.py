@@ -18,10 +18,12 @@ def battle(i=1, prompt='["hi"]', a='["hello"]', b='["hey"]', labels=(1, 0, 0), *
 
 # One constructed bad row per reason code (rows hold Python values, as a CSV or JSON source would).
 BAD_ROWS = {
+    "unparseable_line": {"_read_error": "unparseable_line|line 15000: Expecting value at column 1; fix or remove that line"},
     "missing_value": battle(i=None),
     "wrong_type": battle(i="abc"),
     "unparseable_json": battle(a='["cut off'),
     "bad_turns": battle(b='{"turn": 1}'),
+    "bad_text": battle(a='["half an emoji \\ud83d"]'),
     "turn_mismatch": battle(prompt='["q1","q2"]'),
     "empty_text": battle(prompt='[""]', a="[null]", b='["  "]'),
     "too_long": battle(a=json.dumps(["x" * 500])),

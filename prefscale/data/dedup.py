@@ -77,6 +77,18 @@ def _merge(table: pa.Table, kept: pa.Table, group_of: np.ndarray, swapped: np.nd
     return kept.set_column(kept.schema.get_field_index(schema.FLAGS), schema.FLAGS, pa.array(new_flags, pa.string()))
 
 
+def reject_repeated_ids(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(rows whose id is new, later rows repeating an id): the same id in two inputs is two different
+    battles claiming one name, so the later one is rejected ``duplicate_id`` rather than merged."""
+    ids = table.column(schema.ID).to_numpy()
+    _, first = np.unique(ids, return_index=True)
+    is_first = np.zeros(len(ids), dtype=bool)
+    is_first[first] = True
+    repeated = np.flatnonzero(~is_first)
+    details = [f"id {ids[r]} is already used by an earlier row (another input file or the same one)" for r in repeated]
+    return table.filter(pa.array(is_first)), _reject(table.take(pa.array(repeated, pa.int64())), ["duplicate_id"] * len(repeated), details)
+
+
 def _reject(rows: pa.Table, reasons: list[str], details: list[str]) -> pa.Table:
     return rows.append_column(schema.REJECT_REASON, pa.array(reasons, pa.string())).append_column(
         schema.REJECT_DETAIL, pa.array(details, pa.string())

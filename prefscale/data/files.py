@@ -15,11 +15,12 @@ import pyarrow.compute as pc
 
 from prefscale.config import PairsConfig, ValidationConfig
 from prefscale.data import schema
-from prefscale.data.dedup import DedupMode, deduplicate
+from prefscale.data.dedup import DedupMode, deduplicate, reject_repeated_ids
 from prefscale.data.folds import assign_folds
 from prefscale.data.pairs import count_distinct_pairs, generate_pairs, load_long_table
 from prefscale.data.readers import open_battles
 from prefscale.data.validate import Validator
+from prefscale.errors import PrefscaleError
 from prefscale.io import ParquetSink, read_table, write_table
 from prefscale.progress import bar
 
@@ -54,9 +55,15 @@ def split(inputs: list[str], out_uri: str, rejects_uri: str, *, folds: int, seed
         tables = []
         for uri in inputs:
             tables.append(read_table(uri))
+            if missing := [c for c in schema.CORE_COLUMNS if c not in tables[-1].column_names]:
+                raise PrefscaleError(f"{uri} is not validated (no {', '.join(missing)}); run `prefscale data validate` on it and split its clean output")
             progress.update()
         table = pa.concat_tables(tables, promote_options="permissive")
+        if table.num_rows == 0:
+            raise PrefscaleError(f"nothing to split: {', '.join(inputs)} hold no battles; check the validation rejects beside them")
+        table, repeated_ids = reject_repeated_ids(table)
         kept, duplicates, dedup_summary = deduplicate(table, dedup, merge_labels)
+        duplicates = pa.concat_tables([repeated_ids, duplicates], promote_options="permissive")
         progress.update()
         kept = assign_folds(kept, folds, seed)
         progress.update()
@@ -69,6 +76,7 @@ def split(inputs: list[str], out_uri: str, rejects_uri: str, *, folds: int, seed
         "rows": table.num_rows,
         "kept": kept.num_rows,
         "duplicates": duplicates.num_rows,
+        "duplicate_ids": repeated_ids.num_rows,
         "dedup": dedup_summary,
         "folds": folds,
         "fold_sizes": sizes,

@@ -47,6 +47,9 @@ BATTLE_SCHEMA = pa.schema(BATTLE_FIELDS)
 CORE_COLUMNS = tuple(BATTLE_SCHEMA.names)
 
 REJECT_REASON = "reject_reason"
+# Set by a reader on a row it could not read whole ("<reason>|<detail>": a JSON Lines line that is
+# not an object, bytes that are not UTF-8); validation rejects such a row with that reason.
+READ_ERROR = "_read_error"
 REJECT_DETAIL = "reject_detail"
 ID_REJECT_SCHEMA = pa.schema([pa.field(ID, pa.int64()), pa.field(REJECT_REASON, pa.string()), pa.field(REJECT_DETAIL, pa.string())])  # rejects by id
 

@@ -27,10 +27,12 @@ from prefscale.data.kaggle_json import (
 
 # Reason codes, in the order rows are checked. Documented in README.md.
 REASONS = {
+    "unparseable_line": "a JSON Lines line is not a JSON object (the detail gives its line number)",
     "missing_value": "id or a text cell is null",
     "wrong_type": "a value has the wrong type (id not an integer, text not a string, label not a number)",
     "unparseable_json": "a text cell is not valid JSON",
     "bad_turns": "a text cell is JSON but not a non-empty list of strings or nulls",
+    "bad_text": "text holds a lone UTF-16 surrogate (half an emoji) or bytes that are not UTF-8",
     "turn_mismatch": "prompt, response_a and response_b have different turn counts",
     "empty_text": "prompt and both responses are all empty",
     "too_long": "the battle's text is over the size limit",
@@ -122,12 +124,25 @@ def _text(column: str, value: Any, lenient: bool, flags: list[str]) -> tuple[lis
     if not isinstance(value, str):
         raise Rejected("wrong_type", f"{column} must be a string, got {type(value).__name__}")
     try:
-        return decode_turns(value), value
+        turns = decode_turns(value)
     except TurnsDecodeError as exc:
         if lenient and exc.reason == "unparseable_json":
             flags.append(f"json_salvaged:{column}")
             return [value], encode_turns([value])
         raise Rejected(exc.reason, f"{column}: {exc}") from None
+    for number, turn in enumerate(turns, start=1):
+        if turn and not is_encodable(turn):
+            raise Rejected("bad_text", f"{column} turn {number} holds a lone surrogate (\\ud800-\\udfff); fix the escape or drop the row")
+    return turns, value
+
+
+def is_encodable(text: str) -> bool:
+    """Whether text can be written as UTF-8 (a JSON escape like \\ud83d alone decodes to a lone surrogate, which cannot)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def row_protocol(row: dict[str, Any], options: ValidationConfig) -> Any:
@@ -137,6 +152,9 @@ def row_protocol(row: dict[str, Any], options: ValidationConfig) -> Any:
 
 def check_row(row: dict[str, Any], options: ValidationConfig) -> dict[str, Any]:
     """Return the clean core fields of one raw row, or raise Rejected."""
+    if error := row.get(schema.READ_ERROR):
+        reason, _, detail = error.partition("|")
+        raise Rejected(reason, detail)
     battle_id = coerce_id(row.get(schema.ID))
     flags: list[str] = []  # recomputed here; flags from earlier stages (e.g. 'pseudolabel') are kept below
     turns, cells = {}, {}
@@ -223,7 +241,7 @@ class Validator:
 
     def _clean_table(self, batch: pa.RecordBatch, rows: list[dict], index: list[int]) -> pa.Table:
         core = pa.Table.from_pylist(rows, schema=schema.BATTLE_SCHEMA)
-        extras = [n for n in batch.schema.names if n not in schema.CORE_COLUMNS]
+        extras = [n for n in batch.schema.names if n not in schema.CORE_COLUMNS and n != schema.READ_ERROR]
         taken = batch.select(extras).take(pa.array(index, pa.int64())) if extras else None
         for name in extras:
             core = core.append_column(name, taken.column(name))
