@@ -219,6 +219,21 @@ def read_present_columns(uri: str | os.PathLike[str], wanted: list[str]) -> pa.T
     return read_table(uri, columns=[c for c in wanted if c in names])
 
 
+def read_head(uri: str | os.PathLike[str], rows: int, columns: list[str] | None = None) -> pa.Table:
+    """The first ``rows`` rows, reading only the record batches they are in (not the whole file)."""
+    fs, path = resolve(uri)
+    batches, have = [], 0
+    for batch in pads.dataset(path, filesystem=fs, format="parquet").to_batches(columns=columns, batch_size=8192, batch_readahead=0,
+                                                                               fragment_readahead=0):
+        batches.append(batch.slice(0, rows - have))
+        have += batches[-1].num_rows
+        if have >= rows:
+            break
+    if not batches:
+        return read_table(uri, columns=columns).slice(0, 0)
+    return pa.Table.from_batches(batches)
+
+
 def read_table(uri: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:
     require_file(uri)
     fs, path = resolve(uri)

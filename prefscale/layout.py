@@ -16,6 +16,7 @@ RUNS_DIR = "runs"  # where a config without output_dir puts its run: runs/<name>
 TOP_LEVEL = {
     "config.yaml": "the config the run was made with (what predict reloads)",
     "summary.json": "every stage's summary and timings",
+    "manifest.json": "sha256 of every file predict loads, written when the run finishes; predict refuses a run whose files changed",
     "fingerprints.json": "per unit of work, the config keys and inputs its outputs were made from (a changed one is recomputed)",
     "validated": "clean rows of each training input",
     "rejects": "rejected rows with reasons: per input, duplicates, pseudolabels",
@@ -55,6 +56,11 @@ class RunLayout:
     @property
     def summary(self) -> str:
         return self._path("summary.json")
+
+    @property
+    def manifest(self) -> str:
+        """The sealed bundle: sha256 of every file predict loads (prefscale/manifest.py)."""
+        return self._path("manifest.json")
 
     @property
     def fingerprints(self) -> str:

@@ -9,6 +9,7 @@ are missing. Ray is started once, here, by whoever owns the run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -20,7 +21,8 @@ import yaml
 from prefscale.config import Config
 from prefscale.errors import PrefscaleError
 from prefscale.fingerprints import ensure_fresh
-from prefscale.io import exists, write_bytes, write_json
+from prefscale.io import exists, read_json, write_bytes, write_json
+from prefscale.locks import exclusive
 from prefscale.tracking import tracked
 
 Log = Callable[[str], None]
@@ -102,7 +104,7 @@ def train_runs(config: Config, log: Log, phase: int = 0) -> dict[str, Any]:
 
 def pseudolabel(config: Config, log: Log) -> dict[str, Any]:
     """Score the unlabeled battles (unless pseudolabel.scores names score directories), then write soft labels."""
-    from prefscale.io import read_table, write_table
+    from prefscale.io import read_head, write_table
     from prefscale.score.engine import score_battles
     from prefscale.score.pseudolabel import write_pseudolabels
     from prefscale.score.scoring_model import configured_models, scoring_plan
@@ -114,7 +116,7 @@ def pseudolabel(config: Config, log: Log) -> dict[str, Any]:
         ensure_fresh(config, "pseudolabel", log)
         battles = settings.input or layout.unlabeled_pairs
         if settings.rows:
-            write_table(read_table(battles).slice(0, settings.rows), layout.pseudolabel_input)
+            write_table(read_head(battles, settings.rows), layout.pseudolabel_input)
             battles = layout.pseudolabel_input
         summary: dict[str, Any] = {}
         score_dirs = settings.scores
@@ -144,8 +146,9 @@ def score(config: Config, log: Log) -> dict[str, Any]:
     settings = config.score
     models = configured_models(config)
     battles, output = settings.input or config.layout.battles, score_output(config)
-    ensure_fresh(config, "score", log, score_output=output)
-    result = _timed("score", log, lambda: {**score_battles(battles, output, models, settings), **_score_report(battles, output)})
+    with exclusive(output, log):
+        ensure_fresh(config, "score", log, score_output=output)
+        result = _timed("score", log, lambda: {**score_battles(battles, output, models, settings), **_score_report(battles, output)})
     log(f"  scored {result['scored']} battles at {result['rows_per_s']} rows/s; log loss {result['log_loss']}")
     return {"score": result}
 
@@ -176,11 +179,13 @@ def stack(config: Config, log: Log) -> dict[str, Any]:
 
 
 def report(config: Config, log: Log) -> dict[str, Any]:
+    from prefscale.manifest import seal
     from prefscale.stack.report import write_report
 
     ensure_fresh(config, "report", log)
-    result = _timed("report", log, lambda: write_report(config.layout, config.stack_members()))
-    log(f"  report: {config.layout.report_file('report.md')}")
+    result = _timed("report", log, lambda: {**write_report(config.layout, config.stack_members()),
+                                            **seal(config, read_json(config.layout.stack_summary)["members"])})
+    log(f"  report: {config.layout.report_file('report.md')}; {result['sealed_files']} files sealed in {config.layout.manifest}")
     return {"report": result}
 
 
@@ -229,14 +234,16 @@ def run_stages(config: Config, names: list[str] | None = None, log: Log = print)
         raise PrefscaleError(f"unknown stage {unknown}; stages are {', '.join(STAGE_NAMES)}")
     started = time.perf_counter()
     stages = [s for s in STAGES if s.enabled(config)] if names is None else _with_missing_inputs(config, names)
-    if names is None:
-        save_config(config)
-    if any(s.uses_ray for s in stages):
-        from prefscale.ray_runtime import ensure_ray
-
-        ensure_ray(config.ray)
     results: dict[str, Any] = {}
-    with tracked(config, "run" if names is None else "+".join(names), log) as tracker:
+    writes_run_dir = any(s.name != "score" for s in stages)  # scoring writes only its own output (locked there)
+    with exclusive(config.run_dir, log) if writes_run_dir else contextlib.nullcontext(), \
+            tracked(config, "run" if names is None else "+".join(names), log) as tracker:
+        if names is None:
+            save_config(config)
+        if any(s.uses_ray for s in stages):
+            from prefscale.ray_runtime import ensure_ray
+
+            ensure_ray(config.ray)
         for stage in stages:
             with tracker.stage(stage.name):
                 stage_results = stage.run(config, log)

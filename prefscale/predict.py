@@ -41,6 +41,7 @@ from prefscale.io import (
     resolve,
 )
 from prefscale.layout import RunLayout
+from prefscale.manifest import verify
 from prefscale.members.store import load_estimator
 from prefscale.metrics import class_prior, log_loss, without_ties
 
@@ -51,8 +52,9 @@ def load_run(run_dir: str) -> tuple[Config, list[str]]:
     if not exists(layout.config) or not exists(layout.stack_summary):
         raise PrefscaleError(f"{run_dir} is not a finished run (needs config.yaml and stack/summary.json); "
                              f"run `prefscale run --config ... --run-dir {run_dir}` first")
-    members = read_json(layout.stack_summary)["members"]
-    return load_config(layout.config).model_copy(update={"output_dir": run_dir}), members
+    config = load_config(layout.config).model_copy(update={"output_dir": run_dir})
+    verify(config)
+    return config, read_json(layout.stack_summary)["members"]
 
 
 def _work_key(input_uri: str) -> str:

@@ -18,6 +18,9 @@
 | `data split` on unvalidated data                 | one line: validate first                                            |
 | the same id in two inputs                        | the second rejected `duplicate_id` in split's rejects               |
 | `data pairs --out` without .parquet              | the file reads back (Parquet recognised by its magic bytes)         |
+| a second writer on a run directory               | one line naming the live owner, exit 2; nothing written             |
+| a lock left by a dead process                    | taken over, saying so                                               |
+| a finished run's file changed or deleted         | predict refuses, naming it (tests/test_pipeline.py)                 |
 | an unwritable --out                              | one line, exit 2 (tests/test_cli.py)                                |
 """
 
@@ -220,3 +223,28 @@ def test_pairs_output_without_extension_reads_back(tmp_path, capsys):
     capsys.readouterr()
     assert main(["data", "stats", str(tmp_path / "pairs"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"] == 3
+
+
+def test_a_second_writer_is_refused_and_a_dead_owners_lock_taken_over(tmp_path, capsys, battles_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from prefscale.locks import LOCK_NAME, exclusive
+
+    run_dir = tmp_path / "run"
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"name": "lock", "output_dir": str(run_dir), "data": {"train": [battles_path]},
+                                      "members": {"tfidf": {"kind": "tfidf"}}}))
+    with exclusive(str(run_dir)):
+        assert main(["members", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{run_dir} is being written by" in err and "\n" not in err and not (run_dir / "battles.parquet").exists()
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    (run_dir / LOCK_NAME).write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": int(dead), "started": 0}))
+    lines: list[str] = []
+    with exclusive(str(run_dir), lines.append):
+        assert json.loads((run_dir / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert lines and "taking over a stale lock" in lines[0] and not (run_dir / LOCK_NAME).exists()

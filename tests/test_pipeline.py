@@ -92,6 +92,12 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
     assert reasons.count("tie_in_forced_choice") > 100  # the sample's tie-labeled rows contradict --ties none, and say so
     assert forced_summary["predicted_at_prior"] == len(reasons) == forced_summary["rejected"]  # ... and are still in the submission
 
+    member = out / "members" / "tfidf.skops"  # the finished run is sealed: a changed file is named, not mixed in
+    member.write_bytes(member.read_bytes() + b"\0")
+    result = subprocess.run([sys.executable, "-m", "prefscale.cli", "predict", "--run-dir", str(out), "--input", str(kaggle_sample),
+                             "--out", str(tmp_path / "tampered.csv")], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 2 and "changed: members/tfidf.skops" in result.stderr and not (tmp_path / "tampered.csv").exists()
+
 
 def _without_tracking_server() -> dict[str, str]:
     """The job's environment with the default tracking store (a SQLite file in the run directory)."""

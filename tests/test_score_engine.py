@@ -114,3 +114,20 @@ def test_interrupted_job_resumes_scoring_only_missing_ids(battles_path, tmp_path
     assert summary["scored"] == 200 - done_before
     assert summary["output_rows"] == summary["unique_ids"] == 200
     assert sorted(read_parts(str(out)).column("id").to_pylist()) == ids_of(battles_path)
+
+
+def test_a_huge_row_group_is_streamed_in_bounded_batches(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from prefscale.io import read_head
+    from prefscale.score.engine import READ_BATCH_ROWS, _read_row_groups
+
+    rows = 3 * READ_BATCH_ROWS + 5
+    path = tmp_path / "one_group.parquet"
+    pq.write_table(pa.table({"id": list(range(rows)), "prompt": ["p"] * rows}), path, row_group_size=rows)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 1
+    pieces = list(_read_row_groups(pa.table({"uri": [str(path)], "row_group": [0]}), ["id"]))
+    assert len(pieces) == 4 and max(p.num_rows for p in pieces) == READ_BATCH_ROWS
+    assert pa.concat_tables(pieces).column("id").to_pylist() == list(range(rows))
+    assert read_head(str(path), 10, ["id"]).column("id").to_pylist() == list(range(10))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from prefscale.config import ScoreConfig
 from prefscale.data import schema
 from prefscale.devices import raised_prefscale_error
 from prefscale.errors import PrefscaleError
-from prefscale.io import ParquetSink, exists, read_table, resolve, write_json
+from prefscale.io import ParquetSink, exists, read_head, resolve, write_json
 from prefscale.progress import bar
 from prefscale.score.encode import ERROR, encode_battles
 from prefscale.score.scorer import ModelScorer
@@ -108,15 +109,17 @@ def _long_rows(batch: pa.Table, models: list[ScoringModel]) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def _read_row_groups(items: pa.Table, columns: list[str]) -> pa.Table:
+READ_BATCH_ROWS = 8192  # a row group bigger than this is streamed in record batches, never read whole
+
+
+def _read_row_groups(items: pa.Table, columns: list[str]) -> Iterator[pa.Table]:
     import pyarrow.parquet as pq
 
-    tables = []
     for uri, group in zip(items.column("uri").to_pylist(), items.column("row_group").to_pylist(), strict=True):
         fs, path = resolve(uri)
         with fs.open_input_file(path) as handle:
-            tables.append(pq.ParquetFile(handle).read_row_group(group, columns=columns))
-    return pa.concat_tables(tables)
+            for batch in pq.ParquetFile(handle).iter_batches(batch_size=READ_BATCH_ROWS, row_groups=[group], columns=columns):
+                yield pa.Table.from_batches([batch])
 
 
 def _row_group_dataset(uri: str, columns: list[str]):
@@ -146,7 +149,7 @@ def _input_dataset(input_uri: str, settings: ScoreConfig, done: np.ndarray):
     columns = [schema.ID, *schema.TEXT_COLUMNS]
     if settings.rows is not None:
         # A fixed head of the file (not Dataset.limit, whose rows can differ between runs).
-        head = read_table(input_uri, columns=columns).slice(0, settings.rows)
+        head = read_head(input_uri, settings.rows, columns)
         ds, total = ray.data.from_arrow(head), head.num_rows
     else:
         ds, total = _row_group_dataset(input_uri, columns)

@@ -1,0 +1,80 @@
+"""A finished run is a sealed bundle: the sha256 of every file `prefscale predict` loads.
+
+Written when the report is (the run is then complete); `predict` checks it first, so a model,
+member, stacker or config changed or deleted after the run finished is named instead of being
+silently mixed with the rest. A stage rerun that changes those files reseals the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pyarrow.fs as pafs
+
+from prefscale.config import Config
+from prefscale.errors import PrefscaleError
+from prefscale.io import exists, read_json, resolve, write_json
+
+CHUNK = 8 << 20
+
+
+def bundle_files(config: Config, members: list[str]) -> list[str]:
+    """Every file predict loads for these stacked members, in a stable order."""
+    from prefscale.score.scoring_model import scoring_plan
+
+    layout = config.layout
+    roots = [layout.config, layout.stack_summary, *(layout.stack_file(f"{n}.skops") for n in ("stacker", "calibrator", "rules"))]
+    for name in members:
+        roots += [layout.member_model(name)] if name in config.members else [model.path for model, _ in scoring_plan(config, name)]
+    files: list[str] = []
+    for root in roots:
+        fs, path = resolve(root)
+        if fs.get_file_info(path).type == pafs.FileType.Directory:
+            found = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+            files += sorted(f"{root.rstrip('/')}/{e.path[len(path):].lstrip('/')}" for e in found if e.type == pafs.FileType.File)
+        else:
+            files.append(root)
+    return files
+
+
+def sha256(uri: str) -> str:
+    fs, path = resolve(uri)
+    digest = hashlib.sha256()
+    with fs.open_input_stream(path) as stream:
+        while chunk := stream.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _key(config: Config, uri: str) -> str:
+    """Paths inside the run directory are stored relative to it, so a moved run still verifies."""
+    root = config.run_dir.rstrip("/") + "/"
+    return uri[len(root):] if uri.startswith(root) else uri
+
+
+def seal(config: Config, members: list[str]) -> dict[str, int]:
+    files = bundle_files(config, members)
+    write_json({"files": {_key(config, f): sha256(f) for f in files}}, config.layout.manifest)
+    return {"sealed_files": len(files)}
+
+
+def verify(config: Config) -> None:
+    """Refuse a run whose bundle is unsealed, or whose files changed or are missing, naming them."""
+    layout = config.layout
+    reseal = f"rerun `prefscale stack --config {layout.config} --run-dir {config.run_dir}` to restack and reseal it"
+    if not exists(layout.manifest):
+        raise PrefscaleError(f"{config.run_dir} has no manifest.json (finished before runs were sealed, or its report never ran); {reseal}")
+    recorded: dict[str, str] = read_json(layout.manifest)["files"]
+    root = config.run_dir.rstrip("/")
+    missing, changed = [], []
+    for key, digest in recorded.items():
+        uri = key if os.path.isabs(key) or "://" in key else f"{root}/{key}"
+        if not exists(uri):
+            missing.append(key)
+        elif sha256(uri) != digest:
+            changed.append(key)
+    if missing or changed:
+        listed = "; ".join(part for part in (f"missing: {', '.join(missing[:5])}" if missing else "",
+                                              f"changed: {', '.join(changed[:5])}" if changed else "") if part)
+        raise PrefscaleError(f"{config.run_dir} is not the run that was finished ({listed}); restore those files or {reseal}")
