@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -265,6 +266,13 @@ def _comparison_lines(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cmd_leaderboard(args: argparse.Namespace) -> dict[str, Any]:
+    from prefscale.leaderboard_files import write_leaderboard
+
+    _never_an_input([args.out], [args.battles, *(args.scores or [])])
+    return write_leaderboard(args.battles, args.scores or [], args.out, bootstrap=args.bootstrap, group_by=args.group_by, seed=args.seed)
+
+
 def cmd_completion(args: argparse.Namespace) -> None:
     import shtab
 
@@ -379,6 +387,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--b", help="response B (text)")
     p.add_argument("--ties", choices=TIE_PROTOCOLS, help="'none': the judge could not answer tie (default: allowed)")
 
+    p = _command(commands, "leaderboard", "rank the chatbots of scored or labeled battles: Bradley-Terry strengths with ties "
+                                          "(Davidson), bootstrap intervals, a win-rate matrix", cmd_leaderboard)
+    p.add_argument("--battles", required=True, help="battles with model_a, model_b (and labels, or pseudolabels' soft labels)")
+    p.add_argument("--scores", nargs="+", help="score directories (prefscale score) whose probabilities rank the models; several are "
+                                               "averaged (default: the battles' labels)")
+    p.add_argument("--out", required=True, help="directory for leaderboard.{parquet,csv,md,png}, win_rate.parquet, rejects.parquet")
+    p.add_argument("--bootstrap", type=_int_at_least(0), default=200, help="bootstrap resamples of the groups for the intervals")
+    p.add_argument("--group-by", default="prompt", help="column whose values are resampled together (the instruction)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the bootstrap")
+
     config = _group(commands, "config", "check configs, print their schema and reference")
     p = _command(config, "check", "validate YAML configs against the typed schema", cmd_config_check)
     p.add_argument("configs", nargs="+", help="YAML config files")
@@ -415,7 +433,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as exc:  # an unreadable input or an unwritable --out: say which, without a traceback
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        print(f"prefscale: error: {exc.strerror or exc}{where}; check the path and its permissions", file=sys.stderr)
+        advice = "free some space or write elsewhere; outputs are atomic, so rerun to finish" if exc.errno == errno.ENOSPC \
+            else "check the path and its permissions"
+        print(f"prefscale: error: {exc.strerror or exc}{where}; {advice}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("prefscale: interrupted; outputs are written atomically, so rerun to finish", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Shared fixtures. Tests that need the real data skip with a clear message where it is absent."""
+"""Shared fixtures. Data fixtures are the real files in ../shared/data, or where those are absent a
+small generated stand-in with the same columns and quirks, so every test still runs."""
 
 from __future__ import annotations
 
@@ -26,11 +27,30 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 RAY = str(Path(sys.executable).parent / "ray")
 
 
+# PREFSCALE_TEST_DATA=generated runs the suite on the generated stand-in even where the real data is.
+USE_REAL_DATA = SHARED_DATA.exists() and os.environ.get("PREFSCALE_TEST_DATA") != "generated"
+_generated: Path | None = None
+
+
 def shared_file(name: str) -> Path:
-    path = SHARED_DATA / name
-    if not path.exists():
-        pytest.skip(f"needs the real data at {path} (../shared/data beside the repository); not present here")
-    return path
+    """The real file from ../shared/data, else its generated stand-in (tests/generated_data.py)."""
+    global _generated
+    if USE_REAL_DATA:
+        path = SHARED_DATA / name
+        if not path.exists():
+            pytest.skip(f"needs the real data at {path}; not present here")
+        return path
+    if _generated is None:
+        from generated_data import generate
+
+        _generated = generate(Path(tempfile.mkdtemp(prefix="prefscale-generated-data-")))
+    return _generated / name
+
+
+@pytest.fixture(scope="session")
+def real_data() -> bool:
+    """Whether the data fixtures are the real files: figures measured on them are asserted only then."""
+    return USE_REAL_DATA
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,12 @@
 | a second writer on a run directory               | one line naming the live owner, exit 2; nothing written             |
 | a lock left by a dead process                    | taken over, saying so                                               |
 | a finished run's file changed or deleted         | predict refuses, naming it (tests/test_pipeline.py)                 |
+| disk full (a write error mid-output)             | one line, exit 2; no output and no temporary file left              |
+| the driver killed mid-write (SIGKILL)            | no output at the final path; a rerun writes it whole                |
+| a Train worker killed mid-fold                   | resumes from its checkpoint, restored step > 0 (tests/test_train_ray.py) |
+| a rerun after training finished                  | finished folds skipped (tests/test_train_ray.py)                    |
+| a scoring actor killed                           | restarted, every row once (tests/test_score_engine.py)              |
+| a worker node killed mid-scoring                 | no row lost or duplicated (tests/test_node_faults.py)               |
 | an unwritable --out                              | one line, exit 2 (tests/test_cli.py)                                |
 """
 
@@ -248,3 +254,38 @@ def test_a_second_writer_is_refused_and_a_dead_owners_lock_taken_over(tmp_path, 
     with exclusive(str(run_dir), lines.append):
         assert json.loads((run_dir / LOCK_NAME).read_text())["pid"] == os.getpid()
     assert lines and "taking over a stale lock" in lines[0] and not (run_dir / LOCK_NAME).exists()
+
+
+def test_disk_full_leaves_nothing_behind(tmp_path, capsys, monkeypatch, kaggle_sample):
+    import errno
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", full)
+    out = tmp_path / "out"
+    code = main(["data", "validate", str(kaggle_sample), "--out", str(out / "clean.parquet")])
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # above it only the progress bar's erased line
+    assert code == 2 and last.startswith("prefscale: error: No space left on device; free some space")
+    assert not out.exists() or os.listdir(out) == []
+
+
+def test_a_driver_killed_mid_write_leaves_no_output_and_a_rerun_finishes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    source = tmp_path / "many.jsonl"
+    source.write_text("\n".join(json.dumps(_battle(i)) for i in range(200_000)))
+    out = tmp_path / "clean.parquet"
+    command = [sys.executable, "-m", "prefscale.cli", "data", "validate", str(source), "--out", str(out), "--json"]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(3)
+    assert driver.poll() is None, "validation finished before it could be killed; make the input larger"
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    assert not out.exists()  # only a hidden temporary part, never a truncated output under the real name
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert pq.read_metadata(out).num_rows == 200_000

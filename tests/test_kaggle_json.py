@@ -23,10 +23,12 @@ def test_reencodes_real_rows_byte_for_byte(fixture, request):
     assert parsed > 0.8 * len(cells)
 
 
-def test_every_untruncated_kaggle_cell_parses(kaggle_sample):
+def test_every_untruncated_kaggle_cell_parses(kaggle_sample, real_data):
     table = pq.read_table(kaggle_sample).to_pylist()
     untruncated = [row[c] for row in table if not row["text_truncated_512"] for c in ("prompt", "response_a", "response_b")]
-    assert len(untruncated) == 3 * (806 - 209)
+    assert len(untruncated) > 0.5 * 3 * len(table)
+    if real_data:
+        assert len(untruncated) == 3 * (806 - 209)
     for cell in untruncated:
         decode_turns(cell)
 

@@ -36,13 +36,15 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     stages = summary["stages"]
-    assert stages["validate:arena_kaggle_sample"]["rows"] == 806
+    sample_rows = pq.read_metadata(kaggle_sample).num_rows
+    assert stages["validate:arena_kaggle_sample"]["rows"] == sample_rows
     battles = pq.read_table(out / "battles.parquet")
     assert stages["split"]["kept"] == battles.num_rows
     protocols = battles.select(["dataset", "ties"]).to_pandas().fillna({"dataset": "arena"}).groupby("dataset")["ties"].unique()
     assert {d: list(p) for d, p in protocols.items()} == {"arena": ["allowed"], "hh_rlhf_harmless_test": ["none"], "llmeval2": ["allowed"],
                                                           "pandalm_testset": ["allowed"]}
-    assert stages["pairs"]["pairs_written"] == 2016
+    generators = pq.read_table(alpacaeval).to_pandas().groupby("instruction", sort=False)["generator"].nunique().iloc[0]
+    assert stages["pairs"]["pairs_written"] == generators * (generators - 1) // 2
     fold0 = sum(1 for f in battles.column("fold").to_pylist() if f == 0)
     for name in ("teacher", "student"):
         oof = pq.read_table(out / "oof" / f"{name}.parquet")
@@ -57,7 +59,7 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
         assert sorted(oof.column("id").to_pylist()) == sorted(battles.column("id").to_pylist())
     stack = stages["stack"]
     assert stack["members"] == ["features", "tfidf"]
-    assert stack["nested_cv"]["final"] < stack["member_log_loss"]["tfidf"]
+    assert stack["nested_cv"]["final"] < min(stack["member_log_loss"].values())  # better than the best member, not only the worst
     assert abs(stack["blend_search"]["tune_minus_powell"]) < 0.01
     report = json.loads((out / "report" / "report.json").read_text())
     sources = {"arena", "hh_rlhf_harmless_test", "llmeval2", "pandalm_testset"}
@@ -75,8 +77,8 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
     predicted = json.loads(result.stdout.strip().splitlines()[-1])
     rows = pd.read_csv(submission)
     assert list(rows.columns) == ["id", "winner_model_a", "winner_model_b", "winner_tie"]
-    assert len(rows) == predicted["submission_rows"] == 806 and rows["id"].is_unique  # a submission names every id
-    assert predicted["salvaged_json"] > 100 and predicted["rejected"] == 0 and predicted["predicted"] == 806  # truncated JSON read as raw text
+    assert len(rows) == predicted["submission_rows"] == sample_rows and rows["id"].is_unique  # a submission names every id
+    assert predicted["salvaged_json"] > 0.15 * sample_rows and predicted["rejected"] == 0 and predicted["predicted"] == sample_rows  # truncated JSON read as raw text
     np.testing.assert_allclose(rows[["winner_model_a", "winner_model_b", "winner_tie"]].sum(axis=1), 1.0, atol=1e-6)
     assert 0.5 < predicted["log_loss"] < 1.5
 
@@ -87,9 +89,9 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
                              "--out", str(forced), "--ties", "none", "--json"], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     rows, forced_summary = pd.read_csv(forced), json.loads(result.stdout.strip().splitlines()[-1])
-    assert len(rows) == 806 and (rows["winner_tie"] == 0).all() and np.allclose(rows["winner_model_a"] + rows["winner_model_b"], 1.0)
+    assert len(rows) == sample_rows and (rows["winner_tie"] == 0).all() and np.allclose(rows["winner_model_a"] + rows["winner_model_b"], 1.0)
     reasons = pq.read_table(f"{forced}.rejects.parquet").column("reject_reason").to_pylist()
-    assert reasons.count("tie_in_forced_choice") > 100  # the sample's tie-labeled rows contradict --ties none, and say so
+    assert reasons.count("tie_in_forced_choice") > 0.15 * sample_rows  # the sample's tie-labeled rows contradict --ties none, and say so
     assert forced_summary["predicted_at_prior"] == len(reasons) == forced_summary["rejected"]  # ... and are still in the submission
 
     member = out / "members" / "tfidf.skops"  # the finished run is sealed: a changed file is named, not mixed in

@@ -1,5 +1,6 @@
 """K-fold training on a real local Ray Train cluster, with a worker killed mid-run."""
 
+import json
 import os
 
 import numpy as np
@@ -32,16 +33,29 @@ def test_killed_worker_resumes_from_checkpoint_and_every_oof_row_appears_once(ra
     folds = [0, 1]
     config = one_run_config(tmp_path, battles_path, 96, 32, model={"path": tiny_bert_path}, folds=folds, epochs=6, checkpoint_every=2, workers=2,
                             max_failures=3, tta=False, average="exact")
-    first_checkpoint = lambda: bool(list((tmp_path / "ray_train" / f"teacher-fold{folds[0]}").glob("checkpoint_*")))
-    with ProcessKiller("RayTrainWorker", ready=first_checkpoint) as killer:
+    # Kill once Ray Train's controller has registered a checkpoint (its snapshot lists one): the
+    # restarted workers must go on from it. A checkpoint uploaded but not yet registered is not
+    # restored, so a kill then legitimately restarts at step 0.
+    snapshot = tmp_path / "ray_train" / f"teacher-fold{folds[0]}" / "checkpoint_manager_snapshot.json"
+
+    def registered() -> bool:
+        try:
+            return bool(json.loads(snapshot.read_text())["checkpoint_results"])
+        except (OSError, ValueError, KeyError):
+            return False
+
+    with ProcessKiller("RayTrainWorker", ready=registered) as killer:
         summary = train_run(config, "teacher", log=lambda line: None)
     assert killer.killed, "no training worker was killed"
+    assert summary["folds"][0]["resumed_from_step"] > 0, "the restarted fold began again from step 0, not from its checkpoint"
     oof = pq.read_table(tmp_path / "oof" / "teacher.parquet")
     table = pq.read_table(tmp_path / "battles.parquet")
     expected = sorted(i for i, f in zip(table.column("id").to_pylist(), table.column("fold").to_pylist()) if f in folds)
     assert sorted(oof.column("id").to_pylist()) == expected  # every held-out row exactly once
     assert summary["oof_rows"] == len(expected)
     assert os.path.exists(tmp_path / "models" / "teacher" / "averaged" / "model.safetensors")
+    again = train_run(config, "teacher", log=lambda line: None)  # a rerun skips the finished folds
+    assert [f.get("skipped") for f in again["folds"]] == ["already trained"] * len(folds) and again["oof_rows"] == len(expected)
 
 
 def test_ray_tune_picks_lr_and_lora_rank_and_training_uses_them(ray_local, battles_path, tiny_bert_path, tmp_path):

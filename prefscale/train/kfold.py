@@ -135,7 +135,7 @@ def train_run(config: Config, name: str, log=print) -> dict[str, Any]:
         scored = score_battles(heldout, layout.oof_fold_scores(name, fold), [trained_model(config, name, model_dir)],
                                train_run_score_settings(config, name))
         fold_reports.append({"fold": fold, "oof_scored": scored["output_rows"],
-                             **{k: metrics.get(k) for k in ("train_rows", "samples", "samples_per_s", "loss", "skipped") if k in metrics}})
+                             **{k: metrics.get(k) for k in ("train_rows", "samples", "samples_per_s", "loss", "resumed_from_step", "skipped") if k in metrics}})
     oof = gather_oof(config, name, folds)
     summary = {"name": name, "folds": fold_reports, "oof_path": layout.oof(name), "oof_rows": oof.num_rows, **oof_metrics(oof, all_battles)}
     if best:

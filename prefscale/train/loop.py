@@ -165,6 +165,7 @@ def run_training(job: FoldJob, *, rank: int = 0, world: int = 1, local_rank: int
         optimizer.load_state_dict(torch.load(os.path.join(restore, "optimizer.pt"), weights_only=True))
         scheduler.load_state_dict(torch.load(os.path.join(restore, "scheduler.pt"), weights_only=True))
         micro = json.load(open(os.path.join(restore, "state.json")))["micro_step"]
+    resumed_from_step = micro // run.grad_accum  # > 0: a restarted worker went on from its checkpoint
 
     pad = tokenizer.pad_token_id
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.autocast)
@@ -223,7 +224,7 @@ def run_training(job: FoldJob, *, rank: int = 0, world: int = 1, local_rank: int
                     save_and_report({"step": step, "loss": float(np.mean(losses[-20:]))})
     seconds = time.perf_counter() - started
     metrics = {"step": total_steps, "loss": float(np.mean(losses[-20:])) if losses else None, "samples": seen, "train_rows": len(rows),
-               "samples_per_s": seen / seconds if seconds else None, "done": True}
+               "samples_per_s": seen / seconds if seconds else None, "resumed_from_step": resumed_from_step, "done": True}
     save_and_report(metrics)
     return metrics
 
