@@ -49,7 +49,7 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
     for name in ("teacher", "student"):
         oof = pq.read_table(out / "oof" / f"{name}.parquet")
         assert oof.num_rows == len(set(oof.column("id").to_pylist())) == fold0 == stages[f"train:{name}"]["oof_rows"]
-    assert stages["pseudolabel"]["battles"] == 64
+    assert stages["pseudolabel"]["battles"] == min(64, stages["pairs"]["pairs_written"])
     assert summary["timings_s"]["pseudolabel"] >= max(scored["seconds"] for scored in stages["pseudolabel"]["scoring"].values())
     assert set(summary["timings_s"]) >= {"split", "pairs", "member:features", "member:tfidf", "train:teacher", "train:student", "pseudolabel",
                                          "stack", "report"}
