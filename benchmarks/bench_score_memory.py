@@ -57,6 +57,7 @@ def main() -> None:
                 del table
             summary, memory, wall = run_measured([sys.executable, "-m", "prefscale.cli", "score", "--config", str(tmp / "config.yaml"),
                                                   "--input", str(pairs), "--out", str(tmp / f"scores_{instructions}"), "--json"])
+            summary = summary["stages"]["score"]  # stage commands print every stage's summary under "stages"
             assert summary["unique_ids"] == made["pairs_written"], "every pair scored exactly once"
             runs.append({
                 "pairs": made["pairs_written"],
