@@ -21,6 +21,7 @@ import pyarrow.fs as pafs
 
 from prefscale.config import Config
 from prefscale.io import exists, read_json, remove, resolve, write_json
+from prefscale.layout import input_stem
 
 # Keys that set how fast or where work runs, never its result.
 RESOURCE_KEYS = {"actors", "cpus_per_actor", "gpus_per_actor", "threads_per_actor", "format_cpus", "block_rows", "part_rows", "max_tokens",
@@ -89,7 +90,7 @@ def outputs_of(config: Config, unit: str, score_output: str | None = None) -> li
     kind, _, name = unit.partition(":")
     layout = config.layout
     if kind == "data":
-        return [layout.battles, layout.rejects("duplicates"), *(p for uri in config.data.train for p in (layout.validated(_stem(uri)), layout.rejects(_stem(uri))))]
+        return [layout.battles, layout.rejects("duplicates"), *(p for uri in config.data.train for p in (layout.validated(input_stem(uri)), layout.rejects(input_stem(uri))))]
     if kind == "pairs":
         return [layout.unlabeled_pairs]
     if kind == "member":
@@ -108,9 +109,6 @@ def outputs_of(config: Config, unit: str, score_output: str | None = None) -> li
         return [layout.report]
     raise ValueError(f"unknown unit {unit}")
 
-
-def _stem(uri: str) -> str:
-    return os.path.basename(uri.rstrip("/")).split(".")[0]
 
 
 def _children(directory: str, prefix: str) -> list[str]:

@@ -37,6 +37,11 @@ TOP_LEVEL = {
 }
 
 
+def input_stem(uri: str) -> str:
+    """How an input file is named inside the run directory (validated/<stem>, rejects/<stem>)."""
+    return os.path.basename(uri.rstrip("/")).split(".")[0]
+
+
 def default_run_dir(name: str) -> str:
     return os.path.join(RUNS_DIR, name)
 

@@ -10,7 +10,6 @@ are missing. Ray is started once, here, by whoever owns the run.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from prefscale.config import Config
 from prefscale.errors import PrefscaleError
 from prefscale.fingerprints import ensure_fresh
 from prefscale.io import exists, read_json, write_bytes, write_json
+from prefscale.layout import input_stem
 from prefscale.locks import exclusive
 from prefscale.tracking import tracked
 
@@ -38,9 +38,6 @@ class Stage:
     uses_ray: bool = False
     makes_inputs: bool = False  # cheap and deterministic: run first when a later stage lacks its outputs
 
-
-def _stem(uri: str) -> str:
-    return os.path.basename(uri.rstrip("/")).split(".")[0]
 
 
 def _timed(key: str, log: Log, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -60,11 +57,11 @@ def prepare_battles(config: Config, log: Log) -> dict[str, Any]:
     ensure_fresh(config, "data", log)
     results: dict[str, Any] = {}
     for uri in data.train:
-        key = f"validate:{_stem(uri)}"
-        results[key] = result = _timed(key, log, lambda uri=uri: validate_file(uri, layout.validated(_stem(uri)), layout.rejects(_stem(uri)), data))
+        key = f"validate:{input_stem(uri)}"
+        results[key] = result = _timed(key, log, lambda uri=uri: validate_file(uri, layout.validated(input_stem(uri)), layout.rejects(input_stem(uri)), data))
         log(f"  {result['rows']} rows: {result['clean']} clean, {result['rejected']} rejected {result['reasons']}")
     results["split"] = result = _timed("split", log, lambda: split(
-        [layout.validated(_stem(uri)) for uri in data.train], layout.battles, layout.rejects("duplicates"),
+        [layout.validated(input_stem(uri)) for uri in data.train], layout.battles, layout.rejects("duplicates"),
         folds=data.folds, seed=data.fold_seed, dedup=data.dedup, merge_labels=data.merge_duplicate_labels))
     log(f"  {result['kept']} battles in {result['folds']} folds {result['fold_sizes']}, {result['duplicates']} duplicates")
     return results
