@@ -1,15 +1,25 @@
 """Cheap members: swap symmetry, soft labels, safe persistence, per-fold OOF on real battles."""
 
+import math
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from prefscale.data import schema
+from prefscale.data.pairs import generate_pairs, load_long_table
 from prefscale.data.schema import SWAP_ORDER
 from prefscale.errors import PrefscaleError
 from prefscale.members.estimators import make_member
-from prefscale.members.features import battle_features, feature_names
+from prefscale.members.features import (
+    _null_turns,
+    _words,
+    battle_features,
+    cell_turns,
+    feature_names,
+    side_features,
+)
 from prefscale.members.store import load_estimator, save_estimator
 from prefscale.metrics import log_loss
 
@@ -32,6 +42,35 @@ def test_features_of_the_swapped_battle_are_the_swapped_features(real_battles):
     of_swapped, _ = battle_features(swapped(real_battles.slice(0, 200)))
     np.testing.assert_allclose(of_swapped, direct_swapped, rtol=1e-6)
     assert direct.shape[1] == len(feature_names())
+
+
+def per_battle_features(table: pa.Table) -> np.ndarray:
+    """The features computed battle by battle, as the member did before it worked per answer."""
+    rows = []
+    for prompt_cell, cell_a, cell_b in zip(*(table.column(c).to_pylist() for c in schema.TEXT_COLUMNS), strict=True):
+        prompt = cell_turns(prompt_cell)
+        prompt_text = "\n".join(prompt)
+        turns_a, turns_b = cell_turns(cell_a), cell_turns(cell_b)
+        fa = side_features(turns_a, _words(prompt_text), _null_turns(cell_a))
+        fb = side_features(turns_b, _words(prompt_text), _null_turns(cell_b))
+        words_a, words_b = _words(" ".join(turns_a)), _words(" ".join(turns_b))
+        sym = [math.log1p(len(prompt_text)), len(prompt), float(turns_a == turns_b), max(fa[15], fb[15]),
+               len(words_a & words_b) / max(len(words_a | words_b), 1), abs(fa[0] - fb[0])]
+        a, b = np.float32(fa), np.float32(fb)
+        rows.append(np.concatenate([a, b, a - b, np.float32(sym)]))
+    return np.stack(rows)
+
+
+def test_features_computed_per_answer_equal_the_per_battle_features(real_battles, alpacaeval):
+    dump = next(generate_pairs(load_long_table(str(alpacaeval)), batch_rows=3000)).slice(0, 3000)
+    odd = pa.table({schema.PROMPT: ['["Say hi"]', '["Say hi"]', '["Say hi"]', None, '["Say hi"]'],
+                    schema.RESPONSE_A: ['["hi"]', '["hi \\/ there"]', None, '["x"]', '[not json'],
+                    schema.RESPONSE_B: ['["hi"]', '["hi / there"]', '[null,"b"]', None, '["hi"]']})
+    for table in (real_battles, dump, odd):
+        features, swapped_features = battle_features(table)
+        np.testing.assert_array_equal(features, per_battle_features(table))
+        np.testing.assert_array_equal(swapped_features, per_battle_features(swapped(table)))
+    assert features[0, -4] == 1 and features[1, -4] == 1 and features[2, -4] == 0  # identical texts, however encoded
 
 
 @pytest.mark.parametrize("kind", ["features", "tfidf"])

@@ -17,7 +17,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from prefscale.data import schema
-from prefscale.members.features import battle_features, cell_turns
+from prefscale.members.features import battle_features, cell_turns, distinct_cells
 from prefscale.protocol_models import SoftmaxRegression, fit_factored
 
 
@@ -69,14 +69,16 @@ class TfidfMember(SwapSymmetricMember):
         return {**self.DEFAULTS, **self.params}
 
     def encode(self, battles: pa.Table, fit: bool) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
-        texts_a = ["\n".join(cell_turns(c)) for c in battles.column(schema.RESPONSE_A).to_pylist()]
-        texts_b = ["\n".join(cell_turns(c)) for c in battles.column(schema.RESPONSE_B).to_pylist()]
+        n = battles.num_rows
+        codes, cells = distinct_cells(pa.chunked_array(battles.column(schema.RESPONSE_A).chunks + battles.column(schema.RESPONSE_B).chunks))
+        texts = ["\n".join(cell_turns(c)) for c in cells]  # each distinct answer once
         if fit:
             options = self._options()
             self.vectorizer_ = TfidfVectorizer(sublinear_tf=True, max_features=options["max_features"], ngram_range=(1, options["ngram_max"]),
                                                min_df=options["min_df"], dtype=np.float32)
-            self.vectorizer_.fit(texts_a + texts_b)
-        a, b = self.vectorizer_.transform(texts_a), self.vectorizer_.transform(texts_b)
+            self.vectorizer_.fit([texts[k] for k in codes])  # document frequencies count every battle's answers
+        vectors = self.vectorizer_.transform(texts)
+        a, b = vectors[codes[:n]], vectors[codes[n:]]
         cosine = sparse.csr_matrix(np.asarray(a.multiply(b).sum(axis=1), dtype=np.float32))
         return sparse.hstack([a - b, cosine]).tocsr(), sparse.hstack([b - a, cosine]).tocsr()
 

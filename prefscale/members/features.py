@@ -11,6 +11,8 @@ import re
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+from scipy import sparse
 
 from prefscale.data import schema
 from prefscale.data.kaggle_json import TurnsDecodeError, decode_turns, turns_text
@@ -73,31 +75,71 @@ def side_features(turns: list[str], prompt_words: set[str], null_turns: int) -> 
 
 
 def battle_features(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """(features, swapped features) as float32 arrays of shape (n, 3 * sides + symmetric)."""
-    prompts = table.column(schema.PROMPT).to_pylist()
-    cells_a = table.column(schema.RESPONSE_A).to_pylist()
-    cells_b = table.column(schema.RESPONSE_B).to_pylist()
-    side_a, side_b, symmetric = [], [], []
-    for prompt_cell, cell_a, cell_b in zip(prompts, cells_a, cells_b, strict=True):
-        prompt = cell_turns(prompt_cell)
-        prompt_text = "\n".join(prompt)
-        prompt_words = _words(prompt_text)
-        turns_a, turns_b = cell_turns(cell_a), cell_turns(cell_b)
-        fa = side_features(turns_a, prompt_words, _null_turns(cell_a))
-        fb = side_features(turns_b, prompt_words, _null_turns(cell_b))
-        words_a, words_b = _words(" ".join(turns_a)), _words(" ".join(turns_b))
-        symmetric.append([
-            math.log1p(len(prompt_text)),
-            len(prompt),
-            float(turns_a == turns_b),
-            max(fa[15], fb[15]),
-            len(words_a & words_b) / max(len(words_a | words_b), 1),
-            abs(fa[0] - fb[0]),
-        ])
-        side_a.append(fa)
-        side_b.append(fb)
-    a, b, sym = (np.asarray(x, dtype=np.float32).reshape(len(prompts), -1) for x in (side_a, side_b, symmetric))
+    """(features, swapped features) as float32 arrays of shape (n, 3 * sides + symmetric).
+
+    Features are computed once per distinct answer (its text with its prompt) and per distinct
+    prompt, and a battle's are gathered from its two answers': a dump where each answer meets
+    63 others costs about what its answers cost, not its battles."""
+    n = table.num_rows
+    prompt_codes, prompt_cells = distinct_cells(table.column(schema.PROMPT))
+    answer_codes, answer_cells = distinct_cells(pa.chunked_array(table.column(schema.RESPONSE_A).chunks + table.column(schema.RESPONSE_B).chunks))
+    prompts = [_prompt(cell) for cell in prompt_cells]
+    answers = [_Answer(cell) for cell in answer_cells]
+    keys = np.tile(prompt_codes, 2) * len(answers) + answer_codes  # an answer's features depend on its prompt too
+    unique_keys, where = np.unique(keys, return_inverse=True)
+    sides = np.array([side_features(answers[k % len(answers)].turns, prompts[k // len(answers)][2], answers[k % len(answers)].null_turns)
+                      for k in unique_keys.tolist()], dtype=np.float64).reshape(len(unique_keys), len(SIDE_FEATURES))
+    side_a, side_b = sides[where[:n]], sides[where[n:]]
+    code_a, code_b = answer_codes[:n], answer_codes[n:]
+    same_turns: dict[tuple[str, ...], int] = {}  # two encodings of one text are identical answers
+    canonical = np.array([same_turns.setdefault(tuple(a.turns), len(same_turns)) for a in answers], dtype=np.int64)
+    prompt_stats = np.array([p[:2] for p in prompts], dtype=np.float64).reshape(len(prompts), 2)[prompt_codes]
+    symmetric = np.column_stack([
+        prompt_stats,
+        canonical[code_a] == canonical[code_b],
+        np.maximum(side_a[:, 15], side_b[:, 15]),
+        _jaccard(answers, code_a, code_b),
+        np.abs(side_a[:, 0] - side_b[:, 0]),
+    ])
+    a, b, sym = side_a.astype(np.float32), side_b.astype(np.float32), symmetric.astype(np.float32)
     return np.hstack([a, b, a - b, sym]), np.hstack([b, a, b - a, sym])
+
+
+def distinct_cells(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str | None]]:
+    """Each row's index into the column's distinct cells (null is a cell of its own), and those cells."""
+    encoded = pc.dictionary_encode(column.combine_chunks(), null_encoding="encode")
+    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), encoded.dictionary.to_pylist()
+
+
+def _prompt(cell: str | None) -> tuple[float, int, set[str]]:
+    turns = cell_turns(cell)
+    text = "\n".join(turns)
+    return math.log1p(len(text)), len(turns), _words(text)
+
+
+class _Answer:
+    """One distinct answer cell: its turns, null turns and lower-cased words."""
+
+    __slots__ = ("turns", "null_turns", "words")
+
+    def __init__(self, cell: str | None) -> None:
+        self.turns = cell_turns(cell)
+        self.null_turns = _null_turns(cell)
+        self.words = _words(" ".join(self.turns))
+
+
+def _jaccard(answers: list[_Answer], code_a: np.ndarray, code_b: np.ndarray) -> np.ndarray:
+    """Word-set Jaccard similarity of each battle's two answers, as sparse row products."""
+    vocabulary: dict[str, int] = {}
+    rows, columns = [], []
+    for k, answer in enumerate(answers):
+        ids = [vocabulary.setdefault(w, len(vocabulary)) for w in answer.words]
+        rows += [k] * len(ids)
+        columns += ids
+    words = sparse.csr_matrix((np.ones(len(rows), dtype=np.float64), (rows, columns)), shape=(len(answers), max(len(vocabulary), 1)))
+    sizes = np.asarray(words.sum(axis=1)).ravel()
+    shared = np.asarray(words[code_a].multiply(words[code_b]).sum(axis=1)).ravel()
+    return shared / np.maximum(sizes[code_a] + sizes[code_b] - shared, 1)
 
 
 def _null_turns(cell: str | None) -> int:
