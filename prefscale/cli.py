@@ -270,7 +270,24 @@ def cmd_leaderboard(args: argparse.Namespace) -> dict[str, Any]:
     from prefscale.leaderboard_files import write_leaderboard
 
     _never_an_input([args.out], [args.battles, *(args.scores or [])])
+    if args.run_dir:
+        from prefscale.cascade.ranking import rank_with_run
+
+        if args.scores:
+            raise PrefscaleError("give --run-dir (score the battles through its cascade) or --scores (already scored), not both")
+        return rank_with_run(args.run_dir, args.battles, args.out, args.send_fraction, args.bootstrap, args.group_by, args.seed, _log(args))
     return write_leaderboard(args.battles, args.scores or [], args.out, bootstrap=args.bootstrap, group_by=args.group_by, seed=args.seed)
+
+
+def cmd_cascade(args: argparse.Namespace) -> dict[str, Any]:
+    from prefscale.cascade.run import run_cascade
+    from prefscale.predict import load_run
+    from prefscale.ray_runtime import ensure_ray
+
+    _never_an_input([args.out], [args.input])
+    config, stacked = load_run(args.run_dir)
+    ensure_ray(config.ray)
+    return run_cascade(config, stacked, args.input, args.out, args.send_fraction, args.rows, log=_log(args))
 
 
 def cmd_completion(args: argparse.Namespace) -> None:
@@ -379,6 +396,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="could the new battles' judges answer tie? 'none' puts no mass on tie (a `ties` column wins); "
                         "default: the run's data.ties by source, else allowed")
 
+    p = _command(commands, "cascade", "score battles through a finished run's uncertainty cascade: cheap stages for confident "
+                                      "battles, expensive ones only for the rest", cmd_cascade)
+    p.add_argument("--run-dir", required=True, help="run directory of a finished `prefscale run` whose config has a cascade section")
+    p.add_argument("--input", required=True, help="battles as Parquet in the battle schema (prefscale data pairs / data validate)")
+    p.add_argument("--out", required=True, help="output directory of Parquet parts, one row per battle (resumable by id)")
+    p.add_argument("--send-fraction", type=_fraction, help="a compute budget: each block's most uncertain share goes on at every boundary "
+                                                           "(default: the thresholds fitted on OOF)")
+    p.add_argument("--rows", type=_int_at_least(1), help="only the first N battles")
+
     p = _command(commands, "compare", "a finished run's A / B / tie probabilities, and each member's, for one battle "
                                       "(or JSON Lines battles on stdin); nothing is written", cmd_compare)
     p.add_argument("--run-dir", required=True, help="run directory of a finished `prefscale run`")
@@ -393,6 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", nargs="+", help="score directories (prefscale score) whose probabilities rank the models; several are "
                                                "averaged (default: the battles' labels)")
     p.add_argument("--out", required=True, help="directory for leaderboard.{parquet,csv,md,png}, win_rate.parquet, rejects.parquet")
+    p.add_argument("--run-dir", help="a finished run with a cascade: score the battles through it first (a long table "
+                                     "instruction, generator, output is made into every pair)")
+    p.add_argument("--send-fraction", type=_fraction, help="with --run-dir: a compute budget, each block's most uncertain share goes "
+                                                           "on at every cascade boundary (default: the thresholds fitted on OOF)")
     p.add_argument("--bootstrap", type=_int_at_least(0), default=200, help="bootstrap resamples of the groups for the intervals")
     p.add_argument("--group-by", default="prompt", help="column whose values are resampled together (the instruction)")
     p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the bootstrap")

@@ -206,6 +206,20 @@ class StackConfig(Section):
     seed: int = Field(0, description="seed of the stacking folds and the blend search")
 
 
+class CascadeConfig(Section):
+    """An uncertainty cascade: stage 1 scores every battle, and only its uncertain battles pay for the next stage."""
+
+    stages: list[str] = Field(min_length=2, description="cheap to expensive: cheap members, train runs, or 'ensemble' (the run's stacked "
+                              "ensemble, which reuses what earlier stages computed)")
+    uncertainty: Literal["entropy", "margin"] = Field("entropy", description="what makes a prediction uncertain: its entropy, or a small "
+                                                      "gap between its top two probabilities")
+    max_sent: float = Field(0.25, gt=0, le=1, description="the fitted thresholds send at most this share of the OOF battles past stage 1")
+    tolerance: float = Field(0.005, ge=0, description="the cheapest setting whose OOF log loss is within this of the last stage alone is chosen")
+    send_fraction: float | None = Field(None, gt=0, le=1, description="a compute budget instead of the fitted thresholds: each block's most "
+                                        "uncertain share goes on at every boundary (`prefscale cascade --send-fraction`)")
+    block_rows: int = Field(8192, gt=0, description="battles per block of the streaming job (stage 1 scores a block at once)")
+
+
 class RayConfig(Section):
     address: str | None = Field(None, description="None starts a local Ray in-process; 'auto' joins a running cluster")
     num_cpus: int | None = Field(None, gt=0, description="CPUs of a local Ray (default: the machine's)")
@@ -235,6 +249,7 @@ class Config(Section):
     train: dict[str, TrainRunConfig] = Field(default_factory=dict, description="named runs, trained in order")
     members: dict[str, MemberConfig] = Field(default_factory=dict, description="cheap members, fitted per fold")
     stack: StackConfig | None = Field(None, description="stacking, calibration and the report; None: no ensemble")
+    cascade: CascadeConfig | None = Field(None, description="uncertainty cascade fitted on OOF at the stack stage, applied by `prefscale cascade`")
     ray: RayConfig = Field(RayConfig(), description="which Ray cluster, or the size of a local one")
     tracking: TrackingConfig = Field(TrackingConfig(), description="experiment tracking with MLflow")
 
@@ -247,6 +262,10 @@ class Config(Section):
         for name, run in self.train.items():
             if run.distill and run.distill.weights and len(run.distill.weights) != len(run.distill.teachers):
                 raise ValueError(f"train.{name}.distill.weights needs one weight per teacher ({len(run.distill.teachers)})")
+        if self.cascade and (unknown := sorted(set(self.cascade.stages) - set(self.members) - set(self.train) - {"ensemble"})):
+            raise ValueError(f"cascade.stages names {unknown}, which are neither members, train runs nor 'ensemble'")
+        if self.cascade and not self.stack:
+            raise ValueError("cascade needs a stack section: its thresholds are fitted on the stacked OOF predictions")
         try:
             self.train_order()
         except PrefscaleError as cycle:

@@ -81,7 +81,7 @@ def unit_parts(config: Config, unit: str) -> dict[str, str]:
         members = [f"train:{m}" if m in config.train else f"member:{m}" for m in config.stack_members()]
         return {"config stack": _section(config.stack), **upstream(members)}
     if kind == "report":
-        return upstream(["stack"])
+        return {**upstream(["stack"]), **({"config cascade": _section(config.cascade)} if config.cascade else {})}
     raise ValueError(f"unknown unit {unit}")
 
 

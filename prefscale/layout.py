@@ -167,8 +167,13 @@ class RunLayout:
         return self._path("report")
 
     def report_file(self, name: str) -> str:
-        """report.json, report.md, reliability.png."""
+        """report.json, report.md, reliability.png, cascade.png."""
         return self._path("report", name)
+
+    @property
+    def cascade_fit(self) -> str:
+        """The cascade's thresholds chosen on OOF at the report stage, with its log loss against compute curve."""
+        return self._path("report", "cascade.json")
 
     # experiment tracking
     @property

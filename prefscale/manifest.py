@@ -25,6 +25,9 @@ def bundle_files(config: Config, members: list[str]) -> list[str]:
 
     layout = config.layout
     roots = [layout.config, layout.stack_summary, *(layout.stack_file(f"{n}.skops") for n in ("stacker", "calibrator", "rules"))]
+    if config.cascade:  # `prefscale cascade` loads its thresholds and the stages' models too
+        roots.append(layout.cascade_fit)
+        members = [*members, *(s for s in config.cascade.stages if s != "ensemble" and s not in members)]
     for name in members:
         roots += [layout.member_model(name)] if name in config.members else [model.path for model, _ in scoring_plan(config, name)]
     files: list[str] = []

@@ -180,7 +180,7 @@ def report(config: Config, log: Log) -> dict[str, Any]:
     from prefscale.stack.report import write_report
 
     ensure_fresh(config, "report", log)
-    result = _timed("report", log, lambda: {**write_report(config.layout, config.stack_members()),
+    result = _timed("report", log, lambda: {**write_report(config.layout, config.stack_members(), config.cascade),
                                             **seal(config, read_json(config.layout.stack_summary)["members"])})
     log(f"  report: {config.layout.report_file('report.md')}; {result['sealed_files']} files sealed in {config.layout.manifest}")
     return {"report": result}

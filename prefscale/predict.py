@@ -98,11 +98,21 @@ def ensemble_probs(config: Config, members: list[str], battles: pa.Table, battle
             by_id = neural_probs(config, name, battles_uri, scratch)
             by_member[name] = np.stack([by_id[i_] for i_ in ids])
         log(f"  [{name}] predicted {len(ids)} battles")
-    logp = np.log(np.clip(np.stack([by_member[m] for m in members], axis=1), 1e-7, 1.0))
-    probs = load_estimator(layout.stack_file("stacker.skops")).predict_proba(logp, schema.battle_sources(battles))
-    probs = load_estimator(layout.stack_file("calibrator.skops")).predict_proba(probs)
-    probs = load_estimator(layout.stack_file("rules.skops")).apply(battles, probs)
-    return by_member, without_ties(probs, schema.ties_allowed(battles))
+    return by_member, StackedEnsemble(layout, members).predict_proba(battles, by_member)
+
+
+class StackedEnsemble:
+    """A finished run's stacker, calibrator and rules, loaded once, applied to members' probabilities."""
+
+    def __init__(self, layout: RunLayout, members: list[str]) -> None:
+        self.members = members
+        self.stacker, self.calibrator, self.rules = (load_estimator(layout.stack_file(f"{n}.skops")) for n in ("stacker", "calibrator", "rules"))
+
+    def predict_proba(self, battles: pa.Table, by_member: dict[str, np.ndarray]) -> np.ndarray:
+        """The ensemble's probabilities under each battle's tie protocol."""
+        logp = np.log(np.clip(np.stack([by_member[m] for m in self.members], axis=1), 1e-7, 1.0))
+        probs = self.calibrator.predict_proba(self.stacker.predict_proba(logp, schema.battle_sources(battles)))
+        return without_ties(self.rules.apply(battles, probs), schema.ties_allowed(battles))
 
 
 def prior_for_rejects(layout: RunLayout, rejects_uri: str, predicted: set[int], options: ValidationConfig) -> tuple[np.ndarray, np.ndarray]:

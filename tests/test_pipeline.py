@@ -28,6 +28,7 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
     config["stack"]["tune_samples"] = 30
     config["members"]["features"]["params"] = {"max_iter": 60}  # the recipe's members, lighter
     config["members"]["tfidf"]["params"] = {"max_features": 3000}
+    config["cascade"] = {"stages": ["features", "student", "ensemble"], "max_sent": 0.5}  # a member, a neural run, the stack
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     out = tmp_path / "run"
@@ -94,11 +95,55 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
     assert reasons.count("tie_in_forced_choice") > 0.15 * sample_rows  # the sample's tie-labeled rows contradict --ties none, and say so
     assert forced_summary["predicted_at_prior"] == len(reasons) == forced_summary["rejected"]  # ... and are still in the submission
 
+    _check_cascade(out, tmp_path, alpacaeval, stages["pairs"]["pairs_written"])
+
     member = out / "members" / "tfidf.skops"  # the finished run is sealed: a changed file is named, not mixed in
     member.write_bytes(member.read_bytes() + b"\0")
     result = subprocess.run([sys.executable, "-m", "prefscale.cli", "predict", "--run-dir", str(out), "--input", str(kaggle_sample),
                              "--out", str(tmp_path / "tampered.csv")], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 2 and "changed: members/tfidf.skops" in result.stderr and not (tmp_path / "tampered.csv").exists()
+
+
+def _cli(*args: str, timeout: float = 600) -> dict:
+    result = subprocess.run([sys.executable, "-m", "prefscale.cli", *args, "--json"], capture_output=True, text=True, cwd=REPO, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _check_cascade(out: Path, tmp_path: Path, alpacaeval: Path, pairs: int) -> None:
+    """Thresholds fitted in the report; every battle decided exactly once, by a recorded stage;
+    an interrupted output resumes by id; a long table goes to a leaderboard in one command."""
+    fitted = json.loads((out / "report" / "cascade.json").read_text())
+    assert fitted["stages"] == ["features", "student", "ensemble"] and len(fitted["curve"]) == 101
+    assert 0 < fitted["battles"] < pq.read_metadata(out / "battles.parquet").num_rows  # where the one-fold student has OOF
+    assert "## Uncertainty cascade" in (out / "report" / "report.md").read_text()
+    scored = tmp_path / "cascade"
+    common = ["cascade", "--run-dir", str(out), "--input", str(out / "unlabeled_pairs.parquet"), "--out", str(scored), "--send-fraction", "0.3"]
+    first = _cli(*common, "--rows", "500")
+    assert first["scored"] == 500 and first["decided_by_stage"]["student"] > 0 and first["decided_by_stage"]["ensemble"] > 0
+    rest = _cli(*common)  # as after an interruption: only the rest is scored
+    assert rest["already_done"] == 500 and rest["scored"] == pairs - 500 and rest["output_rows"] == rest["unique_ids"] == pairs
+    table = pd.read_parquet(scored)
+    assert sorted(table["id"]) == sorted(pq.read_table(out / "unlabeled_pairs.parquet", columns=["id"]).column("id").to_pylist())
+    reached = {"features": ["features"], "student": ["features", "student"], "ensemble": ["features", "student", "ensemble"]}
+    for stage, group in table.groupby("stage"):
+        for name in ("features", "student", "ensemble"):
+            assert group[f"{name}_prob_a"].notna().all() == (name in reached[stage]) and group[f"{name}_prob_a"].isna().all() == (name not in reached[stage])
+        np.testing.assert_allclose(group[["prob_a", "prob_b", "prob_tie"]].to_numpy(), group[[f"{stage}_prob_{c}" for c in ("a", "b", "tie")]].to_numpy())
+    assert 0.25 < (table["stage"] != "features").mean() < 0.35 and table["error"].isna().all()
+    changed = _cli(*common[:-1], "0.5")  # another routing never reuses the old output
+    assert changed["already_done"] == 0 and changed["output_rows"] == pairs
+
+    dump = tmp_path / "dump.parquet"
+    long = pq.read_table(alpacaeval).to_pandas()
+    long = long[long["instruction"].isin(long["instruction"].unique()[:2])]
+    long.to_parquet(dump)
+    ranked = _cli("leaderboard", "--run-dir", str(out), "--battles", str(dump), "--out", str(tmp_path / "ranked"), "--bootstrap", "20",
+                  timeout=900)
+    generators = long.groupby("instruction")["generator"].nunique()
+    assert ranked["pairs"]["pairs_written"] == ranked["cascade"]["output_rows"] == ranked["leaderboard"]["battles"] == int((generators * (generators - 1) // 2).sum())
+    board = pd.read_parquet(tmp_path / "ranked" / "leaderboard.parquet")
+    assert len(board) == ranked["leaderboard"]["models"] == long["generator"].nunique() and (board["rating_low"] <= board["rating_high"]).all()
 
 
 def _without_tracking_server() -> dict[str, str]:

@@ -146,10 +146,10 @@ def _row_group_dataset(uri: str, columns: list[str]):
     return ds.map_batches(_read_row_groups, fn_kwargs={"columns": columns}, batch_size=1, batch_format="pyarrow", num_cpus=0.25), total
 
 
-def _input_dataset(input_uri: str, settings: ScoreConfig, done: np.ndarray):
+def _input_dataset(input_uri: str, settings: ScoreConfig, done: np.ndarray, columns: list[str] | None = None, repartition: bool = True):
     import ray
 
-    columns = [schema.ID, *schema.TEXT_COLUMNS]
+    columns = columns or [schema.ID, *schema.TEXT_COLUMNS]
     if settings.rows is not None:
         # A fixed head of the file (not Dataset.limit, whose rows can differ between runs).
         head = read_head(input_uri, settings.rows, columns)
@@ -158,6 +158,8 @@ def _input_dataset(input_uri: str, settings: ScoreConfig, done: np.ndarray):
         ds, total = _row_group_dataset(input_uri, columns)
     if len(done):
         ds = ds.map_batches(_drop_done, fn_kwargs={"done": done}, batch_format="pyarrow", batch_size=None, num_cpus=settings.format_cpus)
+    if not repartition:
+        return ds, total
     # One Parquet file reads as one block, which only one actor could work on: cut the stream
     # into blocks of block_rows (a streaming repartition, nothing is materialized).
     return ds.repartition(target_num_rows_per_block=settings.block_rows), total

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from prefscale.cascade.fit import cascade_markdown, cascade_plot, fit_cascade
+from prefscale.config import CascadeConfig
 from prefscale.data import schema
 from prefscale.io import read_json, read_table, write_bytes, write_json
 from prefscale.layout import RunLayout
@@ -72,10 +74,34 @@ def reliability_plot(labels: np.ndarray, before: np.ndarray, after: np.ndarray, 
     write_bytes(png.getvalue(), path)
 
 
-def write_report(layout: RunLayout, members: list[str]) -> dict[str, Any]:
-    """report.json and report.md from the run's OOF and stack outputs (no model is fitted here)."""
+def cascade_stage_probs(data: StackData, layout: RunLayout, predictions: dict[str, np.ndarray], stages: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Each cascade stage's OOF probabilities (a stacked member's, the final ensemble's, or a train
+    run's own OOF), and which battles have all of them: a run trained on some folds only fits
+    the cascade on those folds' battles."""
+    found = {**predictions, "ensemble": predictions["ensemble (final)"]}
+    probs, rows = {}, np.ones(len(data.ids), dtype=bool)
+    for stage in stages:
+        if stage in found:
+            probs[stage] = found[stage]
+            continue
+        oof = read_table(layout.oof(stage), columns=[schema.ID, *schema.PROBS]).to_pandas().set_index(schema.ID)
+        aligned = oof.reindex(data.ids)[list(schema.PROBS)].to_numpy(dtype=np.float64)
+        probs[stage] = aligned
+        rows &= ~np.isnan(aligned).any(axis=1)
+    return {stage: p[rows] for stage, p in probs.items()}, rows
+
+
+def write_report(layout: RunLayout, members: list[str], cascade: CascadeConfig | None = None) -> dict[str, Any]:
+    """report.json and report.md from the run's OOF and stack outputs (no model is fitted here;
+    the cascade's thresholds are chosen on those OOF predictions)."""
     data = load_stack_data(layout, members)
     predictions = prediction_table(data, layout)
+    cascade_fit = None
+    if cascade is not None:
+        stage_probs, rows = cascade_stage_probs(data, layout, predictions, cascade.stages)
+        cascade_fit = fit_cascade(stage_probs, data.labels[rows], data.ties[rows], cascade)
+        write_json(cascade_fit, layout.cascade_fit)
+        cascade_plot(cascade_fit, layout.report_file("cascade.png"))
     datasets = sorted(set(data.datasets))
     table = {
         name: {**_scores(data.labels, probs, data.ties),
@@ -93,13 +119,14 @@ def write_report(layout: RunLayout, members: list[str]) -> dict[str, Any]:
         "ensemble_gain_vs_best_member": round(table[best_member]["log_loss"] - table["ensemble (final)"]["log_loss"], 4),
         "reliability_png": layout.report_file("reliability.png"),
         "leave_one_source_out": read_json(layout.stack_summary).get("leave_one_source_out") or None,
+        "cascade": {k: v for k, v in cascade_fit.items() if k != "curve"} if cascade_fit else None,
     }
     write_json(report, layout.report_file("report.json"))
-    _write_markdown(report, datasets, layout.report_file("report.md"))
+    _write_markdown(report, datasets, layout.report_file("report.md"), cascade_markdown(cascade_fit) if cascade_fit else [])
     return report
 
 
-def _write_markdown(report: dict[str, Any], datasets: list[str], path: str) -> None:
+def _write_markdown(report: dict[str, Any], datasets: list[str], path: str, cascade: list[str]) -> None:
     lines = ["# OOF report (nested cross-validation for every ensemble row)", "",
              f"{report['rows']} battles; best member `{report['best_member']}`; ensemble gain {report['ensemble_gain_vs_best_member']}", "",
              "| model | log loss | accuracy | " + " | ".join(datasets) + " |", "|---|---|---|" + "---|" * len(datasets)]
@@ -111,7 +138,7 @@ def _write_markdown(report: dict[str, Any], datasets: list[str], path: str) -> N
               "on a source has learned which source a battle comes from, not which answer people prefer.", "",
               "Forced-choice battles (protocol `none`: " + (", ".join(f"{d} {n}" for d, n in report["forced_choice"].items() if n) or "none") +
               ") are scored by P(winner | not a tie).", "",
-              "![reliability](reliability.png)", "", *_transfer_markdown(report["leave_one_source_out"])]
+              "![reliability](reliability.png)", "", *_transfer_markdown(report["leave_one_source_out"]), *cascade]
     write_bytes("\n".join(lines).encode(), path)
 
 

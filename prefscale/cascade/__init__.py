@@ -1,0 +1,1 @@
+"""The uncertainty cascade: cheap stages for confident battles, expensive ones only where needed."""
