@@ -21,7 +21,7 @@ from pydantic import (
 
 from prefscale.data.schema import TIE_PROTOCOLS
 from prefscale.errors import PrefscaleError
-from prefscale.layout import RunLayout, default_run_dir
+from prefscale.layout import CHEAP_ENSEMBLE, ENSEMBLE, RunLayout, default_run_dir
 from prefscale.text.template import DEFAULT_TEMPLATE, parse_template
 
 TieProtocol = Literal[TIE_PROTOCOLS]  # type: ignore[valid-type]
@@ -209,8 +209,8 @@ class StackConfig(Section):
 class CascadeConfig(Section):
     """An uncertainty cascade: stage 1 scores every battle, and only its uncertain battles pay for the next stage."""
 
-    stages: list[str] = Field(min_length=2, description="cheap to expensive: cheap members, train runs, or 'ensemble' (the run's stacked "
-                              "ensemble, which reuses what earlier stages computed)")
+    stages: list[str] = Field(min_length=2, description="cheap to expensive: cheap members, train runs, 'cheap_ensemble' (the stacker "
+                              "over the cheap members only) or 'ensemble' (the run's stacked ensemble; it reuses what earlier stages computed)")
     uncertainty: Literal["entropy", "margin"] = Field("entropy", description="what makes a prediction uncertain: its entropy, or a small "
                                                       "gap between its top two probabilities")
     max_sent: float = Field(0.25, gt=0, le=1, description="the fitted thresholds send at most this share of the OOF battles past stage 1")
@@ -262,8 +262,8 @@ class Config(Section):
         for name, run in self.train.items():
             if run.distill and run.distill.weights and len(run.distill.weights) != len(run.distill.teachers):
                 raise ValueError(f"train.{name}.distill.weights needs one weight per teacher ({len(run.distill.teachers)})")
-        if self.cascade and (unknown := sorted(set(self.cascade.stages) - set(self.members) - set(self.train) - {"ensemble"})):
-            raise ValueError(f"cascade.stages names {unknown}, which are neither members, train runs nor 'ensemble'")
+        if self.cascade and (unknown := sorted(set(self.cascade.stages) - set(self.members) - set(self.train) - {ENSEMBLE, CHEAP_ENSEMBLE})):
+            raise ValueError(f"cascade.stages names {unknown}, which are neither members, train runs, '{CHEAP_ENSEMBLE}' nor '{ENSEMBLE}'")
         if self.cascade and not self.stack:
             raise ValueError("cascade needs a stack section: its thresholds are fitted on the stacked OOF predictions")
         try:

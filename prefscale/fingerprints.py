@@ -21,7 +21,7 @@ import pyarrow.fs as pafs
 
 from prefscale.config import Config
 from prefscale.io import exists, read_json, remove, resolve, write_json
-from prefscale.layout import input_stem
+from prefscale.layout import CHEAP_ENSEMBLE, input_stem
 
 # Keys that set how fast or where work runs, never its result.
 RESOURCE_KEYS = {"actors", "cpus_per_actor", "gpus_per_actor", "threads_per_actor", "format_cpus", "block_rows", "part_rows", "max_tokens",
@@ -79,7 +79,8 @@ def unit_parts(config: Config, unit: str) -> dict[str, str]:
         return {"config score": _section(config.score), "config model": _section(config.model), "config text": _section(config.text), **battles}
     if kind == "stack":
         members = [f"train:{m}" if m in config.train else f"member:{m}" for m in config.stack_members()]
-        return {"config stack": _section(config.stack), **upstream(members)}
+        cheap = {"cascade stage": CHEAP_ENSEMBLE} if config.cascade and CHEAP_ENSEMBLE in config.cascade.stages else {}
+        return {"config stack": _section(config.stack), **cheap, **upstream(members)}
     if kind == "report":
         return {**upstream(["stack"]), **({"config cascade": _section(config.cascade)} if config.cascade else {})}
     raise ValueError(f"unknown unit {unit}")

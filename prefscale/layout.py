@@ -37,6 +37,10 @@ TOP_LEVEL = {
 }
 
 
+ENSEMBLE = "ensemble"  # the run's stacked ensemble (every stacked member); also a cascade stage
+CHEAP_ENSEMBLE = "cheap_ensemble"  # the same stacker over the cheap members only (no neural model): a cascade's first stage
+
+
 def input_stem(uri: str) -> str:
     """How an input file is named inside the run directory (validated/<stem>, rejects/<stem>)."""
     return os.path.basename(uri.rstrip("/")).split(".")[0]
@@ -153,9 +157,10 @@ class RunLayout:
     def stack(self) -> str:
         return self._path("stack")
 
-    def stack_file(self, name: str) -> str:
-        """stacker.skops, calibrator.skops, rules.skops (what predict applies) and oof.parquet."""
-        return self._path("stack", name)
+    def stack_file(self, name: str, ensemble: str = ENSEMBLE) -> str:
+        """stacker.skops, calibrator.skops, rules.skops (what predict applies) and oof.parquet; a
+        cascade's cheap_ensemble keeps its own under stack/cheap_ensemble/."""
+        return self._path("stack", name) if ensemble == ENSEMBLE else self._path("stack", ensemble, name)
 
     @property
     def stack_summary(self) -> str:

@@ -15,6 +15,7 @@ import pyarrow.fs as pafs
 from prefscale.config import Config
 from prefscale.errors import PrefscaleError
 from prefscale.io import exists, read_json, resolve, write_json
+from prefscale.layout import CHEAP_ENSEMBLE
 
 CHUNK = 8 << 20
 
@@ -27,7 +28,9 @@ def bundle_files(config: Config, members: list[str]) -> list[str]:
     roots = [layout.config, layout.stack_summary, *(layout.stack_file(f"{n}.skops") for n in ("stacker", "calibrator", "rules"))]
     if config.cascade:  # `prefscale cascade` loads its thresholds and the stages' models too
         roots.append(layout.cascade_fit)
-        members = [*members, *(s for s in config.cascade.stages if s != "ensemble" and s not in members)]
+        if CHEAP_ENSEMBLE in config.cascade.stages:
+            roots += [layout.stack_file(f"{n}.skops", CHEAP_ENSEMBLE) for n in ("stacker", "calibrator", "rules")]
+        members = [*members, *(s for s in config.cascade.stages if (s in config.members or s in config.train) and s not in members)]
     for name in members:
         roots += [layout.member_model(name)] if name in config.members else [model.path for model, _ in scoring_plan(config, name)]
     files: list[str] = []

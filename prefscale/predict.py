@@ -40,7 +40,7 @@ from prefscale.io import (
     read_table,
     resolve,
 )
-from prefscale.layout import RunLayout
+from prefscale.layout import ENSEMBLE, RunLayout
 from prefscale.manifest import verify
 from prefscale.members.store import load_estimator
 from prefscale.metrics import class_prior, log_loss, without_ties
@@ -104,9 +104,9 @@ def ensemble_probs(config: Config, members: list[str], battles: pa.Table, battle
 class StackedEnsemble:
     """A finished run's stacker, calibrator and rules, loaded once, applied to members' probabilities."""
 
-    def __init__(self, layout: RunLayout, members: list[str]) -> None:
+    def __init__(self, layout: RunLayout, members: list[str], ensemble: str = ENSEMBLE) -> None:
         self.members = members
-        self.stacker, self.calibrator, self.rules = (load_estimator(layout.stack_file(f"{n}.skops")) for n in ("stacker", "calibrator", "rules"))
+        self.stacker, self.calibrator, self.rules = (load_estimator(layout.stack_file(f"{n}.skops", ensemble)) for n in ("stacker", "calibrator", "rules"))
 
     def predict_proba(self, battles: pa.Table, by_member: dict[str, np.ndarray]) -> np.ndarray:
         """The ensemble's probabilities under each battle's tie protocol."""

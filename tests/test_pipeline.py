@@ -28,7 +28,7 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
     config["stack"]["tune_samples"] = 30
     config["members"]["features"]["params"] = {"max_iter": 60}  # the recipe's members, lighter
     config["members"]["tfidf"]["params"] = {"max_features": 3000}
-    config["cascade"] = {"stages": ["features", "student", "ensemble"], "max_sent": 0.5}  # a member, a neural run, the stack
+    config["cascade"] = {"stages": ["features", "cheap_ensemble", "student", "ensemble"], "max_sent": 0.5}  # a member, the cheap stack, a neural run, the stack
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     out = tmp_path / "run"
@@ -114,20 +114,21 @@ def _check_cascade(out: Path, tmp_path: Path, alpacaeval: Path, pairs: int) -> N
     """Thresholds fitted in the report; every battle decided exactly once, by a recorded stage;
     an interrupted output resumes by id; a long table goes to a leaderboard in one command."""
     fitted = json.loads((out / "report" / "cascade.json").read_text())
-    assert fitted["stages"] == ["features", "student", "ensemble"] and len(fitted["curve"]) == 101
+    stages = ["features", "cheap_ensemble", "student", "ensemble"]
+    assert fitted["stages"] == stages and len(fitted["curve"]) == 101
     assert 0 < fitted["battles"] < pq.read_metadata(out / "battles.parquet").num_rows  # where the one-fold student has OOF
     assert "## Uncertainty cascade" in (out / "report" / "report.md").read_text()
     scored = tmp_path / "cascade"
     common = ["cascade", "--run-dir", str(out), "--input", str(out / "unlabeled_pairs.parquet"), "--out", str(scored), "--send-fraction", "0.3"]
     first = _cli(*common, "--rows", "500")
-    assert first["scored"] == 500 and first["decided_by_stage"]["student"] > 0 and first["decided_by_stage"]["ensemble"] > 0
+    assert first["scored"] == 500 and all(first["decided_by_stage"][s] > 0 for s in stages)
     rest = _cli(*common)  # as after an interruption: only the rest is scored
     assert rest["already_done"] == 500 and rest["scored"] == pairs - 500 and rest["output_rows"] == rest["unique_ids"] == pairs
     table = pd.read_parquet(scored)
     assert sorted(table["id"]) == sorted(pq.read_table(out / "unlabeled_pairs.parquet", columns=["id"]).column("id").to_pylist())
-    reached = {"features": ["features"], "student": ["features", "student"], "ensemble": ["features", "student", "ensemble"]}
+    reached = {stage: stages[: k + 1] for k, stage in enumerate(stages)}
     for stage, group in table.groupby("stage"):
-        for name in ("features", "student", "ensemble"):
+        for name in stages:
             assert group[f"{name}_prob_a"].notna().all() == (name in reached[stage]) and group[f"{name}_prob_a"].isna().all() == (name not in reached[stage])
         np.testing.assert_allclose(group[["prob_a", "prob_b", "prob_tie"]].to_numpy(), group[[f"{stage}_prob_{c}" for c in ("a", "b", "tie")]].to_numpy())
     assert 0.25 < (table["stage"] != "features").mean() < 0.35 and table["error"].isna().all()

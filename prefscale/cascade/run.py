@@ -30,6 +30,7 @@ from prefscale.config import Config
 from prefscale.data import schema
 from prefscale.errors import PrefscaleError
 from prefscale.io import exists, read_json, remove, resolve, write_json
+from prefscale.layout import CHEAP_ENSEMBLE, ENSEMBLE
 from prefscale.locks import exclusive
 from prefscale.progress import bar
 
@@ -60,8 +61,9 @@ def output_schema(stages: list[str]) -> pa.Schema:
 class StagePlan:
     index: int
     name: str
-    cheap: tuple[str, ...]  # members it predicts with their fitted estimators
-    runs: tuple[str, ...]  # train runs whose neural probabilities it reads
+    members: tuple[str, ...]  # what it predicts from, in the stacker's order: cheap members and train runs
+    cheap: tuple[str, ...]  # of those, members predicted with their fitted estimators
+    runs: tuple[str, ...]  # of those, train runs whose neural probabilities it reads
     threshold: float | None  # fitted: routed on when uncertainty >= threshold (None: nothing goes on)
     fraction: float | None  # budget: the block's most uncertain share goes on
     last: bool
@@ -71,8 +73,8 @@ def plan_stages(config: Config, stacked: list[str], thresholds: list[float | Non
     stages = config.cascade.stages
     plans = []
     for k, name in enumerate(stages):
-        needs = stacked if name == "ensemble" else [name]
-        plans.append(StagePlan(k, name, tuple(m for m in needs if m in config.members), tuple(m for m in needs if m in config.train),
+        needs = {ENSEMBLE: stacked, CHEAP_ENSEMBLE: [m for m in stacked if m in config.members]}.get(name, [name])
+        plans.append(StagePlan(k, name, tuple(needs), tuple(m for m in needs if m in config.members), tuple(m for m in needs if m in config.train),
                                None if k == len(stages) - 1 else thresholds[k], fraction, k == len(stages) - 1))
     return plans
 
@@ -88,7 +90,7 @@ class StageDecider:
         self.plan, self.uncertainty = plan, uncertainty_kind
         self.estimators = {m: load_estimator(config.layout.member_model(m)) for m in plan.cheap}
         self.models = {run: [model.name for model, _ in scoring_plan(config, run)] for run in plan.runs}
-        self.ensemble = StackedEnsemble(config.layout, stacked) if plan.name == "ensemble" else None
+        self.ensemble = StackedEnsemble(config.layout, list(plan.members), plan.name) if plan.name in (ENSEMBLE, CHEAP_ENSEMBLE) else None
 
     def _member_probs(self, name: str, rows: pa.Table) -> np.ndarray:
         if member_columns(name)[0] in rows.column_names:  # an earlier stage predicted it
@@ -111,7 +113,7 @@ class StageDecider:
         route = batch.column(ROUTE).to_numpy().copy()
         rows = np.flatnonzero(route == plan.index)
         routed = batch.take(rows)
-        by_member = {m: self._member_probs(m, routed) if len(rows) else np.empty((0, 3)) for m in (*plan.cheap, *plan.runs)}
+        by_member = {m: self._member_probs(m, routed) if len(rows) else np.empty((0, 3)) for m in plan.members}
         if not len(rows):  # nothing of this block reached this stage
             probs = np.empty((0, 3))
         elif self.ensemble is not None:

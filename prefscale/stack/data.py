@@ -24,6 +24,11 @@ class StackData:
     ties: np.ndarray  # each battle's label protocol: True where judges could answer tie
     battles: pa.Table  # aligned with ids; degenerate rules read its texts
 
+    def select(self, members: list[str]) -> StackData:
+        """The same battles with only these members' columns."""
+        return StackData(self.ids, self.folds, self.labels, self.logp[:, [self.members.index(m) for m in members]], list(members),
+                         self.datasets, self.ties, self.battles)
+
     def take(self, rows: np.ndarray) -> StackData:
         return StackData(self.ids[rows], self.folds[rows], self.labels[rows], self.logp[rows], self.members, self.datasets[rows],
                          self.ties[rows], self.battles.take(rows))

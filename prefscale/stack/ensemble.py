@@ -15,7 +15,9 @@ import pyarrow as pa
 
 from prefscale.config import Config, StackConfig
 from prefscale.data import schema
+from prefscale.errors import PrefscaleError
 from prefscale.io import write_json, write_table
+from prefscale.layout import CHEAP_ENSEMBLE, ENSEMBLE
 from prefscale.members.store import save_estimator
 from prefscale.metrics import log_loss
 from prefscale.stack.blend import BlendStacker, blend_loss, powell_weights
@@ -42,6 +44,39 @@ def blend_search(data: StackData, settings: StackConfig) -> dict[str, Any]:
         "tune_minus_powell": round(tuned["log_loss"] - powell_loss, 5),
         "_tuned_weights": tuned["weights"],
     }
+
+
+def _finish(layout, ensemble: str, data: StackData, settings: StackConfig, nested, stacker) -> dict[str, Any]:
+    """Choose and fit the calibrator and rules on all battles, and save the ensemble with its nested-CV OOF."""
+    summary: dict[str, Any] = {}
+    calibrator_name = settings.calibration
+    if calibrator_name == "auto":
+        calibrator_name, summary["calibrator_cv"] = choose_calibrator(nested.raw, data.labels, data.folds, data.ties)
+    calibrator = CALIBRATORS[calibrator_name]().fit(nested.raw, data.labels, data.ties)
+    rules = DegenerateRules(enabled=settings.degenerate_rules).fit(data.battles, data.labels)
+    summary.update({"calibrator": calibrator_name, "degenerate_rules": rules.rules_, "degenerate_counts": rules.counts_})
+    for name, obj in (("stacker", stacker), ("calibrator", calibrator), ("rules", rules)):
+        save_estimator(obj, layout.stack_file(f"{name}.skops", ensemble))
+    write_table(pa.table({
+        schema.ID: data.ids, schema.FOLD: data.folds, schema.SOURCE: data.datasets.astype(str),
+        schema.TIES: np.where(data.ties, "allowed", "none"),
+        **{f"{kind}_{c}": nested_probs[:, i].astype(np.float32) for kind, nested_probs in (("raw", nested.raw), ("calibrated", nested.calibrated), ("final", nested.final))
+           for i, c in enumerate(schema.CLASSES)},
+    }), layout.stack_file("oof.parquet", ensemble))
+    return summary
+
+
+def cheap_ensemble(config: Config, data: StackData, settings: StackConfig, log: Callable[[str], None]) -> dict[str, Any]:
+    """The same stacker over the cheap members only: a cascade's first stage that costs no neural model."""
+    members = [m for m in data.members if m in config.members]
+    if not members:
+        raise PrefscaleError(f"cascade.stages names {CHEAP_ENSEMBLE}, but the stack has no cheap member; add one under members")
+    cheap = data.select(members)
+    log(f"  [stack] {CHEAP_ENSEMBLE}: the stacker over {', '.join(members)} only")
+    nested = nested_cv(cheap, stacker_factory(settings), settings.calibration, settings.degenerate_rules)
+    stacker = stacker_factory(settings)().fit(cheap.logp, cheap.labels, cheap.ties, cheap.datasets)
+    result = _finish(config.layout, CHEAP_ENSEMBLE, cheap, settings, nested, stacker)
+    return {"members": members, "nested_cv_final": round(log_loss(cheap.labels, nested.final, cheap.ties), 4), "calibrator": result["calibrator"]}
 
 
 def run_stack(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -72,20 +107,9 @@ def run_stack(config: Config, log: Callable[[str], None] = print) -> dict[str, A
     summary["blend_search"] = search
     stacker = BlendStacker(tuned_weights if settings.blend_search == "tune" else None) if settings.method == "blend" else stacker_factory(settings)()
     stacker.fit(data.logp, data.labels, data.ties, data.datasets)
-    calibrator_name = settings.calibration
-    if calibrator_name == "auto":
-        calibrator_name, summary["calibrator_cv"] = choose_calibrator(nested.raw, data.labels, data.folds, data.ties)
-    calibrator = CALIBRATORS[calibrator_name]().fit(nested.raw, data.labels, data.ties)
-    rules = DegenerateRules(enabled=settings.degenerate_rules).fit(data.battles, data.labels)
-    summary.update({"calibrator": calibrator_name, "degenerate_rules": rules.rules_, "degenerate_counts": rules.counts_})
-    for name, obj in (("stacker", stacker), ("calibrator", calibrator), ("rules", rules)):
-        save_estimator(obj, layout.stack_file(f"{name}.skops"))
-    write_table(pa.table({
-        schema.ID: data.ids, schema.FOLD: data.folds, schema.SOURCE: data.datasets.astype(str),
-        schema.TIES: np.where(data.ties, "allowed", "none"),
-        **{f"{kind}_{c}": nested_probs[:, i].astype(np.float32) for kind, nested_probs in (("raw", nested.raw), ("calibrated", nested.calibrated), ("final", nested.final))
-           for i, c in enumerate(schema.CLASSES)},
-    }), layout.stack_file("oof.parquet"))
+    summary.update(_finish(layout, ENSEMBLE, data, settings, nested, stacker))
+    if config.cascade and CHEAP_ENSEMBLE in config.cascade.stages:
+        summary[CHEAP_ENSEMBLE] = cheap_ensemble(config, data, settings, log)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     write_json(summary, layout.stack_summary)
     log(f"  stacked OOF log loss {summary['nested_cv']['final']} (nested CV) vs best member {min(summary['member_log_loss'].values())}; "

@@ -13,11 +13,12 @@ import numpy as np
 from prefscale.cascade.fit import cascade_markdown, cascade_plot, fit_cascade
 from prefscale.config import CascadeConfig
 from prefscale.data import schema
-from prefscale.io import read_json, read_table, write_bytes, write_json
-from prefscale.layout import RunLayout
+from prefscale.io import exists, read_json, read_table, write_bytes, write_json
+from prefscale.layout import CHEAP_ENSEMBLE, ENSEMBLE, RunLayout
 from prefscale.metrics import class_prior, log_loss, out_of_fold_prior, without_ties
 from prefscale.stack.data import StackData, load_stack_data
 
+CHEAP_ENSEMBLE_ROW = "ensemble of cheap members (final)"
 ENSEMBLE_COLUMNS = {"ensemble (stacked)": "raw", "ensemble (calibrated)": "calibrated", "ensemble (final)": "final"}
 
 
@@ -42,6 +43,9 @@ def prediction_table(data: StackData, layout: RunLayout) -> dict[str, np.ndarray
     ensemble = read_table(layout.stack_file("oof.parquet")).to_pandas().set_index(schema.ID).loc[data.ids]
     for label, kind in ENSEMBLE_COLUMNS.items():
         predictions[label] = ensemble[[f"{kind}_{c}" for c in schema.CLASSES]].to_numpy()
+    if exists(layout.stack_file("oof.parquet", CHEAP_ENSEMBLE)):  # fitted when a cascade starts with it
+        cheap = read_table(layout.stack_file("oof.parquet", CHEAP_ENSEMBLE)).to_pandas().set_index(schema.ID).loc[data.ids]
+        predictions[CHEAP_ENSEMBLE_ROW] = cheap[[f"final_{c}" for c in schema.CLASSES]].to_numpy()
     predictions["class prior"] = np.broadcast_to(class_prior(data.labels, data.ties), data.labels.shape)
     predictions["class prior (out of fold)"] = out_of_fold_prior(data.labels, data.folds, data.ties)
     predictions["source prior (out of fold)"] = source_prior(data)
@@ -78,7 +82,9 @@ def cascade_stage_probs(data: StackData, layout: RunLayout, predictions: dict[st
     """Each cascade stage's OOF probabilities (a stacked member's, the final ensemble's, or a train
     run's own OOF), and which battles have all of them: a run trained on some folds only fits
     the cascade on those folds' battles."""
-    found = {**predictions, "ensemble": predictions["ensemble (final)"]}
+    found = {**predictions, ENSEMBLE: predictions["ensemble (final)"]}
+    if CHEAP_ENSEMBLE_ROW in predictions:
+        found[CHEAP_ENSEMBLE] = predictions[CHEAP_ENSEMBLE_ROW]
     probs, rows = {}, np.ones(len(data.ids), dtype=bool)
     for stage in stages:
         if stage in found:
