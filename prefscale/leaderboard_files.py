@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from prefscale.artifacts import read_parts
 from prefscale.data import schema
@@ -80,7 +81,11 @@ def write_leaderboard(battles_uri: str, score_dirs: list[str], out_dir: str, boo
                       seed: int = 0) -> dict[str, Any]:
     started = time.perf_counter()
     columns = [schema.ID, schema.MODEL_A, schema.MODEL_B, group_by, *schema.LABEL_COLUMNS]
-    battles = read_present_columns(battles_uri, columns).to_pandas()
+    table = read_present_columns(battles_uri, columns)
+    if group_by in table.column_names:  # groups as integer codes: 1.6M prompt strings in pandas would cost ~1 GB
+        codes = pc.dictionary_encode(table.column(group_by).combine_chunks(), null_encoding="encode").indices
+        table = table.set_column(table.schema.get_field_index(group_by), group_by, codes)
+    battles = table.to_pandas()
     if missing := [c for c in (schema.ID, schema.MODEL_A, schema.MODEL_B, group_by) if c not in battles.columns]:
         raise PrefscaleError(f"{battles_uri} lacks {', '.join(missing)}; a leaderboard needs battles with model_a, model_b and --group-by")
     reason = np.where(battles[schema.MODEL_A].isna() | battles[schema.MODEL_B].isna(), "no_model_names",
@@ -95,7 +100,7 @@ def write_leaderboard(battles_uri: str, score_dirs: list[str], out_dir: str, boo
     names = sorted(set(battles[schema.MODEL_A]) | set(battles[schema.MODEL_B]))
     index = {name: k for k, name in enumerate(names)}
     first, second = battles[schema.MODEL_A].map(index).to_numpy(), battles[schema.MODEL_B].map(index).to_numpy()
-    groups = battles[group_by].astype(str).to_numpy()
+    groups = battles[group_by].to_numpy()
     fit = leaderboard(first, second, _outcomes(battles, score_dirs), names, groups, bootstrap, seed)
     table = _table(fit)
     summary: dict[str, Any] = {"battles": len(battles), "rejected": rejects.num_rows, "models": len(names), "groups": fit["groups"],

@@ -103,7 +103,7 @@ def fp32_differs_from_oof(config, name: str, fold: int) -> float:
 
     model = dataclasses.replace(train_run_models(config, name)[0], precision="fp32")
     heldout = pq.read_table(config.layout.heldout(name, fold))
-    scored = ModelScorer(model, max_tokens=4096, threads=1)(encode_battles(heldout, [model], tta=True))
+    scored = ModelScorer([model], max_tokens=4096, threads=1)(encode_battles(heldout, [model], tta=True))
     logits = np.stack([scored.column(model.column(c)).to_numpy() for c in ("logit_a", "logit_b", "logit_tie")], axis=1)
     oof = pq.read_table(config.layout.oof(name)).to_pandas().set_index("id").loc[scored.column("id").to_numpy()]
     return float(np.abs(softmax(logits.astype(np.float64)) - oof[["prob_a", "prob_b", "prob_tie"]].to_numpy()).max())

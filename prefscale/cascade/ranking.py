@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.dataset as pads
 
 from prefscale.data.pairs import LONG_COLUMNS
@@ -39,6 +40,7 @@ def rank_with_run(run_dir: str, battles_uri: str, out_dir: str, send_fraction: f
         if not exists(pairs):  # written atomically: present means complete
             log(f"[pairs] every pair of generators per instruction of {battles_uri}")
             summary["pairs"] = make_pairs(battles_uri, pairs, PairsConfig())
+            pa.default_memory_pool().release_unused()  # the pairs' buffers go back before the cluster starts
         battles_uri = pairs
     ensure_ray(config.ray)
     log(f"[cascade] {' -> '.join(config.cascade.stages) if config.cascade else '(none)'} over {battles_uri}")

@@ -1,9 +1,9 @@
 """Apply a finished run's uncertainty cascade to battles: one streaming Ray Data job, resumable by id.
 
 read (id, texts, protocol columns) -> skip ids already written -> stage 1 decider (an actor: a
-cheap member predicts a whole block at once) -> for each later stage: tokenize only the rows
-routed to it, one actor pool per neural model it needs (rows not routed cost nothing there),
-then its decider -> the driver writes one row per battle: the final probabilities, the stage
+cheap member predicts a whole block at once) -> for each later stage: one actor holding every
+neural model it needs, which tokenizes and scores only the rows routed to it (rows not routed
+cost nothing there), then its decider -> the driver writes one row per battle: the final probabilities, the stage
 that decided them, and every stage's probabilities (null past the stage a battle reached).
 
 A battle goes on when its prediction is at least as uncertain as the stage's threshold fitted
@@ -83,12 +83,11 @@ class StageDecider:
     """One cascade stage's prediction for the rows routed to it, and where each goes next."""
 
     def __init__(self, config: Config, stacked: list[str], plan: StagePlan, uncertainty_kind: str) -> None:
-        from prefscale.members.store import load_estimator
         from prefscale.predict import StackedEnsemble
         from prefscale.score.scoring_model import scoring_plan
 
         self.plan, self.uncertainty = plan, uncertainty_kind
-        self.estimators = {m: load_estimator(config.layout.member_model(m)) for m in plan.cheap}
+        self.estimators = {m: config.layout.member_model(m) for m in plan.cheap}  # loaded when a block first needs one
         self.models = {run: [model.name for model, _ in scoring_plan(config, run)] for run in plan.runs}
         self.ensemble = StackedEnsemble(config.layout, list(plan.members), plan.name) if plan.name in (ENSEMBLE, CHEAP_ENSEMBLE) else None
 
@@ -96,6 +95,10 @@ class StageDecider:
         if member_columns(name)[0] in rows.column_names:  # an earlier stage predicted it
             return np.stack([rows.column(c).to_numpy(zero_copy_only=False) for c in member_columns(name)], axis=1).astype(np.float64)
         if name in self.estimators:
+            if isinstance(self.estimators[name], str):
+                from prefscale.members.store import load_estimator
+
+                self.estimators[name] = load_estimator(self.estimators[name])
             return self.estimators[name].predict_proba(rows)
         from prefscale.score.tta import softmax
 
@@ -186,6 +189,24 @@ def encode_routed(batch: pa.Table, models: list, tta: bool, stage: int) -> pa.Ta
     return batch
 
 
+class NeuralStage:
+    """A cascade stage's neural models in one actor that also tokenizes the rows routed to it.
+
+    Few rows reach a neural stage, so tokenizing them here costs the models little and spares
+    the cluster a pool of tokenizing workers (each holding its own copy of the tokenizers)."""
+
+    def __init__(self, groups: list[tuple[list, bool]], stage: int, **scorer: Any) -> None:
+        from prefscale.score.scorer import ModelScorer
+
+        self.groups, self.stage = groups, stage
+        self.scorer = ModelScorer([m for models, _ in groups for m in models], **scorer)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        for models, tta in self.groups:
+            batch = encode_routed(batch, models, tta, self.stage)
+        return self.scorer(batch)
+
+
 def _fingerprint(config: Config, input_uri: str, thresholds: list[float | None], fraction: float | None) -> dict[str, str]:
     from prefscale.fingerprints import file_identity
 
@@ -210,11 +231,9 @@ def run_cascade(config: Config, stacked: list[str], input_uri: str, output: str,
 
     from prefscale.score.engine import (
         _input_dataset,
-        _no_extra_args,
         _PartWriter,
         _stream,
     )
-    from prefscale.score.scorer import ModelScorer
     from prefscale.score.scoring_model import scoring_plan
 
     started = time.perf_counter()
@@ -242,30 +261,31 @@ def run_cascade(config: Config, stacked: list[str], input_uri: str, output: str,
         present = pads.dataset(resolve(input_uri)[1], filesystem=resolve(input_uri)[0], format="parquet").schema.names
         columns = [schema.ID, *schema.TEXT_COLUMNS, *(c for c in (schema.SOURCE, schema.TIES) if c in present)]
         score = config.score.model_copy(update={"rows": rows, "block_rows": settings.block_rows})
-        # Row groups stream as blocks of at most 8,192 rows: no repartition task (it would hold a whole CPU).
+        # Row groups stream as blocks of at most cascade.block_rows: no repartition task (it would hold a whole CPU).
         ds, total = _input_dataset(input_uri, score, done, columns, repartition=False)
 
-        neural = [(plan, model, scoring) for plan in plans for run in plan.runs for model, scoring in scoring_plan(config, run)]
+        # Each stage's neural models share one actor (one Python and torch runtime for all of them).
         seen: set[str] = set()
-        neural = [(p, m, s) for p, m, s in neural if not (m.name in seen or seen.add(m.name))]
-        cluster_cpus = ray.cluster_resources().get("CPU", 1)
-        spare = cluster_cpus - DECIDER_CPUS * len(plans) - score.format_cpus - 0.25  # 0.25: a read task
-        cpus_each = max(0.05, min(score.cpus_per_actor, spare / max(len(neural), 1)))
-        needed_cpus = DECIDER_CPUS * len(plans) + cpus_each * len(neural) * score.actors + score.format_cpus + 0.25
-        needed_gpus = score.gpus_per_actor * len(neural) * score.actors
-        if needed_cpus > cluster_cpus + 1e-9 or needed_gpus > ray.cluster_resources().get("GPU", 0) + 1e-9:
-            raise PrefscaleError(f"the cascade's {len(neural)} neural models need {needed_cpus:g} CPUs and {needed_gpus:g} GPUs at once, the cluster "
-                                 f"has {cluster_cpus:g} CPUs and {ray.cluster_resources().get('GPU', 0):g} GPUs; lower score.format_cpus / "
-                                 "score.gpus_per_actor or use a bigger cluster")
-        threads = score.threads_per_actor or max(1, int(os.cpu_count() or 1) // max(len(neural), 1))
+        neural = {plan.index: [(m, s) for run in plan.runs for m, s in scoring_plan(config, run) if not (m.name in seen or seen.add(m.name))]
+                  for plan in plans}
+        pools = sum(1 for models in neural.values() if models)
+        cluster = ray.cluster_resources()
+        spare = cluster.get("CPU", 1) - DECIDER_CPUS * len(plans) - 0.5  # 0.5: two read tasks
+        cpus_each = max(0.05, min(score.cpus_per_actor, spare / max(pools * score.actors, 1)))
+        needed_cpus = DECIDER_CPUS * len(plans) + cpus_each * pools * score.actors + 0.5
+        needed_gpus = score.gpus_per_actor * pools * score.actors
+        if needed_cpus > cluster.get("CPU", 0) + 1e-9 or needed_gpus > cluster.get("GPU", 0) + 1e-9:
+            raise PrefscaleError(f"the cascade's {pools} neural stages need {needed_cpus:g} CPUs and {needed_gpus:g} GPUs at once, the cluster "
+                                 f"has {cluster.get('CPU', 0):g} CPUs and {cluster.get('GPU', 0):g} GPUs; lower score.gpus_per_actor or "
+                                 "score.actors, or use a bigger cluster")
+        threads = score.threads_per_actor or max(1, int(os.cpu_count() or 1) // max(pools, 1))
         for plan in plans:
-            mine = [(m, s) for p, m, s in neural if p is plan]
-            for tta in sorted({s.tta for _, s in mine}):
-                ds = ds.map_batches(encode_routed, fn_kwargs={"models": [m for m, s in mine if s.tta == tta], "tta": tta, "stage": plan.index},
-                                    batch_format="pyarrow", batch_size=None, num_cpus=score.format_cpus, ray_remote_args_fn=_no_extra_args)
-            for model, scoring in mine:
-                ds = ds.map_batches(ModelScorer, fn_constructor_kwargs={"model": model, "max_tokens": score.max_tokens, "threads": threads,
-                                                                        "use_gpu": score.gpus_per_actor > 0, "tta_space": scoring.tta_space},
+            mine = neural[plan.index]
+            if mine:
+                groups = [([m for m, s in mine if s.tta == tta], tta) for tta in sorted({s.tta for _, s in mine})]
+                ds = ds.map_batches(NeuralStage, fn_constructor_kwargs={"groups": groups, "stage": plan.index, "max_tokens": score.max_tokens,
+                                                                        "threads": threads, "use_gpu": score.gpus_per_actor > 0,
+                                                                        "tta_space": score.tta_space},
                                     batch_size=None, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=score.actors),
                                     num_cpus=cpus_each, num_gpus=score.gpus_per_actor)
             ds = ds.map_batches(StageDecider, fn_constructor_kwargs={"config": config, "stacked": stacked, "plan": plan,

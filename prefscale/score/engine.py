@@ -112,7 +112,7 @@ def _long_rows(batch: pa.Table, models: list[ScoringModel]) -> pa.Table:
 READ_BATCH_ROWS = 8192  # a row group bigger than this is streamed in record batches, never read whole
 
 
-def _read_row_groups(items: pa.Table, columns: list[str]) -> Iterator[pa.Table]:
+def _read_row_groups(items: pa.Table, columns: list[str], batch_rows: int = READ_BATCH_ROWS) -> Iterator[pa.Table]:
     import pyarrow.parquet as pq
 
     for uri, group in zip(items.column("uri").to_pylist(), items.column("row_group").to_pylist(), strict=True):
@@ -121,11 +121,11 @@ def _read_row_groups(items: pa.Table, columns: list[str]) -> Iterator[pa.Table]:
             # pre_buffer off + a read buffer: a row group's column chunks stream in 4 MiB reads
             # instead of being loaded whole (hundreds of MB for a 1M-row group of plain text).
             parquet = pq.ParquetFile(handle, pre_buffer=False, buffer_size=4 << 20)
-            for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=[group], columns=columns):
+            for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns):
                 yield pa.Table.from_batches([batch])
 
 
-def _row_group_dataset(uri: str, columns: list[str]):
+def _row_group_dataset(uri: str, columns: list[str], batch_rows: int = READ_BATCH_ROWS, concurrency: int | None = None):
     """A dataset with one read task per Parquet row group.
 
     ray.data.read_parquet reads a file as one block, so a single large file would be read
@@ -143,7 +143,8 @@ def _row_group_dataset(uri: str, columns: list[str]):
         items += [{"uri": file_uri, "row_group": g} for g in range(meta.num_row_groups)]
         total += meta.num_rows
     ds = ray.data.from_items(items, override_num_blocks=max(len(items), 1))
-    return ds.map_batches(_read_row_groups, fn_kwargs={"columns": columns}, batch_size=1, batch_format="pyarrow", num_cpus=0.25), total
+    return ds.map_batches(_read_row_groups, fn_kwargs={"columns": columns, "batch_rows": batch_rows}, batch_size=1, batch_format="pyarrow", num_cpus=0.25,
+                          concurrency=concurrency), total
 
 
 def _input_dataset(input_uri: str, settings: ScoreConfig, done: np.ndarray, columns: list[str] | None = None, repartition: bool = True):
@@ -155,7 +156,8 @@ def _input_dataset(input_uri: str, settings: ScoreConfig, done: np.ndarray, colu
         head = read_head(input_uri, settings.rows, columns)
         ds, total = ray.data.from_arrow(head), head.num_rows
     else:
-        ds, total = _row_group_dataset(input_uri, columns)
+        # Without the repartition (the cascade), blocks are the reads' own batches, and one or two read tasks keep up.
+        ds, total = _row_group_dataset(input_uri, columns, *((READ_BATCH_ROWS, None) if repartition else (settings.block_rows, 2)))
     if len(done):
         ds = ds.map_batches(_drop_done, fn_kwargs={"done": done}, batch_format="pyarrow", batch_size=None, num_cpus=settings.format_cpus)
     if not repartition:
@@ -202,7 +204,7 @@ def score_battles(input_uri: str, output_uri: str, models: list[ScoringModel], s
     for model in models:
         ds = ds.map_batches(
             ModelScorer,
-            fn_constructor_kwargs={"model": model, "max_tokens": settings.max_tokens, "threads": threads,
+            fn_constructor_kwargs={"models": [model], "max_tokens": settings.max_tokens, "threads": threads,
                                    "use_gpu": settings.gpus_per_actor > 0, "tta_space": settings.tta_space},
             batch_size=settings.block_rows,
             batch_format="pyarrow",

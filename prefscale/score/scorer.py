@@ -1,4 +1,4 @@
-"""The actor stage: one model replica per actor, scoring token ids in token-budget batches."""
+"""The actor stage: model replicas loaded once per actor, scoring token ids in token-budget batches."""
 
 from __future__ import annotations
 
@@ -13,33 +13,43 @@ from prefscale.score.scoring_model import ScoringModel
 from prefscale.score.tta import TTASpace, combine_swapped
 
 
-class ModelScorer:
-    """Loads its replica once (quantized per config) and scores every block sent to it."""
+class _Replica:
+    """One model loaded once (quantized per config) and its padding id."""
 
-    def __init__(self, model: ScoringModel, max_tokens: int, threads: int, use_gpu: bool = False, tta_space: TTASpace = "prob") -> None:
-        import torch
-
+    def __init__(self, model: ScoringModel, device: str) -> None:
         from prefscale.models.loading import (
             load_classifier,
             load_tokenizer,
             quantization_kwargs,
         )
 
-        torch.set_num_threads(threads)
-        self.torch = torch
-        self.model_spec = model
-        self.device = torch_device(use_gpu, "a scorer actor (score.gpus_per_actor > 0)").type
+        self.spec = model
         kwargs = quantization_kwargs(model.precision)
         if "quantization_config" in kwargs:
-            kwargs["device_map"] = {"": 0 if self.device == "cuda" else "cpu"}
+            kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
         self.model = load_classifier(model.path, model.trust_remote_code, **kwargs).eval()
         if "quantization_config" not in kwargs:
-            self.model.to(self.device)
+            self.model.to(device)
         self.pad_id = load_tokenizer(model.path, model.trust_remote_code).pad_token_id
+
+
+class ModelScorer:
+    """Holds one replica of each model it is given and scores every block sent to it with each.
+
+    Several models in one actor share one Python and torch runtime: a cascade stage that
+    averages six fold models costs one process, not six."""
+
+    def __init__(self, models: list[ScoringModel], max_tokens: int, threads: int, use_gpu: bool = False, tta_space: TTASpace = "prob") -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.device = torch_device(use_gpu, "a scorer actor (score.gpus_per_actor > 0)").type
+        self.replicas = [_Replica(model, self.device) for model in models]
         self.max_tokens = max_tokens
         self.tta_space = tta_space
 
-    def _logits(self, sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    def _logits(self, replica: _Replica, sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Logits per sequence, and the padded width each was computed at."""
         lengths = np.array([len(s) for s in sequences])
         logits = np.full((len(sequences), 3), np.nan, dtype=np.float32)
@@ -49,20 +59,25 @@ class ModelScorer:
         with torch.inference_mode():
             for batch in token_budget_batches(lengths[live], self.max_tokens):
                 rows = live[batch]
-                ids, mask = pad_batch([sequences[row] for row in rows], self.pad_id)
-                out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                ids, mask = pad_batch([sequences[row] for row in rows], replica.pad_id)
+                out = replica.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
                 logits[rows] = out.float().cpu().numpy()
                 widths[rows] = ids.shape[1]
         return logits, widths
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        m = self.model_spec
+        for replica in self.replicas:
+            batch = self._score(replica, batch)
+        return batch
+
+    def _score(self, replica: _Replica, batch: pa.Table) -> pa.Table:
+        m = replica.spec
         sequences = batch.column(m.column(IDS)).to_pylist()
-        logits, widths = self._logits(sequences)
+        logits, widths = self._logits(replica, sequences)
         real = np.array([len(s) for s in sequences])
         if m.column(IDS_SWAPPED) in batch.column_names:
             twins = batch.column(m.column(IDS_SWAPPED)).to_pylist()
-            swapped_logits, swapped_widths = self._logits(twins)
+            swapped_logits, swapped_widths = self._logits(replica, twins)
             logits = combine_swapped(logits, swapped_logits, self.tta_space)
             widths = widths + swapped_widths
             real = real + np.array([len(s) for s in twins])
