@@ -217,8 +217,10 @@ class CascadeConfig(Section):
     tolerance: float = Field(0.005, ge=0, description="the cheapest setting whose OOF log loss is within this of the last stage alone is chosen")
     send_fraction: float | None = Field(None, gt=0, le=1, description="a compute budget instead of the fitted thresholds: each block's most "
                                         "uncertain share goes on at every boundary (`prefscale cascade --send-fraction`)")
-    block_rows: int = Field(4096, gt=0, description="battles per block of the streaming job (stage 1 scores a block at once; "
+    block_rows: int = Field(2048, gt=0, description="battles per block of the streaming job (stage 1 scores a block at once; "
                             "its distinct answers are computed once per block)")
+    buffer_mb: int = Field(128, ge=16, description="object-store memory the streaming job may hold in queued blocks; bounds its memory "
+                           "however large the input")
 
 
 class RayConfig(Section):

@@ -270,9 +270,9 @@ def run_cascade(config: Config, stacked: list[str], input_uri: str, output: str,
                   for plan in plans}
         pools = sum(1 for models in neural.values() if models)
         cluster = ray.cluster_resources()
-        spare = cluster.get("CPU", 1) - DECIDER_CPUS * len(plans) - 0.5  # 0.5: two read tasks
+        spare = cluster.get("CPU", 1) - DECIDER_CPUS * len(plans) - 0.25  # 0.25: the read task
         cpus_each = max(0.05, min(score.cpus_per_actor, spare / max(pools * score.actors, 1)))
-        needed_cpus = DECIDER_CPUS * len(plans) + cpus_each * pools * score.actors + 0.5
+        needed_cpus = DECIDER_CPUS * len(plans) + cpus_each * pools * score.actors + 0.25
         needed_gpus = score.gpus_per_actor * pools * score.actors
         if needed_cpus > cluster.get("CPU", 0) + 1e-9 or needed_gpus > cluster.get("GPU", 0) + 1e-9:
             raise PrefscaleError(f"the cascade's {pools} neural stages need {needed_cpus:g} CPUs and {needed_gpus:g} GPUs at once, the cluster "
@@ -292,6 +292,10 @@ def run_cascade(config: Config, stacked: list[str], input_uri: str, output: str,
                                                                      "uncertainty_kind": settings.uncertainty},
                                 batch_size=None, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=DECIDER_CPUS)
 
+        # Reads run ahead of the stage-1 actor; without a cap, queued blocks fill the object store as the input grows.
+        context = ray.data.DataContext.get_current()
+        limits = context.execution_options.resource_limits
+        context.execution_options.resource_limits = limits.copy(object_store_memory=settings.buffer_mb << 20)
         out_schema = output_schema(list(settings.stages))
         writer = _PartWriter(output, config.score.part_rows)
         decided = dict.fromkeys(settings.stages, 0)
@@ -303,6 +307,7 @@ def run_cascade(config: Config, stacked: list[str], input_uri: str, output: str,
                 writer.add(table)
                 progress.update(batch.num_rows)
         writer.flush()
+        context.execution_options.resource_limits = limits
     seconds = time.perf_counter() - started
     final = read_cascade(output, settings.stages, [schema.ID, STAGE])
     new = sum(decided.values())

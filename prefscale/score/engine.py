@@ -156,8 +156,8 @@ def _input_dataset(input_uri: str, settings: ScoreConfig, done: np.ndarray, colu
         head = read_head(input_uri, settings.rows, columns)
         ds, total = ray.data.from_arrow(head), head.num_rows
     else:
-        # Without the repartition (the cascade), blocks are the reads' own batches, and one or two read tasks keep up.
-        ds, total = _row_group_dataset(input_uri, columns, *((READ_BATCH_ROWS, None) if repartition else (settings.block_rows, 2)))
+        # Without the repartition (the cascade), blocks are the reads' own batches, and one read task keeps up.
+        ds, total = _row_group_dataset(input_uri, columns, *((READ_BATCH_ROWS, None) if repartition else (settings.block_rows, 1)))
     if len(done):
         ds = ds.map_batches(_drop_done, fn_kwargs={"done": done}, batch_format="pyarrow", batch_size=None, num_cpus=settings.format_cpus)
     if not repartition:
