@@ -24,7 +24,7 @@ from prefscale.io import exists, read_json, remove, resolve, write_json
 from prefscale.layout import CHEAP_ENSEMBLE, input_stem
 
 # Keys that set how fast or where work runs, never its result.
-RESOURCE_KEYS = {"actors", "cpus_per_actor", "gpus_per_actor", "threads_per_actor", "format_cpus", "block_rows", "part_rows", "max_tokens",
+RESOURCE_KEYS = {"actors", "buffer_mb", "cpus_per_actor", "gpus_per_actor", "threads_per_actor", "format_cpus", "block_rows", "part_rows", "max_tokens",
                  "workers", "cpus_per_worker", "use_gpu", "max_failures", "checkpoint_every", "tune_cpus_per_trial", "output"}
 
 

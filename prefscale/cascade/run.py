@@ -15,6 +15,7 @@ cannot be tokenized) keeps the last prediction it had, with the reason in ``erro
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -210,7 +211,8 @@ class NeuralStage:
 def _fingerprint(config: Config, input_uri: str, thresholds: list[float | None], fraction: float | None) -> dict[str, str]:
     from prefscale.fingerprints import file_identity
 
-    manifest = hashlib.sha256(open(config.layout.manifest, "rb").read()).hexdigest()[:16] if exists(config.layout.manifest) else "none"
+    sealed = read_json(config.layout.manifest) if exists(config.layout.manifest) else None  # any filesystem, not only local
+    manifest = hashlib.sha256(json.dumps(sealed, sort_keys=True).encode()).hexdigest()[:16]
     return {"run": manifest, "input": file_identity(input_uri), "stages": ",".join(config.cascade.stages),
             "uncertainty": config.cascade.uncertainty, "routing": f"fraction {fraction}" if fraction is not None else f"thresholds {thresholds}"}
 
@@ -258,7 +260,8 @@ def run_cascade(config: Config, stacked: list[str], input_uri: str, output: str,
             remove(output)
         write_json(record, record_file)
         done = pc.unique(read_cascade(output, settings.stages, [schema.ID]).column(schema.ID)).to_numpy()
-        present = pads.dataset(resolve(input_uri)[1], filesystem=resolve(input_uri)[0], format="parquet").schema.names
+        fs, path = resolve(input_uri)
+        present = pads.dataset(path, filesystem=fs, format="parquet").schema.names
         columns = [schema.ID, *schema.TEXT_COLUMNS, *(c for c in (schema.SOURCE, schema.TIES) if c in present)]
         score = config.score.model_copy(update={"rows": rows, "block_rows": settings.block_rows})
         # Row groups stream as blocks of at most cascade.block_rows: no repartition task (it would hold a whole CPU).
