@@ -55,3 +55,15 @@ def test_fit_says_when_the_cap_binds_before_the_tolerance_is_met():
                       CascadeConfig(stages=["cheap", "expensive"], max_sent=0.25))
     assert not fit["chosen"]["met"] and fit["chosen"]["fraction"] <= 0.25
     assert fit["chosen"]["log_loss"] > fit["target_log_loss"]
+
+
+def test_plan_keeps_a_members_probabilities_only_while_a_later_stage_reads_them():
+    from prefscale.cascade.run import plan_stages
+    from prefscale.config import load_config
+
+    config = load_config("configs/local.yaml")
+    config = config.model_copy(update={"cascade": config.cascade.model_copy(update={"stages": ["features", "cheap_ensemble", "student", "ensemble"]})})
+    stacked = [*config.members, *config.train]
+    plans = plan_stages(config, stacked, [0.5, 0.5, 0.5], None)
+    assert [p.carried for p in plans] == [("features",), tuple(config.members), ("student",), ()]
+    assert plans[-1].last and plans[-1].threshold is None and plans[1].members == tuple(config.members)

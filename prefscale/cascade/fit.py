@@ -31,6 +31,13 @@ def uncertainty(probs: np.ndarray, kind: str) -> np.ndarray:
     return 1.0 - (top_two[:, 1] - top_two[:, 0])
 
 
+def fraction_cut(u: np.ndarray, fraction: float) -> float:
+    """The uncertainty at or above which the most uncertain share ``fraction`` of ``u`` lies
+    (inf when that share rounds to no battle)."""
+    k = int(round(fraction * len(u)))
+    return float(np.sort(u)[::-1][k - 1]) if k > 0 else np.inf
+
+
 def route(stage_probs: list[np.ndarray], kind: str, fraction: float | None = None,
           thresholds: list[float | None] | None = None) -> tuple[np.ndarray, np.ndarray, list[float | None]]:
     """(final probabilities, index of the deciding stage, thresholds used) for battles routed by
@@ -44,9 +51,7 @@ def route(stage_probs: list[np.ndarray], kind: str, fraction: float | None = Non
         if thresholds is not None:
             cut = np.inf if thresholds[b] is None else thresholds[b]
         else:
-            candidates = np.sort(u[reached])[::-1]
-            k = int(round(fraction * len(candidates)))
-            cut = float(candidates[k - 1]) if k > 0 else np.inf
+            cut = fraction_cut(u[reached], fraction)
         sent = reached & (u >= cut) if np.isfinite(cut) else np.zeros(n, dtype=bool)
         final[sent] = stage_probs[b + 1][sent]
         decided[sent] = b + 1

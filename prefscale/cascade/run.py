@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from prefscale.cascade.fit import uncertainty
+from prefscale.cascade.fit import fraction_cut, uncertainty
 from prefscale.config import Config
 from prefscale.data import schema
 from prefscale.errors import PrefscaleError
@@ -68,15 +68,18 @@ class StagePlan:
     threshold: float | None  # fitted: routed on when uncertainty >= threshold (None: nothing goes on)
     fraction: float | None  # budget: the block's most uncertain share goes on
     last: bool
+    carried: tuple[str, ...] = ()  # of its members, those a later stage reads: kept as working columns
 
 
 def plan_stages(config: Config, stacked: list[str], thresholds: list[float | None], fraction: float | None) -> list[StagePlan]:
     stages = config.cascade.stages
+    needs = [{ENSEMBLE: stacked, CHEAP_ENSEMBLE: [m for m in stacked if m in config.members]}.get(name, [name]) for name in stages]
     plans = []
     for k, name in enumerate(stages):
-        needs = {ENSEMBLE: stacked, CHEAP_ENSEMBLE: [m for m in stacked if m in config.members]}.get(name, [name])
-        plans.append(StagePlan(k, name, tuple(needs), tuple(m for m in needs if m in config.members), tuple(m for m in needs if m in config.train),
-                               None if k == len(stages) - 1 else thresholds[k], fraction, k == len(stages) - 1))
+        later = {m for after in needs[k + 1:] for m in after}
+        plans.append(StagePlan(k, name, tuple(needs[k]), tuple(m for m in needs[k] if m in config.members),
+                               tuple(m for m in needs[k] if m in config.train), None if k == len(stages) - 1 else thresholds[k], fraction,
+                               k == len(stages) - 1, tuple(m for m in needs[k] if m in later)))
     return plans
 
 
@@ -132,8 +135,7 @@ class StageDecider:
         if not plan.last and len(decided):
             u = uncertainty(probs[scored], self.uncertainty)
             if plan.fraction is not None:
-                k = int(round(plan.fraction * len(u)))
-                cut = np.sort(u)[::-1][k - 1] if k else np.inf
+                cut = fraction_cut(u, plan.fraction)
             else:
                 cut = np.inf if plan.threshold is None else plan.threshold
             route[decided[u >= cut]] = plan.index + 1
@@ -142,7 +144,8 @@ class StageDecider:
         batch = _set_rows(batch, [STAGE], decided, np.full((len(decided), 1), plan.name, dtype=object), pa.string())
         if (~scored).any():
             batch = _set_rows(batch, [ERROR], rows[~scored], np.full((int((~scored).sum()), 1), f"stage {plan.name} could not score it"), pa.string())
-        for member, probs_m in by_member.items():
+        for member in plan.carried:
+            probs_m = by_member[member]
             if member_columns(member)[0] not in batch.column_names:
                 batch = _set_rows(batch, member_columns(member), rows, probs_m, pa.float32())
         batch = batch.set_column(batch.schema.get_field_index(ROUTE), ROUTE, pa.array(route))
