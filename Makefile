@@ -10,9 +10,10 @@ export RAY_AUTH_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
 MLFLOW_UI_VENV ?= .venv-mlflow-ui
+PAIRJUDGE_VENV ?= .venv-pairjudge
 RUN ?= runs/local
 
-.PHONY: setup demo test bench clean mlflow-ui
+.PHONY: setup demo test bench bench-pairjudge-venv clean mlflow-ui
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,6 +32,12 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/bench_pairs.py
+
+# The peer library bench_score_throughput.py compares against, kept out of prefscale's environment.
+bench-pairjudge-venv:
+	test -x $(PAIRJUDGE_VENV)/bin/python || python3 -m venv $(PAIRJUDGE_VENV)
+	$(PAIRJUDGE_VENV)/bin/pip install -q "$(TORCH)"
+	$(PAIRJUDGE_VENV)/bin/pip install -q "pairjudge[judge]==0.3.0" "transformers==5.23.0" pyarrow
 
 # Browse a run's tracked commands at http://127.0.0.1:5000 (local only). MLflow's server pins
 # pyarrow<26, below prefscale's, so it gets its own environment.

@@ -148,6 +148,8 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
     config = _config(args, score={"input": args.input, "output": args.out, "rows": args.rows, "tta": False if args.no_tta else None})
+    if args.cascade:  # the finished run's fitted cascade instead of the config's models
+        return _cascade(args, config.layout.root, config.score.input or config.layout.battles, config.score.output or config.layout.scores("cascade"))
     return _stages(args, config, ["score"])
 
 
@@ -280,14 +282,18 @@ def cmd_leaderboard(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_cascade(args: argparse.Namespace) -> dict[str, Any]:
+    return _cascade(args, args.run_dir, args.input, args.out)
+
+
+def _cascade(args: argparse.Namespace, run_dir: str, input_uri: str, out: str) -> dict[str, Any]:
     from prefscale.cascade.run import run_cascade
     from prefscale.predict import load_run
     from prefscale.ray_runtime import ensure_ray
 
-    _never_an_input([args.out], [args.input])
-    config, stacked = load_run(args.run_dir)
+    _never_an_input([out], [input_uri])
+    config, stacked = load_run(run_dir)
     ensure_ray(config.ray)
-    return run_cascade(config, stacked, args.input, args.out, args.send_fraction, args.rows, log=_log(args))
+    return run_cascade(config, stacked, input_uri, out, args.send_fraction, args.rows, log=_log(args))
 
 
 def cmd_completion(args: argparse.Namespace) -> None:
@@ -370,10 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory of Parquet parts (default: score.output)")
     p.add_argument("--rows", type=_int_at_least(1), help="score only the first N battles")
     p.add_argument("--no-tta", action="store_true", help="skip the A/B-swapped pass")
+    p.add_argument("--cascade", action="store_true", help="score through the finished run's uncertainty cascade (report/cascade.json) "
+                   "instead of score.models; output default <run_dir>/scores/cascade")
+    p.add_argument("--send-fraction", type=_fraction, help="with --cascade: send each block's most uncertain share on at every stage")
 
     p = _stage_parser(commands, "pseudolabel", "soft labels for unlabeled battles from one or more models (scores them unless --scores)", cmd_pseudolabel)
     p.add_argument("--input", help="unlabeled battles (default: pseudolabel.input or <run_dir>/unlabeled_pairs.parquet)")
-    p.add_argument("--scores", nargs="+", help="existing score directories to average instead of scoring")
+    p.add_argument("--scores", nargs="+", help="existing score directories (or cascade outputs) to average instead of scoring")
     p.add_argument("--out", help="pseudolabel Parquet (default: pseudolabel.output)")
     p.add_argument("--rows", type=_int_at_least(1), help="pseudolabel only the first N battles")
 

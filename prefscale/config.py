@@ -107,8 +107,9 @@ class ScoreConfig(Section):
     tta: bool = Field(True, description="also score every battle with A and B swapped and average (test-time augmentation)")
     tta_space: Literal["prob", "logit"] = Field("prob", description="average the two orders' probabilities or their logits")
     rows: int | None = Field(None, gt=0, description="score only the first N battles (smoke runs)")
-    max_tokens: int = Field(8192, gt=0, description="padded tokens per forward batch")
-    block_rows: int = Field(256, gt=0, description="rows per actor call, sorted by length inside")
+    max_tokens: int = Field(2048, gt=0, description="padded tokens per forward batch: about 2k is fastest on CPU "
+                            "(bench_score_throughput.py); GPUs want far more (the GPU recipes set 32768)")
+    block_rows: int = Field(512, gt=0, description="rows per actor call; both orders of a block's battles are sorted by length together")
     actors: int = Field(1, gt=0, description="model replicas in the Ray Data actor pool")
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs Ray reserves per replica")
     gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per replica (fractions share a GPU); >0 fails loudly where none is visible")

@@ -37,7 +37,7 @@ def test_gpu_scorers_on_a_node_without_cuda_fail_in_one_line_and_pools_are_sized
     write_table(pq.read_table(battles_path).slice(0, 16), tmp_path / "b.parquet")
     score = {"models": [{"name": "tiny", "path": tiny_bert_path}], "cpus_per_actor": 0.5, "format_cpus": 0.25, "block_rows": 8, "gpus_per_actor": 1}
     code, line = run_cli(tmp_path, gpu_config(tmp_path, tiny_bert_path, score={**score, "actors": 3}), "score", "--input", str(tmp_path / "b.parquet"))
-    assert code == 2 and "need 1.75 CPUs and 3 GPUs at once but the cluster has 2 and 2" in line, line
+    assert code == 2 and "need 2.5 CPUs and 3 GPUs at once but the cluster has 2 and 2" in line, line
     code, line = run_cli(tmp_path, gpu_config(tmp_path, tiny_bert_path, score={**score, "actors": 2}), "score", "--input", str(tmp_path / "b.parquet"))
     assert code == 2 and line.startswith("prefscale: error: a scorer actor (score.gpus_per_actor > 0) was given a GPU but node "), line
     assert "sees no CUDA device" in line

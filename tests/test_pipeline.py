@@ -135,6 +135,18 @@ def _check_cascade(out: Path, tmp_path: Path, alpacaeval: Path, pairs: int) -> N
     changed = _cli(*common[:-1], "0.5")  # another routing never reuses the old output
     assert changed["already_done"] == 0 and changed["output_rows"] == pairs
 
+    # The cascade feeds pseudolabels (its final prediction is one model), and `score --cascade` runs it too.
+    labels = _cli("pseudolabel", "--config", str(out / "config.yaml"), "--run-dir", str(tmp_path / "next"), "--input",
+                  str(out / "unlabeled_pairs.parquet"), "--scores", str(scored), "--out", str(tmp_path / "pl.parquet"))["stages"]["pseudolabel"]
+    head = yaml.safe_load((out / "config.yaml").read_text())["pseudolabel"]["rows"]  # the run's slice of the dump
+    assert labels["pseudolabeled"] > 0 and labels["pseudolabeled"] + sum(labels["rejected"].values()) == labels["battles"] == head
+    assert "unscored" not in labels["rejected"]
+    soft = pd.read_parquet(tmp_path / "pl.parquet").set_index("id").join(pd.read_parquet(scored).set_index("id"))
+    np.testing.assert_allclose(soft[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy(), soft[["prob_a", "prob_b", "prob_tie"]].to_numpy(), atol=1e-6)
+    via_score = _cli("score", "--config", str(out / "config.yaml"), "--run-dir", str(out), "--cascade", "--input", str(out / "unlabeled_pairs.parquet"),
+                     "--out", str(tmp_path / "via_score"), "--rows", "200", "--send-fraction", "0.3")
+    assert via_score["scored"] == via_score["unique_ids"] == 200 and set(pd.read_parquet(tmp_path / "via_score")["stage"]) <= set(stages)
+
     dump = tmp_path / "dump.parquet"
     long = pq.read_table(alpacaeval).to_pandas()
     long = long[long["instruction"].isin(long["instruction"].unique()[:2])]

@@ -56,6 +56,28 @@ def test_scores_every_id_once_with_two_models_in_one_pass(ray_local, small_battl
     assert len(pq.read_table(str(tmp_path / "out"))) == 128
 
 
+def test_actor_pools_that_leave_no_cpu_for_cutting_blocks_fail_in_one_line_instead_of_waiting(ray_local, small_battles, tiny_bert_path, tmp_path):
+    """Two actors at 0.75 CPU on 2 CPUs leave no room for Ray's repartition task (a whole CPU):
+    the job used to wait forever. At 0.5 CPU each they fit, and every row is scored."""
+    from prefscale.errors import PrefscaleError
+
+    model = [ScoringModel("bert", tiny_bert_path, TextConfig(max_length=64))]
+    with pytest.raises(PrefscaleError, match=r"1 models x 2 actors need 2.5 CPUs and 0 GPUs at once but the cluster has 2"):
+        score(small_battles, tmp_path / "out", model, actors=2, cpus_per_actor=0.75)
+
+    def hung(*_):
+        raise TimeoutError("scoring did not finish in 180 s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(180)
+    try:
+        summary = score(small_battles, tmp_path / "out", model, actors=2, cpus_per_actor=0.5)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert summary["scored"] == 64 and sorted(read_parts(str(tmp_path / "out")).column("id").to_pylist()) == ids_of(small_battles)
+
+
 def test_swap_tta_is_symmetric_on_real_battles(ray_local, small_battles, tiny_bert_path, tmp_path):
     table = pq.read_table(small_battles).slice(0, 24)
     write_table(table, tmp_path / "a.parquet")

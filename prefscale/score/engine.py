@@ -110,6 +110,8 @@ def _long_rows(batch: pa.Table, models: list[ScoringModel]) -> pa.Table:
 
 
 READ_BATCH_ROWS = 8192  # a row group bigger than this is streamed in record batches, never read whole
+READ_CPUS = 0.25  # what Ray reserves per read task: reading is light beside tokenizing and the model
+REPARTITION_CPUS = 1.0  # Ray 2.60 runs Dataset.repartition as tasks of one whole CPU, not configurable
 
 
 def _read_row_groups(items: pa.Table, columns: list[str], batch_rows: int = READ_BATCH_ROWS) -> Iterator[pa.Table]:
@@ -143,7 +145,7 @@ def _row_group_dataset(uri: str, columns: list[str], batch_rows: int = READ_BATC
         items += [{"uri": file_uri, "row_group": g} for g in range(meta.num_row_groups)]
         total += meta.num_rows
     ds = ray.data.from_items(items, override_num_blocks=max(len(items), 1))
-    return ds.map_batches(_read_row_groups, fn_kwargs={"columns": columns, "batch_rows": batch_rows}, batch_size=1, batch_format="pyarrow", num_cpus=0.25,
+    return ds.map_batches(_read_row_groups, fn_kwargs={"columns": columns, "batch_rows": batch_rows}, batch_size=1, batch_format="pyarrow", num_cpus=READ_CPUS,
                           concurrency=concurrency), total
 
 
@@ -170,10 +172,12 @@ def _input_dataset(input_uri: str, settings: ScoreConfig, done: np.ndarray, colu
 def pools_fit(models: int, settings: ScoreConfig, cluster: dict[str, float]) -> str | None:
     """Why the models' actor pools cannot all be placed at once (they would wait forever), or None."""
     pools = models * settings.actors
-    cpus, gpus = pools * settings.cpus_per_actor + settings.format_cpus, pools * settings.gpus_per_actor
+    # Beside the pools, at least the largest of the other tasks must fit, or blocks never reach them.
+    cpus = pools * settings.cpus_per_actor + max(settings.format_cpus, READ_CPUS, REPARTITION_CPUS)
+    gpus = pools * settings.gpus_per_actor
     if cpus > cluster.get("CPU", 0) or gpus > cluster.get("GPU", 0):
         return (f"{models} models x {settings.actors} actors need {cpus:g} CPUs and {gpus:g} GPUs at once but the cluster has "
-                f"{cluster.get('CPU', 0):g} and {cluster.get('GPU', 0):g}; score fewer models per pass or lower score.cpus_per_actor / score.actors")
+                f"{cluster.get('CPU', 0):g} and {cluster.get('GPU', 0):g}; score fewer models per pass or lower score.cpus_per_actor / score.actors (a whole CPU stays free for cutting blocks)")
     return None
 
 

@@ -1,4 +1,4 @@
-"""Soft labels for unlabeled battles from one or more scored models.
+"""Soft labels for unlabeled battles from one or more scored models, or from a cascade's output.
 
 Model probabilities are averaged per battle; confidence (top probability), entropy and
 agreement (share of models whose top class matches the ensemble's) describe each label.
@@ -28,9 +28,25 @@ from prefscale.progress import bar
 QUALITY_COLUMNS = ("pl_confidence", "pl_entropy", "pl_agreement", "pl_models")
 
 
+def _model_probs(directory: str) -> pd.DataFrame:
+    """(id, model, probabilities) of a score directory; a cascade output (`prefscale cascade`,
+    `score --cascade`) counts as one model, "cascade", its final prediction per battle."""
+    import pyarrow.dataset as pads
+
+    from prefscale.cascade.run import STAGE
+    from prefscale.io import exists, resolve
+
+    if exists(directory):
+        fs, path = resolve(directory)
+        parts = pads.dataset(path, filesystem=fs, format="parquet")
+        if STAGE in parts.schema.names:
+            return parts.to_table(columns=[schema.ID, *PROBS]).to_pandas().assign(model="cascade")
+    return read_parts(directory, [schema.ID, "model", *PROBS]).to_pandas()
+
+
 def ensemble(score_dirs: list[str]) -> pd.DataFrame:
     """Per id: mean probabilities over every model in every directory, plus quality columns."""
-    frames = [read_parts(d, [schema.ID, "model", *PROBS]).to_pandas() for d in score_dirs]
+    frames = [_model_probs(d) for d in score_dirs]
     scores = pd.concat(frames, ignore_index=True).dropna(subset=list(PROBS))
     if scores.empty:
         raise PrefscaleError(f"no scores found in {', '.join(score_dirs)}; run `prefscale score` first")

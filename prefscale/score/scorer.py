@@ -73,15 +73,16 @@ class ModelScorer:
     def _score(self, replica: _Replica, batch: pa.Table) -> pa.Table:
         m = replica.spec
         sequences = batch.column(m.column(IDS)).to_pylist()
-        logits, widths = self._logits(replica, sequences)
-        real = np.array([len(s) for s in sequences])
-        if m.column(IDS_SWAPPED) in batch.column_names:
-            twins = batch.column(m.column(IDS_SWAPPED)).to_pylist()
-            swapped_logits, swapped_widths = self._logits(replica, twins)
-            logits = combine_swapped(logits, swapped_logits, self.tta_space)
-            widths = widths + swapped_widths
-            real = real + np.array([len(s) for s in twins])
+        n = len(sequences)
+        tta = m.column(IDS_SWAPPED) in batch.column_names
+        if tta:  # both orders sorted and batched together: one sort over twice the rows pads less
+            sequences += batch.column(m.column(IDS_SWAPPED)).to_pylist()
             batch = batch.drop_columns([m.column(IDS_SWAPPED)])
+        logits, widths = self._logits(replica, sequences)
+        real = np.array([len(s) for s in sequences], dtype=np.int64)
+        if tta:
+            logits = combine_swapped(logits[:n], logits[n:], self.tta_space)
+            widths, real = widths[:n] + widths[n:], real[:n] + real[n:]
         batch = batch.drop_columns([m.column(IDS)])
         for i, name in enumerate(LOGITS):
             batch = batch.append_column(m.column(name), pa.array(logits[:, i], pa.float32()))
