@@ -47,27 +47,41 @@ def battles(rows: int) -> pa.Table:
     return table.take(np.sort(rng.choice(table.num_rows, rows, replace=False)))
 
 
-def bare_loop(table: pa.Table, text, max_tokens: int) -> dict:
-    """Tokenize, sort every sequence (both orders) by length, token-budget batches, forward."""
+def both_orders(tokenizer, table: pa.Table, text) -> list[list[int]]:
+    """Token ids of every battle, then of every swapped twin (the formatter tokenizes the text once)."""
+    from prefscale.text.formatter import BattleFormatter
+
+    plain, swapped = BattleFormatter(tokenizer, text).encode_with_swap(*(table.column(c).to_pylist() for c in ("prompt", "response_a", "response_b")))
+    return plain.input_ids + swapped.input_ids
+
+
+def forward_passes(model, pad_id: int, sequences: list[list[int]], batches: list[np.ndarray]) -> np.ndarray:
+    """Logits per sequence, one forward pass per batch: the loop with no Ray around it."""
     import torch
 
-    from prefscale.batching import pad_batch, padded_tokens, token_budget_batches
+    from prefscale.batching import pad_batch
+
+    logits = np.zeros((len(sequences), 3), dtype=np.float32)
+    with torch.inference_mode():
+        for rows in batches:
+            ids, mask = pad_batch([sequences[r] for r in rows], pad_id)
+            logits[rows] = model(input_ids=ids, attention_mask=mask).logits.float().numpy()
+    return logits
+
+
+def bare_loop(table: pa.Table, text, max_tokens: int) -> dict:
+    """Load, tokenize, sort every sequence (both orders) by length, token-budget batches, forward."""
+    from prefscale.batching import padded_tokens, token_budget_batches
     from prefscale.models.loading import load_classifier, load_tokenizer
     from prefscale.score.tta import combine_swapped
-    from prefscale.text.formatter import BattleFormatter
 
     started = time.perf_counter()
     tokenizer = load_tokenizer(MODEL)
     model = load_classifier(MODEL).eval()
-    plain, swapped = BattleFormatter(tokenizer, text).encode_with_swap(*(table.column(c).to_pylist() for c in ("prompt", "response_a", "response_b")))
-    sequences = plain.input_ids + swapped.input_ids
+    sequences = both_orders(tokenizer, table, text)
     lengths = np.array([len(s) for s in sequences])
     batches = token_budget_batches(lengths, max_tokens)
-    logits = np.zeros((len(sequences), 3), dtype=np.float32)
-    with torch.inference_mode():
-        for rows in batches:
-            ids, mask = pad_batch([sequences[r] for r in rows], tokenizer.pad_token_id)
-            logits[rows] = model(input_ids=ids, attention_mask=mask).logits.float().numpy()
+    logits = forward_passes(model, tokenizer.pad_token_id, sequences, batches)
     combine_swapped(logits[: table.num_rows], logits[table.num_rows :])
     seconds = time.perf_counter() - started
     return {"seconds": round(seconds, 2), "rows_per_s": round(table.num_rows / seconds, 2),
@@ -78,24 +92,16 @@ def bare_loop(table: pa.Table, text, max_tokens: int) -> dict:
 def max_tokens_probe(table: pa.Table, text, budgets: tuple[int, ...] = (1024, 2048, 4096, 8192), rows: int = 300) -> dict:
     """Real tokens/s of the bare loop's forward passes alone at each token budget, on the first
     ``rows`` battles (both orders): where score.max_tokens' default comes from."""
-    import torch
-
-    from prefscale.batching import pad_batch, token_budget_batches
+    from prefscale.batching import token_budget_batches
     from prefscale.models.loading import load_classifier, load_tokenizer
-    from prefscale.text.formatter import BattleFormatter
 
     tokenizer, model = load_tokenizer(MODEL), load_classifier(MODEL).eval()
-    head = table.slice(0, rows)
-    plain, swapped = BattleFormatter(tokenizer, text).encode_with_swap(*(head.column(c).to_pylist() for c in ("prompt", "response_a", "response_b")))
-    sequences = plain.input_ids + swapped.input_ids
+    sequences = both_orders(tokenizer, table.slice(0, rows), text)
     lengths = np.array([len(s) for s in sequences])
     rates = {}
     for budget in (budgets[0], *budgets):  # the first budget twice: the first pass warms up
         started = time.perf_counter()
-        with torch.inference_mode():
-            for batch in token_budget_batches(lengths, budget):
-                ids, mask = pad_batch([sequences[r] for r in batch], tokenizer.pad_token_id)
-                model(input_ids=ids, attention_mask=mask)
+        forward_passes(model, tokenizer.pad_token_id, sequences, token_budget_batches(lengths, budget))
         rates[str(budget)] = round(float(lengths.sum() / (time.perf_counter() - started)), 1)
     return rates
 
