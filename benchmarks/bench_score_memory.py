@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from common import REPO, SHARED_DATA, run_measured, write_result
+from common import SHARED_DATA, run_measured, write_result
 
 GIB = 2**30
 
@@ -29,13 +29,12 @@ def main() -> None:
     dump = SHARED_DATA / "alpacaeval_outputs.parquet"
     if not dump.exists():
         sys.exit(f"needs {dump}")
-    sys.path.insert(0, str(REPO / "tests"))  # the tiny-model builder is a test helper, not part of the package
-    from tiny_models import build
+    from prefscale.smoke.models import tiny_model
 
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model = build("bert", str(tmp / "tiny_bert"))
+        model = tiny_model("bert", str(tmp / "tiny_bert"))
         config = {
             "name": "bench-memory",
             "data": {"train": [str(dump)]},

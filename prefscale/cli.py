@@ -124,10 +124,15 @@ def stats_table(summary: dict[str, Any]) -> str:
 
 
 def _config(args: argparse.Namespace, **sections: dict[str, Any]):
-    """The config of --config, moved to --run-dir, with command-line overrides of whole sections' keys."""
+    """The config of --config (made a smoke run by --smoke), moved to --run-dir, with command-line overrides of sections' keys."""
     from prefscale.config import load_config
 
     config = load_config(args.config)
+    if args.smoke:
+        from prefscale.smoke.recipe import enter_smoke_environment, smoke_config
+
+        enter_smoke_environment(config)
+        config = smoke_config(config)
     update: dict[str, Any] = {"output_dir": args.run_dir} if args.run_dir else {}
     for section, values in sections.items():
         values = {key: value for key, value in values.items() if value is not None}
@@ -314,6 +319,8 @@ def _stage_parser(commands: Any, name: str, help_text: str, func: Any) -> argpar
     parser = commands.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
     parser.add_argument("--config", required=True, help="YAML recipe (see configs/ and docs/CONFIG.md)")
     parser.add_argument("--run-dir", help="run directory (default: the config's output_dir, else runs/<name>)")
+    parser.add_argument("--smoke", action="store_true", help="the recipe end to end on this machine before submitting it: every key kept, "
+                        "tiny models of its architectures under its hub ids, generated battles, CPUs; run dir runs/smoke/<output_dir name>/run")
     parser.set_defaults(func=func)
     return parser
 

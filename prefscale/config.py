@@ -268,6 +268,8 @@ class Config(Section):
                 raise ValueError(f"train.{name}.distill.weights needs one weight per teacher ({len(run.distill.teachers)})")
         if self.cascade and (unknown := sorted(set(self.cascade.stages) - set(self.members) - set(self.train) - {ENSEMBLE, CHEAP_ENSEMBLE})):
             raise ValueError(f"cascade.stages names {unknown}, which are neither members, train runs, '{CHEAP_ENSEMBLE}' nor '{ENSEMBLE}'")
+        if self.stack and self.stack.calibration != "none" and self.data.folds < 3:
+            raise ValueError("stack.calibration is fitted by nested CV, which needs data.folds of 3 or more (or calibration: none)")
         if self.cascade and not self.stack:
             raise ValueError("cascade needs a stack section: its thresholds are fitted on the stacked OOF predictions")
         try:

@@ -64,12 +64,12 @@ def unit_parts(config: Config, unit: str) -> dict[str, str]:
         return {f"config members.{name}": _section(config.members[name]), **upstream(["data"])}
     if kind == "train":
         run = config.train[name]
-        teachers = [f"train:{t}" if t in config.train else f"member:{t}" for t in (run.distill.teachers if run.distill else [])]
+        teachers = [_model_unit(config, t) for t in (run.distill.teachers if run.distill else [])]
         return {f"config train.{name}": _section(run), "config model": _section(run.model or config.model), "config text": _section(config.text),
                 **upstream(["data", *teachers, *(["pseudolabel"] if run.pseudolabels else [])]), **files(run.extra_train)}
     if kind == "pseudolabel":
         settings = config.pseudolabel
-        scorers = [f"train:{s}" for s in config.pseudolabel_scorers() if s in config.train]
+        scorers = [_model_unit(config, s) for s in config.pseudolabel_scorers() if s not in {m.name for m in config.score.models}]
         battles = files([settings.input]) if settings.input else upstream(["pairs"])
         scoring = {"tta": config.score.tta, "tta_space": config.score.tta_space, "models": config.score.model_dump(mode="json")["models"]}
         return {"config pseudolabel": _section(settings), "config score": _digest(scoring), "config model": _section(config.model),
@@ -119,7 +119,26 @@ def _children(directory: str, prefix: str) -> list[str]:
     return [f"{directory.rstrip('/')}/{e.base_name}" for e in fs.get_file_info(pafs.FileSelector(path)) if e.base_name.startswith(prefix)]
 
 
+def _model_unit(config: Config, name: str) -> str:
+    """The unit that made member or train run ``name``: this config's, else one an earlier config on this run directory recorded."""
+    if name in config.members:
+        return f"member:{name}"
+    if name in config.train or f"member:{name}" not in _records(config):
+        return f"train:{name}"
+    return f"member:{name}"
+
+
+def _records(config: Config) -> dict[str, Any]:
+    return read_json(config.layout.fingerprints) if exists(config.layout.fingerprints) else {}
+
+
 def fingerprint(config: Config, unit: str) -> str:
+    """A unit's fingerprint; for a run or member an earlier config made on this run directory (a
+    student's teachers), the one recorded when it was made ("missing" if it never was)."""
+    kind, _, name = unit.partition(":")
+    if (kind == "train" and name not in config.train) or (kind == "member" and name not in config.members):
+        recorded = _records(config).get(unit)
+        return _digest(recorded) if recorded else "missing"
     return _digest(unit_parts(config, unit))
 
 

@@ -120,6 +120,10 @@ class RunLayout:
         """The fold's final trainable tensors (adapters + head), for fold averaging."""
         return self._path("models", name, f"fold{fold}", "adapter")
 
+    def run_scoring(self, name: str) -> str:
+        """How a train run's models are scored (precision, text, TTA): read by later configs on this run directory."""
+        return self._path("models", name, "scoring.json")
+
     def heldout(self, name: str, fold: int) -> str:
         return self._path("models", name, f"fold{fold}", "heldout.parquet")
 

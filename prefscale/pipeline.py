@@ -202,7 +202,8 @@ STAGES: tuple[Stage, ...] = (
           lambda c: [c.pseudolabel.output or c.layout.pseudolabels], pseudolabel, uses_ray=True),
     Stage("students", lambda c: bool(c.train_phases()[1]), lambda c: [c.layout.battles, c.pseudolabel.output or c.layout.pseudolabels],
           lambda c: [c.layout.oof(n) for n in c.train_phases()[1]], lambda c, log: train_runs(c, log, phase=1), uses_ray=True),
-    Stage("score", lambda c: not _pseudolabels_enabled(c) and c.stack is None, lambda c: [c.score.input or c.layout.battles],
+    # In `prefscale run`, only a scoring config scores: one with train runs makes better models than the base to score with.
+    Stage("score", lambda c: not c.train and c.stack is None, lambda c: [c.score.input or c.layout.battles],
           lambda c: [score_output(c)], score, uses_ray=True),
     Stage("stack", lambda c: c.stack is not None, lambda c: [c.layout.oof(m) for m in c.stack_members()],
           lambda c: [c.layout.stack], stack, uses_ray=True),

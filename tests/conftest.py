@@ -33,7 +33,7 @@ _generated: Path | None = None
 
 
 def shared_file(name: str) -> Path:
-    """The real file from ../shared/data, else its generated stand-in (tests/generated_data.py)."""
+    """The real file from ../shared/data, else its generated stand-in (prefscale/smoke/battles.py)."""
     global _generated
     if USE_REAL_DATA:
         path = SHARED_DATA / name
@@ -41,7 +41,7 @@ def shared_file(name: str) -> Path:
             pytest.skip(f"needs the real data at {path}; not present here")
         return path
     if _generated is None:
-        from generated_data import generate
+        from prefscale.smoke.battles import generate
 
         _generated = generate(Path(tempfile.mkdtemp(prefix="prefscale-generated-data-")))
     return _generated / name
@@ -77,16 +77,16 @@ def minilm_tokenizer():
 
 @pytest.fixture(scope="session")
 def tiny_bert_path(tmp_path_factory) -> str:
-    from tiny_models import build
+    from prefscale.smoke.models import tiny_model
 
-    return build("bert", str(tmp_path_factory.mktemp("tiny_bert")))
+    return tiny_model("bert", str(tmp_path_factory.mktemp("tiny_bert")))
 
 
 @pytest.fixture(scope="session")
 def tiny_llama_path(tmp_path_factory) -> str:
-    from tiny_models import build
+    from prefscale.smoke.models import tiny_model
 
-    return build("llama", str(tmp_path_factory.mktemp("tiny_llama")))
+    return tiny_model("llama", str(tmp_path_factory.mktemp("tiny_llama")))
 
 
 @pytest.fixture(scope="session")

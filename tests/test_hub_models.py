@@ -6,7 +6,6 @@ with its own environment, as a user's shell would."""
 import http.server
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -14,19 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from prefscale.smoke.models import publish
+
 REPO = Path(__file__).resolve().parents[1]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def publish(hf_home: Path, repo: str, folder: str, commit: str = COMMIT, ref: str = "main", files: list[str] | None = None) -> None:
-    """Lay a model folder out as the hub cache does: models--org--name/{refs/<ref>, snapshots/<commit>/...}."""
-    storage = hf_home / "hub" / f"models--{repo.replace('/', '--')}"
-    snapshot = storage / "snapshots" / commit
-    snapshot.mkdir(parents=True, exist_ok=True)
-    for name in files or os.listdir(folder):
-        shutil.copy(os.path.join(folder, name), snapshot / name)
-    (storage / "refs").mkdir(exist_ok=True)
-    (storage / "refs" / ref).write_text(commit)
 
 
 def resolve(spec: str, hf_home: Path, **env: str) -> tuple[int, str]:
@@ -44,12 +34,12 @@ def resolve(spec: str, hf_home: Path, **env: str) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def hf_home(tmp_path_factory, tiny_llama_path, tiny_bert_path) -> Path:
     home = tmp_path_factory.mktemp("hf_home")
-    publish(home, "meta-llama/Meta-Llama-3-70B", tiny_llama_path)
-    publish(home, "org/tiny-bert", tiny_bert_path, commit="f" * 40, ref="v1")
+    publish(str(home / "hub"), "meta-llama/Meta-Llama-3-70B", tiny_llama_path, commit=COMMIT)
+    publish(str(home / "hub"), "org/tiny-bert", tiny_bert_path, commit="f" * 40, ref="v1")
     pickled = tmp_path_factory.mktemp("pickled")
     (pickled / "config.json").write_text((Path(tiny_bert_path) / "config.json").read_text())
     (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
-    publish(home, "org/pickled", str(pickled))
+    publish(str(home / "hub"), "org/pickled", str(pickled), commit=COMMIT)
     return home
 
 

@@ -2,7 +2,8 @@
 
 A ``ScoringModel`` is a named model directory with the precision and text options it is
 scored at. ``train_run_models`` resolves "the scoring model of train run X" for held-out
-folds, pseudolabels and predict alike: the run's own precision, text options and TTA, so a
+folds, pseudolabels and predict alike (a run an earlier config trained on the same run
+directory, such as a student's teacher, through the scoring record written beside its models): the run's own precision, text options and TTA, so a
 stacker fitted on a QLoRA run's OOF logits is applied to logits made the same way.
 """
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 from prefscale.config import Config, ModelConfig, ScoreConfig, TextConfig
 from prefscale.errors import PrefscaleError
-from prefscale.io import exists
+from prefscale.io import exists, read_json, write_json
 
 
 @dataclass(frozen=True)
@@ -50,16 +51,37 @@ def trained_model(config: Config, name: str, path: str, label: str | None = None
     return ScoringModel(label or name, path, text_for(config, run.max_length), model.precision, model.trust_remote_code)
 
 
-def train_run_models(config: Config, name: str) -> list[ScoringModel]:
-    """The scoring model of a finished train run: its averaged model, else every fold model."""
+def _run_model_paths(config: Config, name: str) -> list[tuple[str, str]]:
+    """(label, directory) of a finished train run's scoring models: its averaged model, else every fold model."""
     layout = config.layout
-    averaged = layout.averaged(name)
-    if exists(averaged):
-        return [trained_model(config, name, averaged)]
+    if exists(layout.averaged(name)):
+        return [(name, layout.averaged(name))]
     folds = layout.fold_models(name)
     if not folds:
         raise PrefscaleError(f"train run '{name}' has no models under {layout.run_models(name)}; rerun its training")
-    return [trained_model(config, name, path, f"{name}-{k}") for k, path in enumerate(folds)]
+    return [(f"{name}-{k}", path) for k, path in enumerate(folds)]
+
+
+def train_run_models(config: Config, name: str) -> list[ScoringModel]:
+    """The scoring models of a finished train run of this config."""
+    return [trained_model(config, name, path, label) for label, path in _run_model_paths(config, name)]
+
+
+def write_scoring_record(config: Config, name: str) -> None:
+    """How train run ``name``'s models are scored, kept beside them: a later config on the same run
+    directory (a student's, pseudolabeling with its teachers) scores them the same way."""
+    model = trained_model(config, name, "")
+    write_json({"text": model.text.model_dump(mode="json"), "precision": model.precision, "trust_remote_code": model.trust_remote_code,
+                "tta": config.train[name].tta}, config.layout.run_scoring(name))
+
+
+def _earlier_run_plan(config: Config, name: str) -> list[tuple[ScoringModel, ScoreConfig]]:
+    """A train run of an earlier config on this run directory, scored as its scoring record says."""
+    record = read_json(config.layout.run_scoring(name))
+    settings = config.score.model_copy(update={"tta": record["tta"], "rows": None})
+    text = TextConfig.model_validate(record["text"])
+    return [(ScoringModel(label, path, text, record["precision"], record["trust_remote_code"]), settings)
+            for label, path in _run_model_paths(config, name)]
 
 
 def train_run_score_settings(config: Config, name: str) -> ScoreConfig:
@@ -76,6 +98,9 @@ def scoring_plan(config: Config, name: str) -> list[tuple[ScoringModel, ScoreCon
         settings = train_run_score_settings(config, name)
         return [(model, settings) for model in train_run_models(config, name)]
     configured = {m.name: m for m in configured_models(config)}
-    if name not in configured:
-        raise PrefscaleError(f"'{name}' is neither a train run nor a score model ({', '.join([*config.train, *configured])})")
-    return [(configured[name], config.score.model_copy(update={"rows": None}))]
+    if name in configured:
+        return [(configured[name], config.score.model_copy(update={"rows": None}))]
+    if exists(config.layout.run_scoring(name)):
+        return _earlier_run_plan(config, name)
+    raise PrefscaleError(f"'{name}' is neither a train run nor a score model ({', '.join([*config.train, *configured])}), nor a run "
+                         f"an earlier config trained in {config.run_dir}; train it first, or fix the name")

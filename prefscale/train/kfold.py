@@ -37,6 +37,7 @@ from prefscale.score.scoring_model import (
     train_run_model_config,
     train_run_score_settings,
     trained_model,
+    write_scoring_record,
 )
 from prefscale.train.loop import FoldJob, load_trainable, train_loop_per_worker
 from prefscale.train.tune import tuned
@@ -136,6 +137,7 @@ def train_run(config: Config, name: str, log=print) -> dict[str, Any]:
                                train_run_score_settings(config, name))
         fold_reports.append({"fold": fold, "oof_scored": scored["output_rows"],
                              **{k: metrics.get(k) for k in ("train_rows", "samples", "samples_per_s", "loss", "resumed_from_step", "skipped") if k in metrics}})
+    write_scoring_record(config, name)
     oof = gather_oof(config, name, folds)
     summary = {"name": name, "folds": fold_reports, "oof_path": layout.oof(name), "oof_rows": oof.num_rows, **oof_metrics(oof, all_battles)}
     if best:

@@ -1,5 +1,5 @@
-"""A small generated stand-in for ../shared/data, so the Ray, Train and pipeline tests still run
-(smaller) where the real data is absent. Same files, columns and quirks as the real ones:
+"""Generated battles with the real data's files, columns and quirks: the data of smoke runs
+(`prefscale run --smoke`), and the tests' stand-in for ../shared/data where it is absent.
 
 - ``arena_kaggle_sample.parquet``: Kaggle layout, JSON-list text cells (written as Kaggle
   writes them), about a quarter of the rows cut at 512 characters by the "publisher" (their
@@ -79,11 +79,11 @@ def kaggle_sample(path: Path, rows: int = 480) -> None:
     pq.write_table(pa.Table.from_pylist(records), path)
 
 
-def human_pairs(path: Path) -> None:
+def human_pairs(path: Path, scale: float = 1.0) -> None:
     rng = np.random.default_rng(1)
     records, next_id = [], 1
     for dataset, rows, ties in (("hh_rlhf_harmless_test", 620, False), ("llmeval2", 740, True), ("pandalm_testset", 440, True)):
-        for _ in range(rows):
+        for _ in range(max(int(rows * scale), 1)):
             row = _battle(rng, next_id, ties=ties)
             row.update({"soft_a": None, "soft_b": None, "soft_tie": None, "dataset": dataset, "source": "generated"})
             records.append(row)
@@ -108,11 +108,12 @@ def alpacaeval(path: Path, instructions: int = 12, generators: int = 10) -> None
 MAKERS = {"arena_kaggle_sample.parquet": kaggle_sample, "human_pairs.parquet": human_pairs, "alpacaeval_outputs.parquet": alpacaeval}
 
 
-def generate(directory: Path) -> Path:
-    """Write every stand-in file into ``directory`` (once) and return it."""
+def generate(directory: Path, scale: float = 1.0) -> Path:
+    """Write every file into ``directory`` (once) and return it; ``scale`` < 1 makes fewer labeled battles."""
     directory.mkdir(parents=True, exist_ok=True)
+    sizes = {"arena_kaggle_sample.parquet": {"rows": max(int(480 * scale), 1)}, "human_pairs.parquet": {"scale": scale}}
     for name, make in MAKERS.items():
         if not (directory / name).exists():
-            make(directory / name)
-    (directory / "README.json").write_text(json.dumps({"generated_by": "tests/generated_data.py"}))
+            make(directory / name, **sizes.get(name, {}))
+    (directory / "README.json").write_text(json.dumps({"generated_by": "prefscale/smoke/battles.py"}))
     return directory
