@@ -55,7 +55,7 @@ def main() -> None:
         from prefscale.train.loop import train_loop_per_worker
 
         ensure_ray(RayConfig(num_cpus=2))
-        trainer = TorchTrainer(train_loop_per_worker, train_loop_config=job.model_dump(),
+        trainer = TorchTrainer(train_loop_per_worker, train_loop_config={"jobs": [job.model_dump()], "adapters": [os.path.join(tmp, "adapter")]},
                                scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 2}),
                                run_config=ray.train.RunConfig(name="bench", storage_path=os.path.join(tmp, "ray_train")))
         result = trainer.fit()

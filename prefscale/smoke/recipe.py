@@ -8,6 +8,9 @@ pseudolabels, fold averaging, TTA, stacking); only sizes, devices, data and mode
   published under that id into a hub cache of the smoke run's own, so resolution runs too
   (the user's own cache is never touched: it would then hold a fake model under a real id);
 - workers, actors and CPUs fit one machine without GPUs, and Ray starts locally;
+- one exception beside sizes: the pseudolabel filters (confidence, entropy, agreement, class
+  balance) are opened. A tiny random model is never confident and gives every battle the same
+  top class, so they would reject every battle and the student would train on no pseudolabels;
 - everything lives under ``runs/smoke/<name of output_dir>/``: the run directory ``run/``,
   the data, the hub cache and the tiny models; a teacher's and a student's smoke runs share
   it, as their recipes share ``output_dir``.
@@ -107,7 +110,8 @@ def smoke_config(config: Config) -> Config:
         "max_tokens": min(config.score.max_tokens, 2048)})
     pseudolabel = config.pseudolabel.model_copy(update={
         "input": moved(config.pseudolabel.input), "output": moved(config.pseudolabel.output),
-        "scores": [moved(p) for p in config.pseudolabel.scores], "rows": min(config.pseudolabel.rows or PSEUDOLABEL_ROWS, PSEUDOLABEL_ROWS)})
+        "scores": [moved(p) for p in config.pseudolabel.scores], "rows": min(config.pseudolabel.rows or PSEUDOLABEL_ROWS, PSEUDOLABEL_ROWS),
+        "min_confidence": 0.0, "max_entropy": None, "min_agreement": 0.0, "balance": "none"})
     updates = {
         "output_dir": run_dir, "data": data, "train": train, "score": score, "pseudolabel": pseudolabel, "model": model(config.model),
         "text": config.text.model_copy(update={"max_length": shorter(config.text.max_length)}),

@@ -1,7 +1,8 @@
 """K-fold training on Ray Train, then out-of-fold logits from the scoring engine.
 
-For each fold: a TorchTrainer trains on the other folds (plus any pseudolabels), its adapters
-are merged into a plain model, and the held-out fold is scored by the same Ray Data engine
+One TorchTrainer trains every fold in turn on the same workers (each fold on the other folds,
+plus any pseudolabels); each fold's adapters are merged into a plain model, and its held-out
+fold is scored by the same Ray Data engine
 that produces every logit in the project, through the same model resolver as predict. Every
 training battle gets exactly one OOF row. Reruns skip finished folds; an interrupted fold
 resumes from its latest Ray Train checkpoint.
@@ -10,7 +11,6 @@ resumes from its latest Ray Train checkpoint.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from typing import Any
 
@@ -25,7 +25,6 @@ from prefscale.devices import check_gpu_nodes, raised_prefscale_error
 from prefscale.errors import PrefscaleError
 from prefscale.io import (
     absolute,
-    atomic_dir,
     exists,
     read_json,
     read_table,
@@ -39,7 +38,12 @@ from prefscale.score.scoring_model import (
     trained_model,
     write_scoring_record,
 )
-from prefscale.train.loop import FoldJob, load_trainable, train_loop_per_worker
+from prefscale.train.loop import (
+    FoldJob,
+    checkpoint_state,
+    load_trainable,
+    train_loop_per_worker,
+)
 from prefscale.train.tune import tuned
 
 
@@ -70,31 +74,32 @@ def extra_train(config: Config, name: str) -> list[str]:
     return [*run.extra_train, pseudolabels]
 
 
-def fit_fold(config: Config, name: str, job: FoldJob) -> tuple[str, dict]:
-    """Train one fold on Ray Train; returns its final checkpoint directory and metrics."""
+def fit_folds(config: Config, name: str, jobs: list[FoldJob]) -> None:
+    """Train the folds of ``jobs`` in one Ray Train run (workers start once, not once per fold);
+    each finished fold's adapters land in its fold_adapter directory."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    run = job.run
+    run, layout = jobs[0].run, config.layout
+    adapters = [absolute(layout.fold_adapter(name, job.fold)) for job in jobs]
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=job.model_dump(),
+        train_loop_config={"jobs": [job.model_dump() for job in jobs], "adapters": adapters},
         scaling_config=ray.train.ScalingConfig(num_workers=run.workers, use_gpu=run.use_gpu, resources_per_worker={"CPU": run.cpus_per_worker}),
         run_config=ray.train.RunConfig(
-            name=f"{name}-fold{job.fold}",
-            storage_path=config.layout.checkpoints,
+            name=f"{name}-folds",  # a rerun resumes this run's latest checkpoint, whichever fold it belongs to
+            storage_path=layout.checkpoints,
             failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
     )
     try:
-        result = trainer.fit()
+        trainer.fit()
     except ray.train.TrainingFailedError as exc:
         cause = raised_prefscale_error(exc) or [line for line in str(exc).splitlines() if line.strip()][-1].strip()
-        raise PrefscaleError(f"train.{name} fold {job.fold} failed on its workers: {cause}") from None
-    if result.checkpoint is None:
-        raise PrefscaleError(f"train.{name} fold {job.fold} finished without a checkpoint")
-    return result.checkpoint.path, result.metrics
+        raise PrefscaleError(f"train.{name} failed on its workers: {cause}") from None
+    if missing := [job.fold for job, adapter in zip(jobs, adapters, strict=True) if not exists(adapter)]:
+        raise PrefscaleError(f"train.{name} finished without adapters for folds {missing}; rerun to resume them")
 
 
 def train_run(config: Config, name: str, log=print) -> dict[str, Any]:
@@ -115,20 +120,19 @@ def train_run(config: Config, name: str, log=print) -> dict[str, Any]:
             raise PrefscaleError(f"train.{name} asks for GPUs but the Ray cluster has none; set use_gpu: false or add GPU nodes")
         check_gpu_nodes(f"a training worker of train.{name} (use_gpu: true)")
     best = _searched(config, name, fold_job(config, name, folds[0]), log) if run.tune_samples else None
+    jobs = {fold: tuned(fold_job(config, name, fold), best) if best else fold_job(config, name, fold) for fold in folds}
+    untrained = [jobs[f] for f in folds if not exists(layout.fold_model(name, f)) and not exists(layout.fold_adapter(name, f))]
+    if untrained:
+        t0 = time.perf_counter()
+        fit_folds(config, name, untrained)
+        log(f"  [{name}] folds {[job.fold for job in untrained]} trained in {time.perf_counter() - t0:.1f}s")
     fold_reports = []
-    for fold in folds:
+    for fold, job in jobs.items():
         model_dir, adapter = layout.fold_model(name, fold), layout.fold_adapter(name, fold)
-        job = fold_job(config, name, fold)
-        if best:
-            job = tuned(job, best)
         metrics: dict = {"skipped": "already trained"}
         if not exists(model_dir):  # exported atomically: there means complete
-            t0 = time.perf_counter()
-            checkpoint, metrics = fit_fold(config, name, job)
-            with atomic_dir(adapter) as staged:  # the old adapter stays until the new one is whole
-                shutil.copytree(checkpoint, staged, dirs_exist_ok=True)
+            metrics = checkpoint_state(adapter)
             export_merged(job.model, job.run.lora, load_trainable(adapter), model_dir)
-            log(f"  [{name}] fold {fold} trained in {time.perf_counter() - t0:.1f}s")
         heldout = layout.heldout(name, fold)
         write_table(all_battles.filter(pc.equal(pc.field(schema.FOLD), fold)), heldout)
         # Held-out folds are scored by the model resolver predict uses: the run's precision

@@ -26,12 +26,19 @@ from prefscale.data.schema import SWAP_ORDER
 from prefscale.metrics import class_prior
 
 TRAINABLE_FILE = "trainable.safetensors"  # in every checkpoint: the adapters and head, what export and averaging read
+STATE_FILE = "state.json"  # in every checkpoint: the fold, the position in its data and the metrics so far
 
 
 def load_trainable(checkpoint_dir: str) -> dict:
     from safetensors.torch import load_file
 
     return load_file(os.path.join(checkpoint_dir, TRAINABLE_FILE))
+
+
+def checkpoint_state(checkpoint_dir: str) -> dict:
+    """A checkpoint's (or a fold adapter's) fold, data position and metrics (train_rows, samples, loss, resumed_from_step, ...)."""
+    with open(os.path.join(checkpoint_dir, STATE_FILE)) as handle:
+        return json.load(handle)
 
 
 PROGRESS_EVERY_S = 10.0  # rank 0 prints its step count to stderr this often (Ray forwards it to the driver)
@@ -164,7 +171,7 @@ def run_training(job: FoldJob, *, rank: int = 0, world: int = 1, local_rank: int
         load_trainable_state(model, load_trainable(restore))
         optimizer.load_state_dict(torch.load(os.path.join(restore, "optimizer.pt"), weights_only=True))
         scheduler.load_state_dict(torch.load(os.path.join(restore, "scheduler.pt"), weights_only=True))
-        micro = json.load(open(os.path.join(restore, "state.json")))["micro_step"]
+        micro = checkpoint_state(restore)["micro_step"]
     resumed_from_step = micro // run.grad_accum  # > 0: a restarted worker went on from its checkpoint
 
     pad = tokenizer.pad_token_id
@@ -181,8 +188,8 @@ def run_training(job: FoldJob, *, rank: int = 0, world: int = 1, local_rank: int
             save_file(trainable_state(model), os.path.join(directory, TRAINABLE_FILE))
             torch.save(optimizer.state_dict(), os.path.join(directory, "optimizer.pt"))
             torch.save(scheduler.state_dict(), os.path.join(directory, "scheduler.pt"))
-            with open(os.path.join(directory, "state.json"), "w") as handle:
-                json.dump({"micro_step": micro, **metrics}, handle)
+            with open(os.path.join(directory, STATE_FILE), "w") as handle:
+                json.dump({"micro_step": micro, "fold": job.fold, **metrics}, handle)
         try:
             if report:
                 report(metrics, directory)  # Ray Train persists the checkpoint inside report()
@@ -229,26 +236,46 @@ def run_training(job: FoldJob, *, rank: int = 0, world: int = 1, local_rank: int
     return metrics
 
 
+def keep_adapter(checkpoint_dir: str, adapter_dir: str) -> None:
+    """A finished fold's trainable tensors and metrics, copied atomically to where export and averaging read them."""
+    from prefscale.io import atomic_dir
+
+    with atomic_dir(adapter_dir) as staged:
+        for name in (TRAINABLE_FILE, STATE_FILE):
+            shutil.copy(os.path.join(checkpoint_dir, name), os.path.join(staged, name))
+
+
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train entrypoint: binds run_training to the worker's rank, DDP and checkpoints."""
+    """Ray Train entrypoint: the folds of ``config["jobs"]`` in turn, on one worker group (one
+    start-up per run, not per fold), each bound to the worker's rank, DDP and checkpoints.
+
+    Rank 0 copies each finished fold's tensors to its adapter directory (``config["adapters"]``,
+    on storage every node sees). A restarted group skips the folds whose adapter exists and
+    resumes the fold its latest checkpoint belongs to.
+    """
     import ray.train
     import ray.train.torch
 
     ctx = ray.train.get_context()
-    job = FoldJob.model_validate(config)
     checkpoint = ray.train.get_checkpoint()
-
-    def report(metrics: dict, directory: str | None) -> None:
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory) if directory else None)
-
-    def wrap(model):
-        if ctx.get_world_size() == 1:
-            return model
-        # Quantized models were placed with device_map={"": local_rank}; DDP must not move them.
-        quantized = job.model.precision in ("int8", "nf4")
-        return ray.train.torch.prepare_model(model, move_to_device=not quantized)
-
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as restore:
-        run_training(job, rank=ctx.get_world_rank(), world=ctx.get_world_size(), local_rank=ctx.get_local_rank(),
-                     wrap=wrap, restore=restore, report=report)
+        restored_fold = checkpoint_state(restore).get("fold") if restore else None
+        for job_config, adapter in zip(config["jobs"], config["adapters"], strict=True):
+            job = FoldJob.model_validate(job_config)
+            if os.path.exists(adapter):
+                continue
 
+            def report(metrics: dict, directory: str | None, adapter: str = adapter) -> None:
+                if directory and metrics.get("done"):
+                    keep_adapter(directory, adapter)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory) if directory else None)
+
+            def wrap(model, job: FoldJob = job):
+                if ctx.get_world_size() == 1:
+                    return model
+                # Quantized models were placed with device_map={"": local_rank}; DDP must not move them.
+                quantized = job.model.precision in ("int8", "nf4")
+                return ray.train.torch.prepare_model(model, move_to_device=not quantized)
+
+            run_training(job, rank=ctx.get_world_rank(), world=ctx.get_world_size(), local_rank=ctx.get_local_rank(),
+                         wrap=wrap, restore=restore if restored_fold == job.fold else None, report=report)
