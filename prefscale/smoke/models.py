@@ -91,10 +91,15 @@ def tiny_model(kind: str, directory: str) -> str:
     return tiny_bert(directory) if kind == "bert" else tiny_decoder(directory, kind)
 
 
+def snapshot_dir(hub_cache: str, repo: str, commit: str) -> str:
+    """Where the hub cache keeps one commit of a repo: models--org--name/snapshots/<commit>."""
+    return os.path.join(hub_cache, f"models--{repo.replace('/', '--')}", "snapshots", commit)
+
+
 def publish(hub_cache: str, repo: str, folder: str, commit: str = SMOKE_COMMIT, ref: str = "main", files: list[str] | None = None) -> str:
     """Lay a model folder out as the hub cache does (models--org--name/{refs/<ref>, snapshots/<commit>/...}); returns the snapshot."""
-    storage = os.path.join(hub_cache, f"models--{repo.replace('/', '--')}")
-    snapshot = os.path.join(storage, "snapshots", commit)
+    snapshot = snapshot_dir(hub_cache, repo, commit)
+    storage = os.path.dirname(os.path.dirname(snapshot))
     os.makedirs(snapshot, exist_ok=True)
     for name in files or os.listdir(folder):
         shutil.copy(os.path.join(folder, name), os.path.join(snapshot, name))

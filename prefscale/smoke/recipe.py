@@ -61,17 +61,17 @@ def _architecture(spec: str) -> str:
                          f"point model.path at a small local model instead")
 
 
-def _tiny_in_cache(spec: str, root: str) -> str:
+def _tiny_in_cache(spec: str, config: Config) -> str:
     """Publish a tiny model of ``spec``'s architecture under its hub id (and revision) in the smoke cache, once."""
-    from prefscale.smoke.models import SMOKE_COMMIT, publish, tiny_model
+    from prefscale.smoke.models import SMOKE_COMMIT, publish, snapshot_dir, tiny_model
 
     match = HUB_ID.match(spec)
     repo, revision = match["repo"], match["revision"] or "main"
     commit = revision if re.fullmatch(r"[0-9a-f]{40}", revision) else SMOKE_COMMIT
-    snapshot = os.path.join(root, "hub", f"models--{repo.replace('/', '--')}", "snapshots", commit)
-    if not os.path.exists(snapshot):
-        folder = tiny_model(_architecture(spec), os.path.join(root, "tiny_models", repo.replace("/", "--")))
-        publish(os.path.join(root, "hub"), repo, folder, commit=commit, ref="main" if commit == revision else revision)
+    hub_cache = smoke_environment(config)["HF_HUB_CACHE"]
+    if not os.path.exists(snapshot_dir(hub_cache, repo, commit)):
+        folder = tiny_model(_architecture(spec), os.path.join(smoke_root(config), "tiny_models", repo.replace("/", "--")))
+        publish(hub_cache, repo, folder, commit=commit, ref="main" if commit == revision else revision)
     return spec
 
 
@@ -91,7 +91,7 @@ def smoke_config(config: Config) -> Config:
 
     def model(section: ModelConfig | ScoredModelConfig) -> ModelConfig | ScoredModelConfig:
         is_hub_id = HUB_ID.match(section.path) and not os.path.exists(section.path)
-        return section.model_copy(update={"path": _tiny_in_cache(section.path, root) if is_hub_id else moved(section.path)})
+        return section.model_copy(update={"path": _tiny_in_cache(section.path, config) if is_hub_id else moved(section.path)})
 
     def shorter(length: int | None) -> int | None:
         return min(length, MAX_LENGTH) if length else None
