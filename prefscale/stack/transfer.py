@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 
 from prefscale.config import Config, StackConfig
+from prefscale.data import schema
 from prefscale.members.estimators import fit_predict
-from prefscale.members.fitting import fold_predictions
-from prefscale.metrics import class_prior, log_loss
+from prefscale.members.fitting import collect_fold_fits, submit_fold_fits
+from prefscale.metrics import class_prior, log_loss, log_probs
 from prefscale.stack.data import StackData
 from prefscale.stack.nested import stacker_factory
 
@@ -27,26 +28,33 @@ PRIOR = "prior (other sources)"
 
 
 def leave_one_source_out(config: Config, data: StackData) -> dict[str, Any]:
-    """{source: {member, ENSEMBLE, PRIOR: log loss on that source}, plus their mean over sources}."""
+    """{source: {member, ENSEMBLE, PRIOR: log loss on that source}, plus their mean over sources}.
+
+    Every fit of every source and member is put in flight before any is collected, so the
+    cluster's CPUs stay busy (one source after another left most of them idle)."""
     import ray
 
     members = {name: config.members[name] for name in data.members if name in config.members}
     sources = sorted(set(data.datasets))
     if len(sources) < 2 or not members:
         return {}
-    task = ray.remote(num_cpus=1)(fit_predict)
+    n = len(data.ids)
+    battles_ref, fold = ray.put(data.battles), data.battles.column(schema.FOLD).to_numpy()
+    held_fit = ray.remote(num_cpus=1)(fit_predict)
+    pending = {}
+    for source in sources:
+        rest_rows, held_rows = np.nonzero(data.datasets != source)[0], np.nonzero(data.datasets == source)[0]
+        for name, m in members.items():
+            pending[source, name] = (submit_fold_fits(m.kind, dict(m.params), battles_ref, fold, rest_rows),
+                                     held_fit.remote(m.kind, dict(m.params), battles_ref, rest_rows, held_rows))
     per_source: dict[str, dict[str, float]] = {}
-    battles_ref = ray.put(data.battles)
     for source in sources:
         held = data.datasets == source
-        rest_rows, held_rows = np.nonzero(~held)[0], np.nonzero(held)[0]
-        rest = data.battles.take(rest_rows)
-        pending = {name: task.remote(m.kind, dict(m.params), battles_ref, rest_rows, held_rows) for name, m in members.items()}
-        rest_oof = np.stack([np.log(np.clip(fold_predictions(m.kind, dict(m.params), rest), 1e-7, 1)) for m in members.values()], axis=1)
-        held_probs = {name: ray.get(ref) for name, ref in pending.items()}
-        held_logp = np.stack([np.log(np.clip(held_probs[name], 1e-7, 1)) for name in members], axis=1)
+        rest_logp = np.stack([log_probs(collect_fold_fits(pending[source, name][0], n)[~held]) for name in members], axis=1)
+        held_probs = {name: ray.get(pending[source, name][1]) for name in members}
+        held_logp = np.stack([log_probs(held_probs[name]) for name in members], axis=1)
         labels, ties = data.labels[held], data.ties[held]
-        stacker = stacker_factory(config.stack or StackConfig())().fit(rest_oof, data.labels[~held], data.ties[~held], data.datasets[~held])
+        stacker = stacker_factory(config.stack or StackConfig())().fit(rest_logp, data.labels[~held], data.ties[~held], data.datasets[~held])
         row = {name: log_loss(labels, probs, ties) for name, probs in held_probs.items()}
         row[ENSEMBLE] = log_loss(labels, stacker.predict_proba(held_logp, data.datasets[held]), ties)  # an unseen source: pooled weights
         row[PRIOR] = log_loss(labels, np.broadcast_to(class_prior(data.labels[~held], data.ties[~held]), labels.shape), ties)
