@@ -136,6 +136,8 @@ class PseudolabelConfig(Section):
                                                         "(class_balance) toward equal shares or `prior`")
     prior: tuple[float, float, float] | None = Field(None, description="class shares for balance: prior")
     seed: int = Field(0, description="seed of the class-balance sampling")
+    dedup_labeled: bool = Field(True, description="reject battles that repeat a labeled battle of the run, in either order "
+                                "(in_labeled_set): people labeled them already, and a teacher's label would leak into a student's fold")
 
 
 class LoraConfig(Section):

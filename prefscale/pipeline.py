@@ -122,7 +122,9 @@ def pseudolabel(config: Config, log: Log) -> dict[str, Any]:
             score_dirs = [layout.scores(f"unlabeled-{model.name}") for model, _ in plan]
             summary["scoring"] = {model.name: score_battles(battles, out, [model], scoring)
                                   for (model, scoring), out in zip(plan, score_dirs, strict=True)}
-        return {**write_pseudolabels(battles, score_dirs, settings.output or layout.pseudolabels, layout.rejects("pseudolabels"), settings), **summary}
+        labeled = layout.battles if settings.dedup_labeled and exists(layout.battles) else None
+        return {**write_pseudolabels(battles, score_dirs, settings.output or layout.pseudolabels, layout.rejects("pseudolabels"), settings, labeled),
+                **summary}
 
     result = _timed("pseudolabel", log, work)
     log(f"  {result['pseudolabeled']} pseudolabels from {result['battles']} unlabeled battles")

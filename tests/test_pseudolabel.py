@@ -76,3 +76,19 @@ def test_battles_the_teachers_disagree_on_are_rejected_with_a_reason(setup):
     split = table.index[table.pl_agreement < 1.0]
     assert len(split) > 0 and (rejects.loc[split] == "low_agreement").all()
     assert (pq.read_table(tmp / "pl.parquet").column("pl_agreement").to_numpy() == 1.0).all()
+
+
+def test_battles_that_repeat_a_labeled_one_are_rejected_naming_it(setup):
+    tmp, ids, _ = setup
+    pairs = pq.read_table(tmp / "pairs.parquet")
+    first, second = pairs.slice(0, 1).to_pylist()[0], pairs.slice(3, 1).to_pylist()[0]
+    swapped = {**second, "response_a": second["response_b"], "response_b": second["response_a"]}  # the same battle, A and B swapped
+    labeled = pa.Table.from_pylist([{**first, "id": 900}, {**swapped, "id": 901}], schema=pairs.schema)
+    write_table(labeled, tmp / "labeled.parquet")
+    summary = write_pseudolabels(str(tmp / "pairs.parquet"), [str(tmp / "s1")], str(tmp / "pl.parquet"), str(tmp / "rej.parquet"),
+                                 PseudolabelConfig(), labeled_uri=str(tmp / "labeled.parquet"))
+    rejects = pq.read_table(tmp / "rej.parquet").to_pandas().set_index("id")
+    assert rejects.loc[[ids[0], ids[3]], "reject_reason"].tolist() == ["in_labeled_set"] * 2
+    assert rejects.loc[[ids[0], ids[3]], "reject_detail"].tolist() == ["same battle as labeled id 900", "same battle as labeled id 901"]
+    assert summary["rejected"] == {"in_labeled_set": 2, "unscored": 1} and summary["pseudolabeled"] + 3 == summary["battles"] == 10
+    assert not set(pq.read_table(tmp / "pl.parquet").column("id").to_pylist()) & {ids[0], ids[3]}

@@ -19,6 +19,7 @@ import pyarrow as pa
 from prefscale.artifacts import read_parts
 from prefscale.config import PseudolabelConfig
 from prefscale.data import schema
+from prefscale.data.dedup import battle_key
 from prefscale.data.readers import open_battles
 from prefscale.data.schema import PROBS
 from prefscale.errors import PrefscaleError
@@ -26,6 +27,7 @@ from prefscale.io import ParquetSink
 from prefscale.progress import bar
 
 QUALITY_COLUMNS = ("pl_confidence", "pl_entropy", "pl_agreement", "pl_models")
+IN_LABELED_SET = "in_labeled_set"
 
 
 def _model_probs(directory: str) -> pd.DataFrame:
@@ -64,10 +66,31 @@ def ensemble(score_dirs: list[str]) -> pd.DataFrame:
     )
 
 
-def _reasons(table: pd.DataFrame, options: PseudolabelConfig) -> pd.Series:
+def labeled_repeats(battles_uri: str, labeled_uri: str) -> pd.Series:
+    """The labeled battle (its id) that each unlabeled battle repeats, in either order, by id.
+
+    Such a battle is already labeled by people, and a teacher's pseudolabel of it would carry the
+    teacher's view of a labeled (possibly held-out) battle into a student's training."""
+    labeled = open_battles(labeled_uri)
+    known: dict[bytes, int] = {}
+    for batch in labeled.batches(batch_rows=65_536, columns=[schema.ID, *schema.TEXT_COLUMNS]):
+        cells = [batch.column(c).to_pylist() for c in (schema.ID, *schema.TEXT_COLUMNS)]
+        for id_, prompt, a, b in zip(*cells, strict=True):
+            known.setdefault(battle_key(prompt, a, b, "swap")[0], id_)
+    repeats: dict[int, int] = {}
+    for batch in open_battles(battles_uri).batches(batch_rows=65_536, columns=[schema.ID, *schema.TEXT_COLUMNS]):
+        cells = [batch.column(c).to_pylist() for c in (schema.ID, *schema.TEXT_COLUMNS)]
+        for id_, prompt, a, b in zip(*cells, strict=True):
+            if (match := known.get(battle_key(prompt, a, b, "swap")[0])) is not None:
+                repeats[id_] = match
+    return pd.Series(repeats, dtype="int64")
+
+
+def _reasons(table: pd.DataFrame, options: PseudolabelConfig, repeats: pd.Series) -> pd.Series:
     """Why each battle is dropped (None when kept), filters applied in order."""
     reason = pd.Series(None, index=table.index, dtype=object)
-    reason[table.pl_confidence < options.min_confidence] = "low_confidence"
+    reason[table.index.isin(repeats.index)] = IN_LABELED_SET
+    reason[reason.isna() & (table.pl_confidence < options.min_confidence)] = "low_confidence"
     if options.max_entropy is not None:
         reason[reason.isna() & (table.pl_entropy > options.max_entropy)] = "high_entropy"
     reason[reason.isna() & (table.pl_agreement < options.min_agreement)] = "low_agreement"
@@ -89,11 +112,14 @@ def _reasons(table: pd.DataFrame, options: PseudolabelConfig) -> pd.Series:
     return reason
 
 
-def write_pseudolabels(battles_uri: str, score_dirs: list[str], out_uri: str, rejects_uri: str, options: PseudolabelConfig = PseudolabelConfig()) -> dict[str, Any]:
-    """Stream the battles once, writing labeled rows or rejects (battles + rejects = input)."""
+def write_pseudolabels(battles_uri: str, score_dirs: list[str], out_uri: str, rejects_uri: str, options: PseudolabelConfig = PseudolabelConfig(),
+                       labeled_uri: str | None = None) -> dict[str, Any]:
+    """Stream the battles once, writing labeled rows or rejects (battles + rejects = input).
+    With ``labeled_uri``, battles that repeat a labeled one are rejected (in_labeled_set)."""
     started = time.perf_counter()
     table = ensemble(score_dirs)
-    reason = _reasons(table, options)
+    repeats = labeled_repeats(battles_uri, labeled_uri) if labeled_uri else pd.Series([], dtype="int64")
+    reason = _reasons(table, options, repeats)
     source = open_battles(battles_uri)
     missing = [c for c in (*schema.LABEL_COLUMNS, schema.FLAGS) if c not in source.schema.names]
     if missing:
@@ -110,7 +136,8 @@ def write_pseudolabels(battles_uri: str, score_dirs: list[str], out_uri: str, re
             dropped = pd.notna(why)
             if dropped.any():
                 rejects.write(pa.table({schema.ID: pa.array(ids[dropped], pa.int64()), schema.REJECT_REASON: pa.array(why[dropped].astype(str)),
-                                        schema.REJECT_DETAIL: pa.array([None] * int(dropped.sum()), pa.string())}, schema=schema.ID_REJECT_SCHEMA))
+                                        schema.REJECT_DETAIL: pa.array(_details(ids[dropped], why[dropped], repeats), pa.string())},
+                                       schema=schema.ID_REJECT_SCHEMA))
             keep = ~dropped
             if keep.any():
                 sink.write(_labeled(batch.filter(pa.array(keep)), table))
@@ -123,12 +150,17 @@ def write_pseudolabels(battles_uri: str, score_dirs: list[str], out_uri: str, re
         "output": out_uri,
         "rejects_path": rejects_uri,
         "battles": kept + rejects.rows,
+        "deduplicated_against": labeled_uri,
         "pseudolabeled": kept,
         "rejected": dict(sorted(counts.items())),
         "top_class_share": dict(zip(schema.CLASSES, np.round(np.bincount(shares, minlength=3) / max(len(shares), 1), 4).tolist(), strict=True)),
         "mean_confidence": round(float(table.loc[reason.isna(), "pl_confidence"].mean()), 4) if kept else None,
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def _details(ids: np.ndarray, why: np.ndarray, repeats: pd.Series) -> list[str | None]:
+    return [f"same battle as labeled id {repeats[i]}" if r == IN_LABELED_SET else None for i, r in zip(ids, why, strict=True)]
 
 
 def _labeled(batch: pa.RecordBatch, table: pd.DataFrame) -> pa.Table:
