@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -98,7 +97,7 @@ def outputs_of(config: Config, unit: str, score_output: str | None = None) -> li
     if kind == "member":
         return [layout.oof(name), layout.member_model(name)]
     if kind == "train":
-        return [layout.oof(name), os.path.dirname(layout.oof_fold_scores(name, 0)), layout.run_models(name), layout.tune(name),
+        return [layout.oof(name), layout.oof_scores(name), layout.run_models(name), layout.tune(name),
                 *_children(layout.checkpoints, f"{name}-fold")]
     if kind == "pseudolabel":
         return [config.pseudolabel.output or layout.pseudolabels, layout.pseudolabel_input, layout.rejects("pseudolabels"),

@@ -98,9 +98,9 @@ class RunLayout:
         """OOF logits of a member or train run, one row per battle (artifacts.OOF_COLUMNS)."""
         return self._path("oof", f"{name}.parquet")
 
-    def oof_fold_scores(self, name: str, fold: int) -> str:
-        """Score parts of one held-out fold of a train run, gathered into oof(name)."""
-        return self._path("oof", name, f"fold{fold}")
+    def oof_scores(self, name: str, scoring_pass: str = "") -> str:
+        """Score parts of a train run's held-out folds (one directory per scoring pass), gathered into oof(name)."""
+        return self._path("oof", name, scoring_pass) if scoring_pass else self._path("oof", name)
 
     def member_model(self, name: str) -> str:
         return self._path("members", f"{name}.skops")
@@ -124,8 +124,9 @@ class RunLayout:
         """How a train run's models are scored (precision, text, TTA): read by later configs on this run directory."""
         return self._path("models", name, "scoring.json")
 
-    def heldout(self, name: str, fold: int) -> str:
-        return self._path("models", name, f"fold{fold}", "heldout.parquet")
+    def heldout(self, name: str) -> str:
+        """The battles of a train run's trained folds, each scored by its own fold's model."""
+        return self._path("models", name, "heldout.parquet")
 
     def averaged(self, name: str) -> str:
         return self._path("models", name, "averaged")

@@ -102,7 +102,7 @@ def train_runs(config: Config, log: Log, phase: int = 0) -> dict[str, Any]:
 def pseudolabel(config: Config, log: Log) -> dict[str, Any]:
     """Score the unlabeled battles (unless pseudolabel.scores names score directories), then write soft labels."""
     from prefscale.io import read_head, write_table
-    from prefscale.score.engine import score_battles
+    from prefscale.score.engine import score_plan
     from prefscale.score.pseudolabel import write_pseudolabels
     from prefscale.score.scoring_model import configured_models, scoring_plan
 
@@ -119,9 +119,9 @@ def pseudolabel(config: Config, log: Log) -> dict[str, Any]:
         score_dirs = settings.scores
         if not score_dirs:
             plan = [step for name in scorers for step in scoring_plan(config, name)]
-            score_dirs = [layout.scores(f"unlabeled-{model.name}") for model, _ in plan]
-            summary["scoring"] = {model.name: score_battles(battles, out, [model], scoring)
-                                  for (model, scoring), out in zip(plan, score_dirs, strict=True)}
+            passes = score_plan(battles, plan, lambda label: layout.scores(f"unlabeled-{label}"))
+            score_dirs = [out for out, _ in passes.values()]
+            summary["scoring"] = {label: scored for label, (_, scored) in passes.items()}
         labeled = layout.battles if settings.dedup_labeled and exists(layout.battles) else None
         return {**write_pseudolabels(battles, score_dirs, settings.output or layout.pseudolabels, layout.rejects("pseudolabels"), settings, labeled),
                 **summary}

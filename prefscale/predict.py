@@ -65,19 +65,23 @@ def _work_key(input_uri: str) -> str:
     return f"{os.path.basename(path).split('.')[0]}-{key}"
 
 
-def neural_probs(config: Config, name: str, battles_uri: str, scratch: str) -> dict[int, np.ndarray]:
-    """Probabilities of one train run by id: its scoring model (averaged, else the mean of its fold models)."""
+def neural_probs(config: Config, names: list[str], battles_uri: str, scratch: str) -> dict[str, pd.DataFrame]:
+    """Probabilities of train runs, by run name then id: each run's scoring model (averaged, else
+    the mean of its fold models), all runs' models scored by one plan (one pass with score.pack_models)."""
     from prefscale.artifacts import read_parts
-    from prefscale.score.engine import score_battles
+    from prefscale.score.engine import score_plan
     from prefscale.score.scoring_model import scoring_plan
 
-    parts = []
-    for model, settings in scoring_plan(config, name):
-        out = os.path.join(scratch, "scores", model.name)
-        score_battles(battles_uri, out, [model], settings)
-        parts.append(read_parts(out, [schema.ID, *schema.PROBS]).to_pandas())
-    scores = pd.concat(parts).groupby(schema.ID).mean()
-    return dict(zip(scores.index.to_numpy(), scores.to_numpy(), strict=True))
+    run_of = {}
+    plan = []
+    for name in names:
+        for model, settings in scoring_plan(config, name):
+            run_of[model.name] = name
+            plan.append((model, settings))
+    passes = score_plan(battles_uri, plan, lambda label: os.path.join(scratch, "scores", label))
+    scores = pd.concat([read_parts(out, [schema.ID, "model", *schema.PROBS]).to_pandas() for out, _ in passes.values()])
+    scores["run"] = scores.pop("model").map(run_of)
+    return {name: frame.drop(columns="run").groupby(schema.ID).mean() for name, frame in scores.groupby("run")}
 
 
 def ensemble_probs(config: Config, members: list[str], battles: pa.Table, battles_uri: str, scratch: str,
@@ -86,17 +90,19 @@ def ensemble_probs(config: Config, members: list[str], battles: pa.Table, battle
     each battle's tie protocol) for validated battles."""
     layout = config.layout
     ids = battles.column(schema.ID).to_numpy()
-    if any(m in config.train for m in members):
+    runs = [m for m in members if m not in config.members]
+    by_run: dict[str, pd.DataFrame] = {}
+    if runs:
         from prefscale.ray_runtime import ensure_ray
 
         ensure_ray(config.ray)
+        by_run = neural_probs(config, runs, battles_uri, scratch)
     by_member: dict[str, np.ndarray] = {}
     for name in members:
         if name in config.members:
             by_member[name] = load_estimator(layout.member_model(name)).predict_proba(battles)
         else:
-            by_id = neural_probs(config, name, battles_uri, scratch)
-            by_member[name] = np.stack([by_id[i_] for i_ in ids])
+            by_member[name] = by_run[name].loc[ids, list(schema.PROBS)].to_numpy()
         log(f"  [{name}] predicted {len(ids)} battles")
     return by_member, StackedEnsemble(layout, members).predict_proba(battles, by_member)
 

@@ -45,7 +45,7 @@ def test_a_gpu_recipe_on_this_machine_lists_every_missing_piece(tmp_path):
     assert code == 2
     assert f"input not readable: {tmp_path / 'train.parquet'}; fix the path or your storage credentials" in problems
     assert any(p.startswith("model google/gemma-2-9b: google/gemma-2-9b is not in the hub cache") for p in problems), problems
-    assert any(p.startswith("score: 1 models x 12 actors need 49 CPUs and 12 GPUs at once but the cluster has 2 and 0") for p in problems)
+    assert any(p.startswith("score: 1 actor pools x 12 actors need 49 CPUs and 12 GPUs at once but the cluster has 2 and 0") for p in problems)
     assert any(p.startswith("train.gemma2_9b: 8 workers need 64 CPUs and 8 GPUs but the cluster has 2 and 0") for p in problems)
     assert all("\n" not in p for p in problems)
 

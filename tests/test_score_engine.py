@@ -1,5 +1,6 @@
 """The Ray Data scoring engine on a real local Ray with real Parquet and real (tiny) models."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -55,6 +56,32 @@ def test_scores_every_id_once_with_two_models_in_one_pass(ray_local, small_battl
     # Readable as one table by pandas, straight from the directory.
     assert len(pq.read_table(str(tmp_path / "out"))) == 128
 
+    # Packed, one pool's actors hold both models: the same probabilities, and room where two pools had none.
+    from prefscale.errors import PrefscaleError
+
+    with pytest.raises(PrefscaleError, match=r"2 actor pools x 1 actors need 3 CPUs"):
+        score(small_battles, tmp_path / "two_pools", models, cpus_per_actor=1.0)
+    packed = score(small_battles, tmp_path / "packed", models, cpus_per_actor=1.0, pack_models=True)
+    assert packed["scored"] == 64 and packed["output_rows"] == 128
+    together = read_parts(str(tmp_path / "packed")).to_pandas().set_index(["model", "id"]).sort_index()
+    probs = ["prob_a", "prob_b", "prob_tie"]
+    np.testing.assert_allclose(together[probs].to_numpy(), scores.set_index(["model", "id"]).sort_index()[probs].to_numpy(), atol=1e-5)
+
+    # Routed (held-out folds in one job): each row scored once, by the model of its fold.
+    battles = pq.read_table(small_battles)
+    fold = np.arange(battles.num_rows) % 2
+    write_table(battles.append_column("fold", pa.array(fold, pa.int8())), tmp_path / "folds.parquet")
+    routed = [dataclasses.replace(m, name=f"{m.name}-fold{k}", fold=k) for k, m in enumerate(models)]
+    summary = score(str(tmp_path / "folds.parquet"), tmp_path / "routed", routed, pack_models=True)
+    assert summary["scored"] == summary["output_rows"] == summary["unique_ids"] == 64
+    by_fold = read_parts(str(tmp_path / "routed")).to_pandas().set_index("id")
+    ids = battles.column("id").to_numpy()
+    for k, m in enumerate(models):
+        mine = by_fold.loc[ids[fold == k]]
+        assert (mine["model"] == f"{m.name}-fold{k}").all()
+        alone = scores[scores.model == m.name].set_index("id").loc[ids[fold == k]]
+        np.testing.assert_allclose(mine[probs].to_numpy(), alone[probs].to_numpy(), atol=1e-5)
+
 
 def test_actor_pools_that_leave_no_cpu_for_cutting_blocks_fail_in_one_line_instead_of_waiting(ray_local, small_battles, tiny_bert_path, tmp_path):
     """Two actors at 0.75 CPU on 2 CPUs leave no room for Ray's repartition task (a whole CPU):
@@ -62,7 +89,7 @@ def test_actor_pools_that_leave_no_cpu_for_cutting_blocks_fail_in_one_line_inste
     from prefscale.errors import PrefscaleError
 
     model = [ScoringModel("bert", tiny_bert_path, TextConfig(max_length=64))]
-    with pytest.raises(PrefscaleError, match=r"1 models x 2 actors need 2.5 CPUs and 0 GPUs at once but the cluster has 2"):
+    with pytest.raises(PrefscaleError, match=r"1 actor pools x 2 actors need 2.5 CPUs and 0 GPUs at once but the cluster has 2"):
         score(small_battles, tmp_path / "out", model, actors=2, cpus_per_actor=0.75)
 
     def hung(*_):

@@ -87,9 +87,9 @@ def predicted_equals_oof(config, name: str, fold: int) -> None:
 
     layout = config.layout
     oof = pq.read_table(layout.oof(name)).to_pandas().set_index("id")
-    predicted = neural_probs(config, name, layout.heldout(name, fold), layout.predict_work("equality-check"))
-    assert sorted(predicted) == sorted(oof.index)
-    np.testing.assert_allclose(np.stack([predicted[i] for i in oof.index]), oof[["prob_a", "prob_b", "prob_tie"]].to_numpy(), atol=2e-4)
+    predicted = neural_probs(config, [name], layout.heldout(name), layout.predict_work("equality-check"))[name]
+    assert sorted(predicted.index) == sorted(oof.index)
+    np.testing.assert_allclose(predicted.loc[oof.index].to_numpy(), oof[["prob_a", "prob_b", "prob_tie"]].to_numpy(), atol=2e-4)
 
 
 def fp32_differs_from_oof(config, name: str, fold: int) -> float:
@@ -102,7 +102,7 @@ def fp32_differs_from_oof(config, name: str, fold: int) -> float:
     from prefscale.score.tta import softmax
 
     model = dataclasses.replace(train_run_models(config, name)[0], precision="fp32")
-    heldout = pq.read_table(config.layout.heldout(name, fold))
+    heldout = pq.read_table(config.layout.heldout(name))
     scored = ModelScorer([model], max_tokens=4096, threads=1)(encode_battles(heldout, [model], tta=True))
     logits = np.stack([scored.column(model.column(c)).to_numpy() for c in ("logit_a", "logit_b", "logit_tie")], axis=1)
     oof = pq.read_table(config.layout.oof(name)).to_pandas().set_index("id").loc[scored.column("id").to_numpy()]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -56,13 +57,32 @@ def _encode_rows(formatter: BattleFormatter, cells: tuple[list, list, list], tta
     return plain, swapped if tta else None
 
 
+def _encode_routed(formatter: BattleFormatter, cells: tuple[list, list, list], rows: np.ndarray, tta: bool, errors: list) -> tuple[list, list | None]:
+    """Encode only ``rows`` (a fold model's held-out rows); the others get empty ids, which no replica computes."""
+    mine = tuple([cell[r] for r in rows] for cell in cells)
+    mine_errors: list[str | None] = [None] * len(rows)
+    ids, twins = _encode_rows(formatter, mine, tta, mine_errors)
+    plain, swapped = [[] for _ in errors], [[] for _ in errors]
+    for k, r in enumerate(rows):
+        plain[r] = ids[k]
+        swapped[r] = twins[k] if twins is not None else []
+        errors[r] = errors[r] or mine_errors[k]
+    return plain, swapped if tta else None
+
+
 def encode_battles(batch: pa.Table, models: list[ScoringModel], tta: bool) -> pa.Table:
     cells = tuple(batch.column(c).to_pylist() for c in schema.TEXT_COLUMNS)
     errors: list[str | None] = [None] * batch.num_rows
     columns: dict[str, pa.Array] = {schema.ID: batch.column(schema.ID)}
+    if any(m.fold is not None for m in models):  # routed: each fold model scores its own fold's rows
+        columns[schema.FOLD] = batch.column(schema.FOLD)
+        fold = batch.column(schema.FOLD).to_numpy(zero_copy_only=False)
     for model in models:
         formatter = _formatter(model.path, model.trust_remote_code, model.text)
-        plain, swapped = _encode_rows(formatter, cells, tta, errors)
+        if model.fold is None:
+            plain, swapped = _encode_rows(formatter, cells, tta, errors)
+        else:
+            plain, swapped = _encode_routed(formatter, cells, np.flatnonzero(fold == model.fold), tta, errors)
         columns[model.column(IDS)] = pa.array(plain, pa.list_(pa.int32()))
         if swapped is not None:
             columns[model.column(IDS_SWAPPED)] = pa.array(swapped, pa.list_(pa.int32()))

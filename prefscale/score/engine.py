@@ -1,7 +1,7 @@
 """Score battles with one or more models through Ray Data, resumably, at bounded memory.
 
 read_parquet (id + text only) -> skip ids already scored -> format + tokenize (CPU tasks)
--> one actor pool per model (each actor holds one replica) -> the driver writes small output
+-> one actor pool per model (each actor holds one replica; score.pack_models: one pool whose actors hold them all) -> the driver writes small output
 rows as Parquet parts, each renamed into place when complete.
 
 Resume: the output directory's parts are the manifest. A rerun reads their ids and scores
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -96,9 +96,11 @@ def _no_extra_args() -> dict[str, Any]:
 
 
 def _long_rows(batch: pa.Table, models: list[ScoringModel]) -> pa.Table:
-    """Wide per-model columns -> one row per (id, model)."""
+    """Wide per-model columns -> one row per (id, model); a fold model's row only for its fold's battles."""
     tables = []
+    wide = batch
     for m in models:
+        batch = wide if m.fold is None else wide.filter(pc.equal(wide.column(schema.FOLD), m.fold))
         logits = np.stack([batch.column(m.column(c)).to_numpy(zero_copy_only=False) for c in schema.LOGITS], axis=1)
         probs = softmax(logits.astype(np.float64))
         columns = {schema.ID: batch.column(schema.ID), "model": pa.array([m.name] * batch.num_rows, pa.string())}
@@ -170,15 +172,35 @@ def _input_dataset(input_uri: str, settings: ScoreConfig, done: np.ndarray, colu
 
 
 def pools_fit(models: int, settings: ScoreConfig, cluster: dict[str, float]) -> str | None:
-    """Why the models' actor pools cannot all be placed at once (they would wait forever), or None."""
-    pools = models * settings.actors
+    """Why the models' actor pools (one per model, or one in all with score.pack_models) cannot all
+    be placed at once (they would wait forever), or None."""
+    pools = min(models, 1) if settings.pack_models else models
+    actors = pools * settings.actors
     # Beside the pools, at least the largest of the other tasks must fit, or blocks never reach them.
-    cpus = pools * settings.cpus_per_actor + max(settings.format_cpus, READ_CPUS, REPARTITION_CPUS)
-    gpus = pools * settings.gpus_per_actor
+    cpus = actors * settings.cpus_per_actor + max(settings.format_cpus, READ_CPUS, REPARTITION_CPUS)
+    gpus = actors * settings.gpus_per_actor
     if cpus > cluster.get("CPU", 0) or gpus > cluster.get("GPU", 0):
-        return (f"{models} models x {settings.actors} actors need {cpus:g} CPUs and {gpus:g} GPUs at once but the cluster has "
-                f"{cluster.get('CPU', 0):g} and {cluster.get('GPU', 0):g}; score fewer models per pass or lower score.cpus_per_actor / score.actors (a whole CPU stays free for cutting blocks)")
+        return (f"{pools} actor pools x {settings.actors} actors need {cpus:g} CPUs and {gpus:g} GPUs at once but the cluster has "
+                f"{cluster.get('CPU', 0):g} and {cluster.get('GPU', 0):g}; score fewer models per pass, pack them (score.pack_models), or "
+                "lower score.cpus_per_actor / score.actors (a whole CPU stays free for cutting blocks)")
     return None
+
+
+def score_plan(input_uri: str, plan: list[tuple[ScoringModel, ScoreConfig]], output_for: Callable[[str], str]) -> dict[str, tuple[str, dict]]:
+    """Score every model of a plan (scoring_model.scoring_plan's steps): one pass per model, or with
+    score.pack_models one pass per group of models at the same settings. Returns {pass name:
+    (output directory, summary)}; a pass's name joins its models' names, and output_for(name)
+    places it, so a pass with other models never resumes into another's output."""
+    passes: dict[str, tuple[list[ScoringModel], ScoreConfig]] = {}
+    for model, settings in plan:
+        key = settings.model_dump_json() if settings.pack_models else model.name
+        passes.setdefault(key, ([], settings))[0].append(model)
+    done = {}
+    for models, settings in passes.values():
+        name = "+".join(m.name for m in models)
+        out = output_for(name)
+        done[name] = (out, score_battles(input_uri, out, models, settings))
+    return done
 
 
 def score_battles(input_uri: str, output_uri: str, models: list[ScoringModel], settings: ScoreConfig = ScoreConfig()) -> dict[str, Any]:
@@ -193,22 +215,24 @@ def score_battles(input_uri: str, output_uri: str, models: list[ScoringModel], s
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise PrefscaleError(f"model names must be unique, got {names}")
+    pools = [models] if settings.pack_models else [[m] for m in models]  # packed: each actor holds every model
     if problem := pools_fit(len(models), settings, ray.cluster_resources()):
         raise PrefscaleError(problem)
     previous = read_parts(output_uri, [schema.ID, "model"])
     previous_rejects = _read_rejects(output_uri).column(schema.ID).to_numpy()
     done = np.union1d(pc.unique(previous.column(schema.ID)).to_numpy(), previous_rejects)
-    ds, total = _input_dataset(input_uri, settings, done)
+    routed = any(m.fold is not None for m in models)
+    ds, total = _input_dataset(input_uri, settings, done, [schema.ID, *([schema.FOLD] if routed else []), *schema.TEXT_COLUMNS])
 
     # ray_remote_args_fn keeps tokenization in its own CPU tasks: without it Ray fuses this
     # stage into the model actors, and the model (a GPU) would wait on the tokenizer.
     ds = ds.map_batches(encode_battles, fn_kwargs={"models": models, "tta": settings.tta}, batch_format="pyarrow",
                         batch_size=settings.block_rows, num_cpus=settings.format_cpus, ray_remote_args_fn=_no_extra_args)
     threads = settings.threads_per_actor or max(1, (os.cpu_count() or 1) // settings.actors)
-    for model in models:
+    for group in pools:
         ds = ds.map_batches(
             ModelScorer,
-            fn_constructor_kwargs={"models": [model], "max_tokens": settings.max_tokens, "threads": threads,
+            fn_constructor_kwargs={"models": group, "max_tokens": settings.max_tokens, "threads": threads,
                                    "use_gpu": settings.gpus_per_actor > 0, "tta_space": settings.tta_space},
             batch_size=settings.block_rows,
             batch_format="pyarrow",
@@ -221,6 +245,7 @@ def score_battles(input_uri: str, output_uri: str, models: list[ScoringModel], s
     rejects = _PartWriter(os.path.join(output_uri, REJECTS_DIR), settings.part_rows)
     tokens = {m.name: [0, 0] for m in models}
     remaining = max(total - len(done), 0)
+    scored = 0
     with bar(remaining, f"score {','.join(names)}") as progress:
         for batch in _stream(ds):
             failed = pc.invert(pc.is_null(batch.column(ERROR)))
@@ -233,12 +258,13 @@ def score_battles(input_uri: str, output_uri: str, models: list[ScoringModel], s
                 tokens[m.name][0] += pc.sum(good.column(m.column("tokens"))).as_py() or 0
                 tokens[m.name][1] += pc.sum(good.column(m.column("computed_tokens"))).as_py() or 0
             scores.add(_long_rows(good, models))
+            scored += good.num_rows
             progress.update(batch.num_rows)
     scores.flush()
     rejects.flush()
 
     seconds = time.perf_counter() - started
-    new_rows = scores.rows // max(len(models), 1)
+    new_rows = scored
     final = read_parts(output_uri, [schema.ID, "model"])
     summary = {
         "input": input_uri,

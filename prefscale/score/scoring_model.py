@@ -23,6 +23,7 @@ class ScoringModel:
     text: TextConfig = TextConfig()
     precision: str = "fp32"
     trust_remote_code: bool = False
+    fold: int | None = None  # score only the rows of this fold: a fold model on its held-out rows, all folds in one job
 
     def column(self, field: str) -> str:
         """Per-model column in the wide intermediate table, e.g. 'base.logit_a'."""
@@ -45,10 +46,10 @@ def train_run_model_config(config: Config, name: str) -> ModelConfig:
     return config.train[name].model or config.model
 
 
-def trained_model(config: Config, name: str, path: str, label: str | None = None) -> ScoringModel:
-    """A model directory of train run ``name`` at the run's precision and text options."""
+def trained_model(config: Config, name: str, path: str, label: str | None = None, fold: int | None = None) -> ScoringModel:
+    """A model directory of train run ``name`` at the run's precision and text options (``fold``: its held-out rows only)."""
     run, model = config.train[name], train_run_model_config(config, name)
-    return ScoringModel(label or name, path, text_for(config, run.max_length), model.precision, model.trust_remote_code)
+    return ScoringModel(label or name, path, text_for(config, run.max_length), model.precision, model.trust_remote_code, fold)
 
 
 def _run_model_paths(config: Config, name: str) -> list[tuple[str, str]]:

@@ -30,7 +30,7 @@ from prefscale.io import (
     read_table,
     write_table,
 )
-from prefscale.score.engine import score_battles
+from prefscale.score.engine import score_plan
 from prefscale.score.scoring_model import (
     text_for,
     train_run_model_config,
@@ -126,23 +126,28 @@ def train_run(config: Config, name: str, log=print) -> dict[str, Any]:
         t0 = time.perf_counter()
         fit_folds(config, name, untrained)
         log(f"  [{name}] folds {[job.fold for job in untrained]} trained in {time.perf_counter() - t0:.1f}s")
-    fold_reports = []
+    fold_reports, fold_models = [], []
     for fold, job in jobs.items():
         model_dir, adapter = layout.fold_model(name, fold), layout.fold_adapter(name, fold)
         metrics: dict = {"skipped": "already trained"}
         if not exists(model_dir):  # exported atomically: there means complete
             metrics = checkpoint_state(adapter)
             export_merged(job.model, job.run.lora, load_trainable(adapter), model_dir)
-        heldout = layout.heldout(name, fold)
-        write_table(all_battles.filter(pc.equal(pc.field(schema.FOLD), fold)), heldout)
         # Held-out folds are scored by the model resolver predict uses: the run's precision
         # (a QLoRA teacher's merged model is requantized, never fp32) and the run's TTA.
-        scored = score_battles(heldout, layout.oof_fold_scores(name, fold), [trained_model(config, name, model_dir)],
-                               train_run_score_settings(config, name))
-        fold_reports.append({"fold": fold, "oof_scored": scored["output_rows"],
-                             **{k: metrics.get(k) for k in ("train_rows", "samples", "samples_per_s", "loss", "resumed_from_step", "skipped") if k in metrics}})
+        fold_models.append(trained_model(config, name, model_dir, f"{name}-fold{fold}", fold=fold))
+        fold_reports.append({"fold": fold, **{k: metrics.get(k) for k in ("train_rows", "samples", "samples_per_s", "loss", "resumed_from_step", "skipped")
+                                              if k in metrics}})
+    write_table(all_battles.filter(pc.is_in(pc.field(schema.FOLD), pa.array(folds, all_battles.schema.field(schema.FOLD).type))), layout.heldout(name))
+    # Every fold model scores its own fold's rows of one file: with score.pack_models all folds
+    # in one pass (one job, one warm-up), else one pass per fold model.
+    settings = train_run_score_settings(config, name)
+    passes = score_plan(layout.heldout(name), [(model, settings) for model in fold_models], lambda label: layout.oof_scores(name, label))
     write_scoring_record(config, name)
-    oof = gather_oof(config, name, folds)
+    oof = gather_oof(config, name, [out for out, _ in passes.values()], {m.name: m.fold for m in fold_models})
+    scored = dict(zip(*np.unique(oof.column(schema.FOLD).to_numpy(), return_counts=True), strict=True))
+    for report in fold_reports:
+        report["oof_scored"] = int(scored.get(report["fold"], 0))
     summary = {"name": name, "folds": fold_reports, "oof_path": layout.oof(name), "oof_rows": oof.num_rows, **oof_metrics(oof, all_battles)}
     if best:
         summary["tuned"] = best
@@ -163,13 +168,13 @@ def _searched(config: Config, name: str, job: FoldJob, log) -> dict[str, Any]:
     return tune_train_run(config, name, job, log)["best"]
 
 
-def gather_oof(config: Config, name: str, folds: list[int]) -> pa.Table:
+def gather_oof(config: Config, name: str, score_dirs: list[str], fold_of_model: dict[str, int]) -> pa.Table:
+    """The held-out passes' rows as the run's OOF table, each row's fold that of the model that scored it."""
     layout = config.layout
-    parts = []
-    for fold in folds:
-        scores = read_parts(layout.oof_fold_scores(name, fold))
-        parts.append(scores.append_column(schema.FOLD, pa.array(np.full(scores.num_rows, fold, dtype=np.int8))).select(OOF_COLUMNS))
-    oof = pa.concat_tables(parts)
+    scores = pa.concat_tables([read_parts(out) for out in score_dirs])
+    folds = np.array([fold_of_model[m] for m in scores.column("model").to_pylist()], dtype=np.int8)
+    scores = scores.set_column(scores.schema.get_field_index("model"), "model", pa.array([name] * scores.num_rows, pa.string()))
+    oof = scores.append_column(schema.FOLD, pa.array(folds)).select(OOF_COLUMNS)
     if len(pc.unique(oof[schema.ID])) != oof.num_rows:
         raise PrefscaleError(f"OOF logits of {name} hold an id twice; delete {layout.oof(name).removesuffix('.parquet')} and rerun")
     write_table(oof, layout.oof(name))
