@@ -4,6 +4,7 @@ small generated stand-in with the same columns and quirks, so every test still r
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -114,6 +115,17 @@ def battles_path(tmp_path_factory, human_pairs) -> str:
     path = str(tmp_path_factory.mktemp("battles") / "battles.parquet")
     write_table(clean.slice(0, 200), path)
     return path
+
+
+def run_commands(commands: list[list[str]], cwd: Path = REPO, env: dict[str, str] | None = None, timeout: float = 900) -> list[dict]:
+    """prefscale commands run in turn by one Python process, as a user's shell would run them but
+    without the repeated imports and Ray start-ups; each command's --json summary, in order."""
+    code = ("import sys\nfrom prefscale.cli import main\n"
+            f"for argv in {commands!r}:\n    code = main([*argv, '--json'])\n    print('EXIT', code, flush=True)\n    if code: sys.exit(code)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
+    chunks = result.stdout.split("EXIT 0\n")
+    assert result.returncode == 0 and len(chunks) == len(commands) + 1, result.stdout[-3000:] + result.stderr[-3000:]
+    return [json.loads([line for line in chunk.splitlines() if line.startswith("{")][-1]) for chunk in chunks[:-1]]
 
 
 class ProcessKiller:

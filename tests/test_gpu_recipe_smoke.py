@@ -6,12 +6,11 @@ the smoke run's hub cache, so hub resolution runs too; the doctor passes on the 
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import run_commands
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = {"llama3_70b": ("llama3_70b_teacher", "meta-llama/Meta-Llama-3-70B", "LlamaForSequenceClassification"),
@@ -26,14 +25,8 @@ def test_the_gpu_recipes_chain_end_to_end_on_cpu_under_their_hub_ids(tmp_path):
     commands = [["doctor", "--config", recipe("gemma2_9b"), "--smoke"],
                 *(["run", "--config", recipe(run), "--smoke"] for run in RECIPES),
                 ["predict", "--run-dir", str(smoke / "run"), "--input", str(smoke / "data" / "arena_kaggle_sample.parquet"), "--out", "sub.csv"]]
-    # One process runs the commands in turn (as a user's shell would, less the repeated imports
-    # and Ray start-ups); HF_HUB_OFFLINE and the cache come from --smoke, not from here.
-    code = ("import sys\nfrom prefscale.cli import main\n"
-            f"for argv in {commands!r}:\n    code = main([*argv, '--json'])\n    print('EXIT', code, flush=True)\n    if code: sys.exit(code)\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
-    exits = [line for line in result.stdout.splitlines() if line.startswith("EXIT")]
-    assert result.returncode == 0 and len(exits) == len(commands), result.stdout[-3000:] + result.stderr[-3000:]
+    # HF_HUB_OFFLINE and the cache come from --smoke, not from here.
+    run_commands(commands, cwd=tmp_path, env={k: v for k, v in os.environ.items() if not k.startswith("HF_")})
 
     run = smoke / "run"
     battles = pq.read_table(run / "battles.parquet").column("id").to_pylist()

@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import run_commands
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -107,12 +108,6 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
     assert result.returncode == 2 and "changed: members/tfidf.skops" in result.stderr and not (tmp_path / "tampered.csv").exists()
 
 
-def _cli(*args: str, timeout: float = 600) -> dict:
-    result = subprocess.run([sys.executable, "-m", "prefscale.cli", *args, "--json"], capture_output=True, text=True, cwd=REPO, timeout=timeout)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def _check_cascade(out: Path, tmp_path: Path, alpacaeval: Path, pairs: int) -> None:
     """Thresholds fitted in the report; every battle decided exactly once, by a recorded stage;
     an interrupted output resumes by id; a long table goes to a leaderboard in one command."""
@@ -123,9 +118,21 @@ def _check_cascade(out: Path, tmp_path: Path, alpacaeval: Path, pairs: int) -> N
     assert "## Uncertainty cascade" in (out / "report" / "report.md").read_text()
     scored = tmp_path / "cascade"
     common = ["cascade", "--run-dir", str(out), "--input", str(out / "unlabeled_pairs.parquet"), "--out", str(scored), "--send-fraction", "0.3"]
-    first = _cli(*common, "--rows", "500")
+    dump = tmp_path / "dump.parquet"
+    long = pq.read_table(alpacaeval).to_pandas()
+    long = long[long["instruction"].isin(long["instruction"].unique()[:2])]
+    long.to_parquet(dump)
+    first, rest, labels, via_score, ranked = run_commands([
+        [*common, "--rows", "500"],
+        common,  # as after an interruption: only the rest is scored
+        # The cascade feeds pseudolabels (its final prediction is one model), and `score --cascade` runs it too.
+        ["pseudolabel", "--config", str(out / "config.yaml"), "--run-dir", str(tmp_path / "next"), "--input", str(out / "unlabeled_pairs.parquet"),
+         "--scores", str(scored), "--out", str(tmp_path / "pl.parquet")],
+        ["score", "--config", str(out / "config.yaml"), "--run-dir", str(out), "--cascade", "--input", str(out / "unlabeled_pairs.parquet"),
+         "--out", str(tmp_path / "via_score"), "--rows", "200", "--send-fraction", "0.3"],
+        ["leaderboard", "--run-dir", str(out), "--battles", str(dump), "--out", str(tmp_path / "ranked"), "--bootstrap", "20"],
+    ])
     assert first["scored"] == 500 and all(first["decided_by_stage"][s] > 0 for s in stages)
-    rest = _cli(*common)  # as after an interruption: only the rest is scored
     assert rest["already_done"] == 500 and rest["scored"] == pairs - 500 and rest["output_rows"] == rest["unique_ids"] == pairs
     table = pd.read_parquet(scored)
     assert sorted(table["id"]) == sorted(pq.read_table(out / "unlabeled_pairs.parquet", columns=["id"]).column("id").to_pylist())
@@ -135,31 +142,22 @@ def _check_cascade(out: Path, tmp_path: Path, alpacaeval: Path, pairs: int) -> N
             assert group[f"{name}_prob_a"].notna().all() == (name in reached[stage]) and group[f"{name}_prob_a"].isna().all() == (name not in reached[stage])
         np.testing.assert_allclose(group[["prob_a", "prob_b", "prob_tie"]].to_numpy(), group[[f"{stage}_prob_{c}" for c in ("a", "b", "tie")]].to_numpy())
     assert 0.25 < (table["stage"] != "features").mean() < 0.35 and table["error"].isna().all()
-    changed = _cli(*common[:-1], "0.5")  # another routing never reuses the old output
-    assert changed["already_done"] == 0 and changed["output_rows"] == pairs
 
-    # The cascade feeds pseudolabels (its final prediction is one model), and `score --cascade` runs it too.
-    labels = _cli("pseudolabel", "--config", str(out / "config.yaml"), "--run-dir", str(tmp_path / "next"), "--input",
-                  str(out / "unlabeled_pairs.parquet"), "--scores", str(scored), "--out", str(tmp_path / "pl.parquet"))["stages"]["pseudolabel"]
+    labels = labels["stages"]["pseudolabel"]
     head = yaml.safe_load((out / "config.yaml").read_text())["pseudolabel"]["rows"]  # the run's slice of the dump
     assert labels["pseudolabeled"] > 0 and labels["pseudolabeled"] + sum(labels["rejected"].values()) == labels["battles"] == head
     assert "unscored" not in labels["rejected"]
-    soft = pd.read_parquet(tmp_path / "pl.parquet").set_index("id").join(pd.read_parquet(scored).set_index("id"))
+    soft = pd.read_parquet(tmp_path / "pl.parquet").set_index("id").join(table.set_index("id"))
     np.testing.assert_allclose(soft[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy(), soft[["prob_a", "prob_b", "prob_tie"]].to_numpy(), atol=1e-6)
-    via_score = _cli("score", "--config", str(out / "config.yaml"), "--run-dir", str(out), "--cascade", "--input", str(out / "unlabeled_pairs.parquet"),
-                     "--out", str(tmp_path / "via_score"), "--rows", "200", "--send-fraction", "0.3")
     assert via_score["scored"] == via_score["unique_ids"] == 200 and set(pd.read_parquet(tmp_path / "via_score")["stage"]) <= set(stages)
 
-    dump = tmp_path / "dump.parquet"
-    long = pq.read_table(alpacaeval).to_pandas()
-    long = long[long["instruction"].isin(long["instruction"].unique()[:2])]
-    long.to_parquet(dump)
-    ranked = _cli("leaderboard", "--run-dir", str(out), "--battles", str(dump), "--out", str(tmp_path / "ranked"), "--bootstrap", "20",
-                  timeout=900)
     generators = long.groupby("instruction")["generator"].nunique()
     assert ranked["pairs"]["pairs_written"] == ranked["cascade"]["output_rows"] == ranked["leaderboard"]["battles"] == int((generators * (generators - 1) // 2).sum())
     board = pd.read_parquet(tmp_path / "ranked" / "leaderboard.parquet")
     assert len(board) == ranked["leaderboard"]["models"] == long["generator"].nunique() and (board["rating_low"] <= board["rating_high"]).all()
+
+    changed = run_commands([[*common[:-1], "0.5"]])[0]  # another routing never reuses the old output
+    assert changed["already_done"] == 0 and changed["output_rows"] == pairs
 
 
 def _without_tracking_server() -> dict[str, str]:

@@ -1,31 +1,19 @@
 """Pseudolabels made by `prefscale pseudolabel` train a model through `prefscale train` as they are."""
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import run_commands
 
 from prefscale.data.folds import assign_folds
 from prefscale.io import write_table
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def cli(*args):
-    result = subprocess.run([sys.executable, "-m", "prefscale.cli", *args, "--json"], capture_output=True, text=True, cwd=REPO,
-                            timeout=600, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def test_pseudolabels_train_without_conversion(tmp_path, alpacaeval, battles_path, tiny_bert_path):
-    cli("data", "pairs", str(alpacaeval), "--out", str(tmp_path / "pairs.parquet"), "--max-instructions", "1")
     write_table(assign_folds(pq.read_table(battles_path).slice(0, 48), 2), tmp_path / "run" / "battles.parquet")
     config = {
         "name": "pl", "output_dir": str(tmp_path / "run"), "data": {"train": ["unused"]}, "text": {"max_length": 48},
@@ -36,9 +24,12 @@ def test_pseudolabels_train_without_conversion(tmp_path, alpacaeval, battles_pat
                               "extra_train": [str(tmp_path / "run" / "pseudolabels.parquet")]}},
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    made = cli("pseudolabel", "--config", str(tmp_path / "c.yaml"), "--input", str(tmp_path / "pairs.parquet"))["stages"]["pseudolabel"]
+    _, made, trained = run_commands([["data", "pairs", str(alpacaeval), "--out", str(tmp_path / "pairs.parquet"), "--max-instructions", "1"],
+                                     ["pseudolabel", "--config", str(tmp_path / "c.yaml"), "--input", str(tmp_path / "pairs.parquet")],
+                                     ["train", "--config", str(tmp_path / "c.yaml")]],
+                                    env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    made = made["stages"]["pseudolabel"]
     assert made["pseudolabeled"] == 40 and made["scoring"]["base"]["scored"] == 40
-    trained = cli("train", "--config", str(tmp_path / "c.yaml"))
     fold = trained["stages"]["train:student"]["folds"][0]
     labeled = sum(1 for f in pq.read_table(tmp_path / "run" / "battles.parquet").column("fold").to_pylist() if f != 0)
     assert fold["train_rows"] == labeled + 40  # every pseudolabel trained alongside the labeled folds
