@@ -73,7 +73,7 @@ def unit_parts(config: Config, unit: str) -> dict[str, str]:
         scoring = {"tta": config.score.tta, "tta_space": config.score.tta_space, "models": config.score.model_dump(mode="json")["models"]}
         return {"config pseudolabel": _section(settings), "config score": _digest(scoring), "config model": _section(config.model),
                 "config text": _section(config.text), **battles, **files(settings.scores), **upstream(scorers),
-                **(files([config.layout.battles]) if settings.dedup_labeled else {})}  # the labeled set it deduplicates against
+                **(upstream(["data"]) if settings.dedup_labeled else {})}  # the labeled set it deduplicates against
     if kind == "score":
         battles = files([config.score.input]) if config.score.input else upstream(["data"])
         return {"config score": _section(config.score), "config model": _section(config.model), "config text": _section(config.text), **battles}

@@ -33,6 +33,7 @@
 import json
 import os
 import threading
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -88,8 +89,18 @@ def test_a_changed_input_file_or_teacher_makes_everything_downstream_stale(tmp_p
     faster = config.model_copy(update={"train": {**config.train, "teacher": config.train["teacher"].model_copy(update={"workers": 4})}})
     assert all(fingerprint(faster, u) == before[u] for u in units)  # workers: a resource key
 
+    # Every rerun rewrites the split's battles.parquet: no unit may depend on that file's mtime (the pseudolabels'
+    # dedup against the labeled set depends on the data stage instead).
+    split = Path(config.layout.battles)
+    split.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"id": [1]}), split)
+    with_pseudolabels = [*units, "pseudolabel"]
+    made = {u: fingerprint(config, u) for u in with_pseudolabels}
+    pq.write_table(pa.table({"id": [1, 3]}), split)
+    assert {u: fingerprint(config, u) for u in with_pseudolabels} == made
+
     pq.write_table(pa.table({"id": [1, 2]}), source)  # the file changed (size, mtime)
-    assert all(fingerprint(config, u) != before[u] for u in units)
+    assert all(fingerprint(config, u) != made[u] for u in with_pseudolabels)
     assert f"file {source}" in unit_parts(config, "data")
 
 
