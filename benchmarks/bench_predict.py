@@ -1,10 +1,11 @@
-"""`prefscale predict` on 2,000 battles with a finished local run, and what packing its neural
+"""`prefscale predict` on 2,000 battles with a finished local run, and what packing a run's neural
 models into one pass buys.
 
 Reads a finished run (`make demo`, configs/local.yaml) and the first N battles of its unlabeled
 pairs (real AlpacaEval answers). Two measurements, one after the other on the same machine:
-1. the ensemble's neural members scored one pass per model and then all in one pass
-   (score.pack_models), in one process with Ray already started, so only the packing differs;
+1. every neural model of the run (the teacher's 5 fold models and the student: what the held-out
+   and pseudolabel passes score) one pass per model and then all in one pass (score.pack_models),
+   in one process with Ray already started, so only the packing differs;
 2. `prefscale predict` end to end as a user runs it (a fresh process: imports, Ray start-up,
    validation, every member, the stack), at the run's own settings.
 Each measurement gets a fresh copy of the input, so no scores from an earlier pass are reused.
@@ -28,13 +29,13 @@ from common import REPO, write_result  # noqa: E402
 
 
 def neural_pass_seconds(run_dir: str, battles_uri: str, work: str, pack: bool) -> dict:
-    """Seconds to score the run's neural members on the battles, packed or one pass per model."""
+    """Seconds to score every train run's models on the battles, packed or one pass per model."""
     from prefscale.predict import load_run, neural_probs
     from prefscale.score.scoring_model import scoring_plan
 
-    config, members = load_run(run_dir)
+    config, _ = load_run(run_dir)
     config = config.model_copy(update={"score": config.score.model_copy(update={"pack_models": pack})})
-    runs = [m for m in members if m in config.train]
+    runs = list(config.train)
     started = time.perf_counter()
     neural_probs(config, runs, battles_uri, os.path.join(work, f"pack-{pack}"))
     return {"seconds": round(time.perf_counter() - started, 1), "runs": runs,
@@ -74,11 +75,11 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     write_result("predict", {
-        "benchmark": f"prefscale predict on {battles.num_rows} battles of a finished local run; neural members packed vs one pass per model",
+        "benchmark": f"prefscale predict on {battles.num_rows} battles of a finished local run; a run's neural models packed vs one pass per model",
         "command": f"python benchmarks/bench_predict.py --run-dir {os.path.relpath(args.run_dir, REPO)} --rows {args.rows}",
         "rows": battles.num_rows,
         "pack_models_in_run_config": config.score.pack_models,
-        "neural_members": passes,
+        "neural_models": passes,
         "packed_speedup": round(passes["one_pass_per_model"]["seconds"] / passes["packed"]["seconds"], 2),
         "predict_cli": {"wall_s": round(wall, 1), "rows_per_s": round(battles.num_rows / wall, 1), "predicted": predicted["predicted"],
                         "members": predicted["members"]},

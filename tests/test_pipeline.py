@@ -30,6 +30,7 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
     config["train"]["teacher"]["workers"] = 1
     config["pseudolabel"]["rows"] = 64
     config["stack"]["tune_samples"] = 30
+    del config["stack"]["members"]  # the default: members and runs over every fold
     config["members"]["features"]["params"] = {"max_iter": 60}  # the recipe's members, lighter
     config["members"]["tfidf"]["params"] = {"max_features": 3000}
     config["cascade"] = {"stages": ["features", "cheap_ensemble", "student", "ensemble"], "max_sent": 0.5}  # a member, the cheap stack, a neural run, the stack
