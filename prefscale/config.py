@@ -116,7 +116,7 @@ class ScoreConfig(Section):
     threads_per_actor: int | None = Field(None, gt=0, description="torch threads per actor; default: cores / actors")
     format_cpus: float = Field(0.5, gt=0, description="CPUs per tokenizing task that feeds the actors")
     part_rows: int = Field(50_000, gt=0, description="rows per output Parquet part (each part is written atomically: the resume unit)")
-    pack_models: bool = Field(False, description="predict and pseudolabel: every model scored at the same settings (a run's fold models, "
+    pack_models: bool = Field(False, description="held-out folds, pseudolabels, predict: every model scored at the same settings (a run's fold models, "
                               "several runs) in one pass whose actors each hold them all, instead of one pass per model: one warm-up "
                               "instead of many, where the replicas fit in one actor's memory (not 70B fold models on one GPU)")
 

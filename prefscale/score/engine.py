@@ -12,6 +12,7 @@ to ``_rejects/`` with its reason, so scored + rejected = input.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import uuid
@@ -198,6 +199,8 @@ def score_plan(input_uri: str, plan: list[tuple[ScoringModel, ScoreConfig]], out
     done = {}
     for models, settings in passes.values():
         name = "+".join(m.name for m in models)
+        if len(name) > 120:  # a directory name: many packed models are named by their digest
+            name = f"{models[0].name}+{len(models) - 1}-more-{hashlib.blake2b(name.encode(), digest_size=6).hexdigest()}"
         out = output_for(name)
         done[name] = (out, score_battles(input_uri, out, models, settings))
     return done
