@@ -10,6 +10,7 @@ columns, so the training stage reads it as it is.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -71,19 +72,19 @@ def labeled_repeats(battles_uri: str, labeled_uri: str) -> pd.Series:
 
     Such a battle is already labeled by people, and a teacher's pseudolabel of it would carry the
     teacher's view of a labeled (possibly held-out) battle into a student's training."""
-    labeled = open_battles(labeled_uri)
     known: dict[bytes, int] = {}
-    for batch in labeled.batches(batch_rows=65_536, columns=[schema.ID, *schema.TEXT_COLUMNS]):
-        cells = [batch.column(c).to_pylist() for c in (schema.ID, *schema.TEXT_COLUMNS)]
-        for id_, prompt, a, b in zip(*cells, strict=True):
-            known.setdefault(battle_key(prompt, a, b, "swap")[0], id_)
-    repeats: dict[int, int] = {}
-    for batch in open_battles(battles_uri).batches(batch_rows=65_536, columns=[schema.ID, *schema.TEXT_COLUMNS]):
-        cells = [batch.column(c).to_pylist() for c in (schema.ID, *schema.TEXT_COLUMNS)]
-        for id_, prompt, a, b in zip(*cells, strict=True):
-            if (match := known.get(battle_key(prompt, a, b, "swap")[0])) is not None:
-                repeats[id_] = match
+    for id_, key in _battle_keys(labeled_uri):
+        known.setdefault(key, id_)
+    repeats = {id_: known[key] for id_, key in _battle_keys(battles_uri) if key in known}
     return pd.Series(repeats, dtype="int64")
+
+
+def _battle_keys(uri: str) -> Iterator[tuple[int, bytes]]:
+    """(id, swap-aware content key) of every battle in the file, streamed."""
+    for batch in open_battles(uri).batches(batch_rows=65_536, columns=[schema.ID, *schema.TEXT_COLUMNS]):
+        cells = [batch.column(c).to_pylist() for c in (schema.ID, *schema.TEXT_COLUMNS)]
+        for id_, prompt, a, b in zip(*cells, strict=True):
+            yield id_, battle_key(prompt, a, b, "swap")[0]
 
 
 def _reasons(table: pd.DataFrame, options: PseudolabelConfig, repeats: pd.Series) -> pd.Series:
