@@ -61,7 +61,7 @@ def test_command_writes_every_format_and_compares_with_the_human_leaderboard(tmp
     scores.mkdir()
     part = {"id": np.arange(3_000), "model": ["m"] * 3_000, **{c: np.zeros(3_000, np.float32) for c in ("logit_a", "logit_b", "logit_tie")},
             "prob_a": probs[:, 0].astype(np.float32), "prob_b": probs[:, 1].astype(np.float32), "prob_tie": probs[:, 2].astype(np.float32),
-            "tokens": np.zeros(3_000, np.int32), "computed_tokens": np.zeros(3_000, np.int32)}
+            "swap_flip": [None] * 3_000, "tokens": np.zeros(3_000, np.int32), "computed_tokens": np.zeros(3_000, np.int32)}
     pq.write_table(pa.table(part, schema=SCORE_SCHEMA), scores / "part-0.parquet")
     out = tmp_path / "board"
     assert main(["leaderboard", "--battles", str(tmp_path / "battles.parquet"), "--scores", str(scores), "--out", str(out),

@@ -11,7 +11,7 @@ from prefscale.data import schema
 from prefscale.data.pairs import generate_pairs, load_long_table
 from prefscale.data.schema import SWAP_ORDER
 from prefscale.errors import PrefscaleError
-from prefscale.members.estimators import make_member
+from prefscale.members.estimators import fit_predict, make_member
 from prefscale.members.features import (
     _null_turns,
     _words,
@@ -80,6 +80,11 @@ def test_member_is_swap_symmetric_and_learns_from_held_out_battles(kind, real_ba
     member = make_member(kind).fit(train, labels[:1100])
     probs = member.predict_proba(test)
     np.testing.assert_allclose(member.predict_proba(swapped(test)), probs[:, SWAP_ORDER], atol=1e-6)
+    direct, back = member.predict_orders(test)  # the single orders the symmetric prediction averages
+    np.testing.assert_allclose((direct + back) / 2, probs)
+    fold_probs, flips = fit_predict(kind, {}, real_battles, np.arange(1100), np.arange(1100, real_battles.num_rows))
+    np.testing.assert_allclose(fold_probs, probs)
+    np.testing.assert_array_equal(flips, direct.argmax(1) != back.argmax(1))
     prior = np.broadcast_to(labels[:1100].mean(axis=0), (test.num_rows, 3))
     baseline = prior if kind == "features" else np.full((test.num_rows, 3), 1 / 3)  # TF-IDF alone is weak on 1,100 battles
     assert log_loss(labels[1100:], probs) < log_loss(labels[1100:], baseline)

@@ -103,7 +103,7 @@ def test_distilled_student_moves_toward_its_teacher(tmp_path, battles_path, tiny
     rng = np.random.default_rng(0)
     teacher = (np.array([2.0, 0.0, -2.0]) + rng.normal(0, 0.3, (64, 3))).astype(np.float32)  # a confident teacher
     write_table(pa.table({"id": ids, "model": ["t"] * 64, "logit_a": teacher[:, 0], "logit_b": teacher[:, 1], "logit_tie": teacher[:, 2],
-                          "prob_a": teacher[:, 0], "prob_b": teacher[:, 1], "prob_tie": teacher[:, 2], "tokens": [1] * 64,
+                          "prob_a": teacher[:, 0], "prob_b": teacher[:, 1], "prob_tie": teacher[:, 2], "swap_flip": [None] * 64, "tokens": [1] * 64,
                           "computed_tokens": [1] * 64}, schema=SCORE_SCHEMA), tmp_path / "teacher.parquet")
     write_table(table.drop_columns(["fold"]) if "fold" in table.column_names else table, tmp_path / "train.parquet")
 

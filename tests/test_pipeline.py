@@ -63,12 +63,15 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
     for member in ("features", "tfidf"):  # cheap members cover every fold, so they (not the one-fold runs) are stacked
         oof = pq.read_table(out / "oof" / f"{member}.parquet")
         assert sorted(oof.column("id").to_pylist()) == sorted(battles.column("id").to_pylist())
+    assert stages["train:teacher"]["swap_flip_share"] is None  # scored in one order: no flip to measure
+    assert 0 <= stages["train:student"]["swap_flip_share"] <= 1
     stack = stages["stack"]
     assert stack["members"] == ["features", "tfidf"]
     assert stack["nested_cv"]["final"] < min(stack["member_log_loss"].values())  # better than the best member, not only the worst
     assert abs(stack["blend_search"]["tune_minus_powell"]) < 0.01
     report = json.loads((out / "report" / "report.json").read_text())
     sources = {"arena", "hh_rlhf_harmless_test", "llmeval2", "pandalm_testset"}
+    assert all(0 <= report["table"][m]["swap_flip_share"] < 0.5 for m in ("features", "tfidf"))  # trained on both orders
     assert set(report["table"]["features"]["per_dataset"]) == set(report["table"]["source prior (out of fold)"]["per_dataset"]) == sources
     transfer = report["leave_one_source_out"]
     assert set(transfer["per_source"]) == sources and set(transfer["mean"]) == {"features", "tfidf", "ensemble (cheap members)", "prior (other sources)"}

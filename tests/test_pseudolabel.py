@@ -19,7 +19,7 @@ def scores(ids, probs, model):
     probs = np.asarray(probs, dtype=np.float32)
     return pa.table({"id": ids, "model": [model] * len(ids), "logit_a": np.log(probs[:, 0]), "logit_b": np.log(probs[:, 1]),
                      "logit_tie": np.log(probs[:, 2]), "prob_a": probs[:, 0], "prob_b": probs[:, 1], "prob_tie": probs[:, 2],
-                     "tokens": [1] * len(ids), "computed_tokens": [1] * len(ids)}, schema=SCORE_SCHEMA)
+                     "swap_flip": [None] * len(ids), "tokens": [1] * len(ids), "computed_tokens": [1] * len(ids)}, schema=SCORE_SCHEMA)
 
 
 @pytest.fixture

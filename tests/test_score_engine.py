@@ -115,6 +115,17 @@ def test_swap_tta_is_symmetric_on_real_battles(ray_local, small_battles, tiny_be
     a = read_parts(str(tmp_path / "sa")).to_pandas().set_index("id").sort_index()
     b = read_parts(str(tmp_path / "sb")).to_pandas().set_index("id").sort_index()
     assert np.allclose(a[["prob_a", "prob_b", "prob_tie"]].to_numpy(), b[["prob_b", "prob_a", "prob_tie"]].to_numpy(), atol=1e-5)
+    # swap_flip: the verdict of the (A, B) pass alone differs from the (B, A) pass's mapped back
+    score(str(tmp_path / "a.parquet"), tmp_path / "a1", model, tta=False)
+    score(str(tmp_path / "b.parquet"), tmp_path / "b1", model, tta=False)
+    direct = read_parts(str(tmp_path / "a1")).to_pandas().set_index("id").sort_index()
+    back = read_parts(str(tmp_path / "b1")).to_pandas().set_index("id").sort_index()[["prob_b", "prob_a", "prob_tie"]].to_numpy()
+    assert direct["swap_flip"].isna().all()  # one order scored: no verdict to compare
+    margin = lambda p: np.diff(np.sort(p, axis=1)[:, -2:], axis=1)[:, 0]
+    clear = (margin(direct[["prob_a", "prob_b", "prob_tie"]].to_numpy()) > 1e-4) & (margin(back) > 1e-4)
+    expected = direct[["prob_a", "prob_b", "prob_tie"]].to_numpy().argmax(1) != back.argmax(1)
+    np.testing.assert_array_equal(a["swap_flip"].to_numpy(dtype=bool)[clear], expected[clear])
+    assert clear.sum() >= 20
 
 
 def test_unformattable_rows_go_to_rejects(ray_local, small_battles, tiny_bert_path, tmp_path):

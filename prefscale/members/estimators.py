@@ -19,6 +19,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from prefscale.data import schema
 from prefscale.members.features import battle_features, cell_turns, distinct_cells
 from prefscale.protocol_models import SoftmaxRegression, fit_factored
+from prefscale.score.tta import swap_flips, unswap_probs
 
 
 class SwapSymmetricMember:
@@ -40,9 +41,14 @@ class SwapSymmetricMember:
         self.estimator_ = self.fit_model(both, np.vstack([labels, labels[:, schema.SWAP_ORDER]]), ties)
         return self
 
-    def predict_proba(self, battles: pa.Table) -> np.ndarray:
+    def predict_orders(self, battles: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """The single-order predictions on (A, B) and on (B, A), the latter mapped back to A/B."""
         x, x_swapped = self.encode(battles, fit=False)
-        return (self.estimator_.predict_proba(x) + self.estimator_.predict_proba(x_swapped)[:, schema.SWAP_ORDER]) / 2
+        return self.estimator_.predict_proba(x), unswap_probs(self.estimator_.predict_proba(x_swapped))
+
+    def predict_proba(self, battles: pa.Table) -> np.ndarray:
+        direct, swapped = self.predict_orders(battles)
+        return (direct + swapped) / 2
 
 
 class FeatureMember(SwapSymmetricMember):
@@ -93,8 +99,10 @@ def make_member(kind: str, params: dict[str, Any] | None = None) -> SwapSymmetri
     return MEMBER_KINDS[kind](**(params or {}))
 
 
-def fit_predict(kind: str, params: dict[str, Any], battles: pa.Table, train_rows: np.ndarray, test_rows: np.ndarray) -> np.ndarray:
-    """Fit on ``train_rows`` and predict ``test_rows``; the unit of work of one fold (or Tune trial)."""
+def fit_predict(kind: str, params: dict[str, Any], battles: pa.Table, train_rows: np.ndarray, test_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fit on ``train_rows`` and predict ``test_rows``; the unit of work of one fold (or Tune
+    trial). Returns the swap-averaged probabilities and where the two orders' verdicts flip."""
     labels = schema.label_matrix(battles)
     member = make_member(kind, params).fit(battles.take(train_rows), labels[train_rows])
-    return member.predict_proba(battles.take(test_rows))
+    direct, swapped = member.predict_orders(battles.take(test_rows))
+    return (direct + swapped) / 2, swap_flips(direct, swapped)

@@ -36,18 +36,19 @@ def submit_fold_fits(kind: str, params: dict[str, Any], battles_ref: Any, fold: 
     return fits
 
 
-def collect_fold_fits(fits: list[tuple[np.ndarray, Any]], n_rows: int) -> np.ndarray:
-    """(n_rows, 3) probabilities from ``submit_fold_fits``; rows no fold predicted stay NaN."""
+def collect_fold_fits(fits: list[tuple[np.ndarray, Any]], n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n_rows, 3) probabilities from ``submit_fold_fits`` (rows no fold predicted stay NaN), and
+    where each row's two single-order verdicts flip."""
     import ray
 
-    probs = np.full((n_rows, 3), np.nan)
-    for test, result in zip([test for test, _ in fits], ray.get([ref for _, ref in fits]), strict=True):
-        probs[test] = result
-    return probs
+    probs, flips = np.full((n_rows, 3), np.nan), np.zeros(n_rows, dtype=bool)
+    for test, (fold_probs, fold_flips) in zip([test for test, _ in fits], ray.get([ref for _, ref in fits]), strict=True):
+        probs[test], flips[test] = fold_probs, fold_flips
+    return probs, flips
 
 
-def fold_predictions(kind: str, params: dict[str, Any], battles: pa.Table) -> np.ndarray:
-    """OOF probabilities for every battle, the folds fitted in parallel as Ray tasks."""
+def fold_predictions(kind: str, params: dict[str, Any], battles: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """OOF probabilities (and swap flips) for every battle, the folds fitted in parallel as Ray tasks."""
     import ray
 
     fits = submit_fold_fits(kind, params, ray.put(battles), battles.column(schema.FOLD).to_numpy(), np.arange(battles.num_rows))
@@ -68,8 +69,8 @@ def train_member(config: Config, name: str, member: MemberConfig, log: Callable[
 
         params = tune_member(member.kind, battles, member.tune_samples, base=params, seed=0)
         log(f"  [{name}] tuned params {params}")
-    probs = fold_predictions(member.kind, params, battles)
-    oof = oof_table(battles.column(schema.ID).to_numpy(), battles.column(schema.FOLD).to_numpy(), name, probs)
+    probs, flips = fold_predictions(member.kind, params, battles)
+    oof = oof_table(battles.column(schema.ID).to_numpy(), battles.column(schema.FOLD).to_numpy(), name, probs, flips)
     write_table(oof, out)
     save_estimator(make_member(member.kind, params).fit(battles, schema.label_matrix(battles)), model_out)
     summary = {"name": name, "kind": member.kind, "params": params, "oof_path": out, "model_path": model_out,

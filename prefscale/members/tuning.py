@@ -36,7 +36,7 @@ def _trial(config: dict[str, Any], kind: str, base: dict[str, Any], battles: pa.
     probs = np.empty(labels.shape)
     for k in np.unique(fold):
         test = np.nonzero(fold == k)[0]
-        probs[test] = fit_predict(kind, {**base, **config}, battles, np.nonzero(fold != k)[0], test)
+        probs[test] = fit_predict(kind, {**base, **config}, battles, np.nonzero(fold != k)[0], test)[0]
         seen[test] = True
         tune.report({"log_loss": log_loss(labels[seen], probs[seen])})
 

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from prefscale.artifacts import SCORE_SCHEMA, read_parts
+from prefscale.artifacts import SCORE_SCHEMA, SWAP_FLIP, read_parts
 from prefscale.config import ScoreConfig
 from prefscale.data import schema
 from prefscale.devices import raised_prefscale_error
@@ -107,7 +107,7 @@ def _long_rows(batch: pa.Table, models: list[ScoringModel]) -> pa.Table:
         columns = {schema.ID: batch.column(schema.ID), "model": pa.array([m.name] * batch.num_rows, pa.string())}
         columns |= {c: pa.array(logits[:, i], pa.float32()) for i, c in enumerate(schema.LOGITS)}
         columns |= {c: pa.array(probs[:, i], pa.float32()) for i, c in enumerate(schema.PROBS)}
-        columns |= {"tokens": batch.column(m.column("tokens")), "computed_tokens": batch.column(m.column("computed_tokens"))}
+        columns |= {SWAP_FLIP: batch.column(m.column(SWAP_FLIP)), "tokens": batch.column(m.column("tokens")), "computed_tokens": batch.column(m.column("computed_tokens"))}
         tables.append(pa.table(columns, schema=SCORE_SCHEMA))
     return pa.concat_tables(tables)
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from prefscale.artifacts import SWAP_FLIP
 from prefscale.batching import pad_batch, token_budget_batches
 from prefscale.data.schema import LOGITS
 from prefscale.devices import torch_device
 from prefscale.score.encode import IDS, IDS_SWAPPED
 from prefscale.score.scoring_model import ScoringModel
-from prefscale.score.tta import TTASpace, combine_swapped
+from prefscale.score.tta import TTASpace, combine_swapped, swap_flips, unswap_probs
 
 
 class _Replica:
@@ -80,11 +81,14 @@ class ModelScorer:
             batch = batch.drop_columns([m.column(IDS_SWAPPED)])
         logits, widths = self._logits(replica, sequences)
         real = np.array([len(s) for s in sequences], dtype=np.int64)
+        flips = pa.nulls(n, pa.bool_())
         if tta:
+            flips = pa.array(swap_flips(logits[:n], unswap_probs(logits[n:])))
             logits = combine_swapped(logits[:n], logits[n:], self.tta_space)
             widths, real = widths[:n] + widths[n:], real[:n] + real[n:]
         batch = batch.drop_columns([m.column(IDS)])
         for i, name in enumerate(LOGITS):
             batch = batch.append_column(m.column(name), pa.array(logits[:, i], pa.float32()))
+        batch = batch.append_column(m.column(SWAP_FLIP), flips)
         batch = batch.append_column(m.column("tokens"), pa.array(real, pa.int32()))
         return batch.append_column(m.column("computed_tokens"), pa.array(widths, pa.int32()))

@@ -20,6 +20,12 @@ def unswap_probs(probs: np.ndarray) -> np.ndarray:
     return np.asarray(probs)[..., SWAP_ORDER]
 
 
+def swap_flips(direct: np.ndarray, swapped_back: np.ndarray) -> np.ndarray:
+    """Where the verdict (the most likely of a, b, tie) on (A, B) differs from the verdict on
+    (B, A) mapped back to A/B order: the model's position bias, which swap averaging hides."""
+    return np.asarray(direct).argmax(axis=-1) != np.asarray(swapped_back).argmax(axis=-1)
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))

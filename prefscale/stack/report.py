@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from prefscale.artifacts import swap_flip_share
 from prefscale.cascade.fit import cascade_markdown, cascade_plot, fit_cascade
 from prefscale.config import CascadeConfig
 from prefscale.data import schema
@@ -117,6 +118,8 @@ def write_report(layout: RunLayout, members: list[str], cascade: CascadeConfig |
     }
     reliability_plot(data.labels, without_ties(predictions["ensemble (stacked)"], data.ties), without_ties(predictions["ensemble (final)"], data.ties),
                      layout.report_file("reliability.png"))
+    for member in data.members:
+        table[member]["swap_flip_share"] = swap_flip_share(read_table(layout.oof(member)))
     best_member = min(data.members, key=lambda m: table[m]["log_loss"])
     report = {
         "rows": len(data.ids), "datasets": {d: int((data.datasets == d).sum()) for d in datasets},
@@ -135,15 +138,19 @@ def write_report(layout: RunLayout, members: list[str], cascade: CascadeConfig |
 def _write_markdown(report: dict[str, Any], datasets: list[str], path: str, cascade: list[str]) -> None:
     lines = ["# OOF report (nested cross-validation for every ensemble row)", "",
              f"{report['rows']} battles; best member `{report['best_member']}`; ensemble gain {report['ensemble_gain_vs_best_member']}", "",
-             "| model | log loss | accuracy | " + " | ".join(datasets) + " |", "|---|---|---|" + "---|" * len(datasets)]
+             "| model | log loss | accuracy | swap flips | " + " | ".join(datasets) + " |", "|---|---|---|---|" + "---|" * len(datasets)]
     for name, row in report["table"].items():
-        lines.append(f"| {name} | {row['log_loss']} | {row['accuracy']} | " + " | ".join(str(row["per_dataset"][d]) for d in datasets) + " |")
+        flips = "" if row.get("swap_flip_share") is None else row["swap_flip_share"]
+        lines.append(f"| {name} | {row['log_loss']} | {row['accuracy']} | {flips} | " + " | ".join(str(row["per_dataset"][d]) for d in datasets) + " |")
     lines += ["", "`class prior` predicts every battle at the balance of all rows, its own fold's labels included; "
               "`class prior (out of fold)` uses the other folds' balance, as every OOF prediction must; "
               "`source prior (out of fold)` uses the other folds' balance of the battle's own source: a model that does not beat it "
               "on a source has learned which source a battle comes from, not which answer people prefer.", "",
               "Forced-choice battles (protocol `none`: " + (", ".join(f"{d} {n}" for d, n in report["forced_choice"].items() if n) or "none") +
               ") are scored by P(winner | not a tie).", "",
+              "`swap flips`: per member, the share of battles whose verdict from one order alone (the most likely of A, B, tie) changes "
+              "when A and B are exchanged: its position bias. The predictions themselves are the mean over both orders (cheap members "
+              "always, neural runs with `tta` on), so the bias is averaged out of them; a run scored in one order shows no share.", "",
               "![reliability](reliability.png)", "", *_transfer_markdown(report["leave_one_source_out"]), *cascade]
     write_bytes("\n".join(lines).encode(), path)
 

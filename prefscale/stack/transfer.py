@@ -50,8 +50,8 @@ def leave_one_source_out(config: Config, data: StackData) -> dict[str, Any]:
     per_source: dict[str, dict[str, float]] = {}
     for source in sources:
         held = data.datasets == source
-        rest_logp = np.stack([log_probs(collect_fold_fits(pending[source, name][0], n)[~held]) for name in members], axis=1)
-        held_probs = {name: ray.get(pending[source, name][1]) for name in members}
+        rest_logp = np.stack([log_probs(collect_fold_fits(pending[source, name][0], n)[0][~held]) for name in members], axis=1)
+        held_probs = {name: ray.get(pending[source, name][1])[0] for name in members}
         held_logp = np.stack([log_probs(held_probs[name]) for name in members], axis=1)
         labels, ties = data.labels[held], data.ties[held]
         stacker = stacker_factory(config.stack or StackConfig())().fit(rest_logp, data.labels[~held], data.ties[~held], data.datasets[~held])
