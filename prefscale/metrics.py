@@ -30,6 +30,13 @@ def log_loss(labels: np.ndarray, probs: np.ndarray, ties: np.ndarray | None = No
     return float(-(labels * np.log(np.clip(probs, 1e-15, 1.0))).sum(axis=1).mean())
 
 
+def winner_log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Log loss of P(winner | not a tie) over the battles not judged a tie: whether a model knows
+    which answer wins, apart from how often it expects ties."""
+    decisive = labels[:, 2] == 0
+    return log_loss(labels[decisive], probs[decisive], np.zeros(int(decisive.sum()), dtype=bool))
+
+
 def class_prior(labels: np.ndarray, ties: np.ndarray | None = None) -> np.ndarray:
     """The constant prediction of maximum protocol likelihood: the tie share of battles that
     allowed ties, and the A/B split of every battle's decisive label mass."""

@@ -159,3 +159,26 @@ def test_a_stacker_saved_before_per_source_stacking_still_predicts():
     expected = stacker.predict_proba(data.logp)
     del stacker.sources_  # what a run from before the attribute existed loads
     np.testing.assert_allclose(stacker.predict_proba(data.logp, data.datasets), expected)
+
+
+def test_unseen_source_weight_keeps_an_ensemble_that_transfers_and_drops_one_that_does_not():
+    """The mixture weight follows left-out sources: near 1 where the ensemble knows the winner on
+    them, near 0 where it is confidently wrong as often as right (sources that disagree)."""
+    from prefscale.stack.transfer import fit_unseen_weight, mix_with_prior
+
+    rng = np.random.default_rng(0)
+    prior = np.array([0.4, 0.4, 0.2])
+
+    def source(informative: bool, n: int = 2000):
+        labels = np.eye(3)[rng.choice(3, n, p=prior)]
+        guess = labels.argmax(1) if informative else rng.choice(2, n)
+        probs = np.full((n, 3), 0.05)
+        probs[np.arange(n), guess] = 0.9
+        return probs, prior, labels, np.ones(n, dtype=bool)
+
+    assert fit_unseen_weight([source(True), source(True)]) > 0.9
+    noisy = [source(False), source(False)]
+    weight = fit_unseen_weight(noisy)
+    assert weight < 0.1
+    probs, _, labels, ties = noisy[0]
+    assert log_loss(labels, mix_with_prior(probs, prior, weight), ties) < log_loss(labels, probs, ties) - 0.3

@@ -177,19 +177,14 @@ def _set_rows(batch: pa.Table, columns: list[str], rows: np.ndarray, values: np.
 
 
 def encode_routed(batch: pa.Table, models: list, tta: bool, stage: int) -> pa.Table:
-    """Token ids for the rows routed to ``stage`` (empty lists elsewhere: the scorers skip them)."""
+    """The batch with token ids for the rows routed to ``stage`` (empty lists elsewhere: the scorers skip them)."""
     from prefscale.score.encode import ERROR as ENCODE_ERROR
     from prefscale.score.encode import encode_battles
 
-    rows = np.flatnonzero(batch.column(ROUTE).to_numpy() == stage)
-    encoded = encode_battles(batch.take(rows), models, tta)
-    position = np.full(batch.num_rows, -1)
-    position[rows] = np.arange(len(rows))
+    encoded = encode_battles(batch, models, tta, rows=np.flatnonzero(batch.column(ROUTE).to_numpy() == stage))
     for column in encoded.column_names:
-        if column in (schema.ID, ENCODE_ERROR):
-            continue
-        values = encoded.column(column).to_pylist()
-        batch = batch.append_column(column, pa.array([values[p] if p >= 0 else [] for p in position], pa.list_(pa.int32())))
+        if column not in (schema.ID, schema.FOLD, ENCODE_ERROR):
+            batch = batch.append_column(column, encoded.column(column))
     return batch
 
 

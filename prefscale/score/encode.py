@@ -57,40 +57,44 @@ def _encode_rows(formatter: BattleFormatter, cells: tuple[list, list, list], tta
     return plain, swapped if tta else None
 
 
-def _encode_routed(formatter: BattleFormatter, cells: tuple[list, list, list], rows: np.ndarray, tta: bool, errors: list) -> tuple[list, list | None]:
-    """Encode only ``rows`` (a fold model's held-out rows); the others get empty ids, which no replica computes."""
-    mine = tuple([cell[r] for r in rows] for cell in cells)
-    mine_errors: list[str | None] = [None] * len(rows)
-    ids, twins = _encode_rows(formatter, mine, tta, mine_errors)
-    plain, swapped = [[] for _ in errors], [[] for _ in errors]
-    for k, r in enumerate(rows):
-        plain[r] = ids[k]
-        swapped[r] = twins[k] if twins is not None else []
-        errors[r] = errors[r] or mine_errors[k]
-    return plain, swapped if tta else None
+def _scatter(values: list, rows: np.ndarray, n: int, empty: object) -> list:
+    """``values`` of ``rows`` (increasing) placed in a list of ``n``, ``empty`` elsewhere."""
+    if len(rows) == n:  # every row: nothing to place
+        return values
+    full = [empty] * n
+    for k, r in enumerate(rows.tolist()):
+        full[r] = values[k]
+    return full
 
 
-def encode_battles(batch: pa.Table, models: list[ScoringModel], tta: bool) -> pa.Table:
-    cells = tuple(batch.column(c).to_pylist() for c in schema.TEXT_COLUMNS)
-    errors: list[str | None] = [None] * batch.num_rows
+def encode_battles(batch: pa.Table, models: list[ScoringModel], tta: bool, rows: np.ndarray | None = None) -> pa.Table:
+    """Token ids per model for ``rows`` of the batch (every row when None; a cascade stage passes
+    the rows routed to it), and only a fold model's own fold among them. Every other row gets
+    empty ids, which no replica computes."""
+    n = batch.num_rows
+    rows = np.arange(n) if rows is None else np.asarray(rows)
+    cells = tuple(batch.column(c).take(rows).to_pylist() for c in schema.TEXT_COLUMNS)  # only the rows encoded become Python
+    errors: list[str | None] = [None] * n
     columns: dict[str, pa.Array] = {schema.ID: batch.column(schema.ID)}
     if any(m.fold is not None for m in models):  # routed: each fold model scores its own fold's rows
         columns[schema.FOLD] = batch.column(schema.FOLD)
-        fold = batch.column(schema.FOLD).to_numpy(zero_copy_only=False)
+        fold = batch.column(schema.FOLD).to_numpy(zero_copy_only=False)[rows]
     for model in models:
         formatter = _formatter(model.path, model.trust_remote_code, model.text)
-        if model.fold is None:
-            plain, swapped = _encode_rows(formatter, cells, tta, errors)
-        else:
-            plain, swapped = _encode_routed(formatter, cells, np.flatnonzero(fold == model.fold), tta, errors)
-        columns[model.column(IDS)] = pa.array(plain, pa.list_(pa.int32()))
+        mine = np.arange(len(rows)) if model.fold is None else np.flatnonzero(fold == model.fold)
+        mine_errors: list[str | None] = [None] * len(mine)
+        subset = cells if len(mine) == len(rows) else tuple([cell[k] for k in mine.tolist()] for cell in cells)
+        plain, swapped = _encode_rows(formatter, subset, tta, mine_errors)
+        for k, error in zip(rows[mine].tolist(), mine_errors, strict=True):
+            errors[k] = errors[k] or error
+        columns[model.column(IDS)] = pa.array(_scatter(plain, rows[mine], n, []), pa.list_(pa.int32()))
         if swapped is not None:
-            columns[model.column(IDS_SWAPPED)] = pa.array(swapped, pa.list_(pa.int32()))
+            columns[model.column(IDS_SWAPPED)] = pa.array(_scatter(swapped, rows[mine], n, []), pa.list_(pa.int32()))
     columns[ERROR] = pa.array(errors, pa.string())
     if any(errors):
         # A row failed for some model: blank its ids everywhere so no replica spends compute on it.
         bad = pa.array([e is not None for e in errors])
-        empty = pa.array([[]] * batch.num_rows, pa.list_(pa.int32()))
+        empty = pa.array([[]] * n, pa.list_(pa.int32()))
         for name in list(columns):
             if name.endswith(f".{IDS}") or name.endswith(f".{IDS_SWAPPED}"):
                 columns[name] = pc.if_else(bad, empty, columns[name])

@@ -165,4 +165,14 @@ def _transfer_markdown(transfer: dict[str, Any] | None) -> list[str]:
              "| model | mean | " + " | ".join(f"{s} ({transfer['rows'][s]})" for s in sources) + " |", "|---|---|" + "---|" * len(sources)]
     for name, mean in transfer["mean"].items():
         lines.append(f"| {name} | {mean} | " + " | ".join(str(transfer["per_source"][s][name]) for s in sources) + " |")
+    winner = transfer.get("winner_given_not_tie")
+    if winner:
+        lines += ["", "The same, scoring only P(winner | not a tie) on the battles not judged a tie (0.6931 is a coin flip): "
+                  "whether the preference itself carries over, apart from the tie rate.", "",
+                  "| model | mean | " + " | ".join(sources) + " |", "|---|---|" + "---|" * len(sources)]
+        lines += [f"| {name} | {mean} | " + " | ".join(str(winner["per_source"][s][name]) for s in sources) + " |" for name, mean in winner["mean"].items()]
+    if "unseen_weight" in transfer:
+        lines += ["", "`ensemble, unseen-source mixture` is w x ensemble + (1 - w) x prior, each source's w chosen by leave-one-source-out "
+                  "among the other sources (" + ", ".join(f"{s} {w}" for s, w in transfer["inner_weight"].items()) +
+                  f"). Fitted on every source, w = {transfer['unseen_weight']}: the share of the cheap ensemble worth keeping on a source never seen."]
     return [*lines, ""]
