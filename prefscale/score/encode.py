@@ -72,8 +72,9 @@ def encode_battles(batch: pa.Table, models: list[ScoringModel], tta: bool, rows:
     the rows routed to it), and only a fold model's own fold among them. Every other row gets
     empty ids, which no replica computes."""
     n = batch.num_rows
+    encoded = batch if rows is None else batch.take(rows)  # only the rows encoded become Python
     rows = np.arange(n) if rows is None else np.asarray(rows)
-    cells = tuple(batch.column(c).take(rows).to_pylist() for c in schema.TEXT_COLUMNS)  # only the rows encoded become Python
+    cells = tuple(encoded.column(c).to_pylist() for c in schema.TEXT_COLUMNS)
     errors: list[str | None] = [None] * n
     columns: dict[str, pa.Array] = {schema.ID: batch.column(schema.ID)}
     if any(m.fold is not None for m in models):  # routed: each fold model scores its own fold's rows
