@@ -29,7 +29,6 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
         run.update({"model": {"path": tiny_bert_path}, "folds": [0], "max_rows": 64, "checkpoint_every": 100, "max_length": 48})
     config["train"]["teacher"]["workers"] = 1
     config["pseudolabel"]["rows"] = 64
-    config["train"]["student"]["tta"] = False  # one order: the cascade and predict below score half the tokens
     config["stack"]["tune_samples"] = 30
     del config["stack"]["members"]  # the default: members and runs over every fold
     config["members"]["features"]["params"] = {"max_iter": 60}  # the recipe's members, lighter
