@@ -38,10 +38,11 @@ def test_killing_a_worker_node_mid_scoring_loses_and_duplicates_no_row(two_node_
     scores = tmp_path / "scores"
     command = f"{sys.executable} ray_jobs/score.py --input {tmp_path / 'battles.parquet'} --out {scores} --json --config "
     client, job = submit_job(two_node_cluster, command + str(score_config(tmp_path / "two.yaml", tiny_bert_path, actors=2)))
-    deadline = time.time() + 300
+    deadline = time.time() + 600  # a busy shared machine has taken 5 minutes to start the job
     while not list(scores.glob("part-*.parquet")):  # kill once rows are being written
         assert time.time() < deadline and client.get_job_status(job) in (JobStatus.PENDING, JobStatus.RUNNING), client.get_job_logs(job)[-3000:]
         time.sleep(0.2)
+    deadline = time.time() + 120
     scorer_nodes = set()
     while len(scorer_nodes) < 2 and time.time() < deadline:  # the pool's second actor may still be starting
         scorer_nodes = {a.node_id for a in list_actors(address=two_node_cluster.dashboard, detail=True, limit=1000)
