@@ -58,12 +58,12 @@ def quantile_edges(x: np.ndarray, bins: int = MAX_BINS) -> list[np.ndarray]:
     """Per column, the bin thresholds HistGradientBoosting would choose without sample weights."""
     edges = []
     for column in x.T:
-        distinct = np.unique(column[~np.isnan(column)])
+        finite = column[~np.isnan(column)]
+        distinct = np.unique(finite)
         if len(distinct) <= bins:
             edges.append((distinct[:-1] + distinct[1:]) / 2)
         else:
-            edges.append(np.unique(np.percentile(column[~np.isnan(column)], np.linspace(0, 100, bins + 1)[1:-1],
-                                                 method="averaged_inverted_cdf")))
+            edges.append(np.unique(np.percentile(finite, np.linspace(0, 100, bins + 1)[1:-1], method="averaged_inverted_cdf")))
     return edges
 
 

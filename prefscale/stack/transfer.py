@@ -73,6 +73,7 @@ def leave_one_source_out(config: Config, data: StackData) -> dict[str, Any]:
     battles_ref, fold = ray.put(data.battles), data.battles.column(schema.FOLD).to_numpy()
     held_fit = ray.remote(num_cpus=1)(fit_predict)
     rows_of = {source: np.nonzero(data.datasets == source)[0] for source in sources}
+    inner_sources = {source: [s for s in sources if s != source] if len(sources) > 2 else [] for source in sources}  # two: no inner split
 
     def without(*left_out: str) -> np.ndarray:
         return np.nonzero(~np.isin(data.datasets, left_out))[0]
@@ -82,7 +83,7 @@ def leave_one_source_out(config: Config, data: StackData) -> dict[str, Any]:
         for name, m in members.items():
             pending[source, name] = (submit_fold_fits(m.kind, dict(m.params), battles_ref, fold, without(source)),
                                      held_fit.remote(m.kind, dict(m.params), battles_ref, without(source), rows_of[source]))
-            for other in (s for s in sources if s != source and len(sources) > 2):
+            for other in inner_sources[source]:
                 inner[source, other, name] = held_fit.remote(m.kind, dict(m.params), battles_ref, without(source, other), rows_of[other])
     per_source: dict[str, dict[str, float]] = {}
     winner: dict[str, dict[str, float]] = {}
@@ -93,10 +94,9 @@ def leave_one_source_out(config: Config, data: StackData) -> dict[str, Any]:
         rest_logp = np.stack([log_probs(collect_fold_fits(pending[source, name][0], n)[0][~held]) for name in members], axis=1)
         stacker = stacker_factory(config.stack or StackConfig())().fit(rest_logp, data.labels[~held], data.ties[~held], data.datasets[~held])
         inner_held = []
-        for other in (s for s in sources if s != source and len(sources) > 2):
+        for other in inner_sources[source]:
             logp = np.stack([log_probs(ray.get(inner[source, other, name])[0]) for name in members], axis=1)
-            rest = ~np.isin(data.datasets, [source, other])
-            rows = rows_of[other]
+            rest, rows = without(source, other), rows_of[other]
             inner_held.append((stacker.predict_proba(logp, data.datasets[rows]), class_prior(data.labels[rest], data.ties[rest]),
                                data.labels[rows], data.ties[rows]))
         weights[source] = fit_unseen_weight(inner_held) if inner_held else 1.0
