@@ -114,7 +114,7 @@ class ScoreConfig(Section):
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs Ray reserves per replica")
     gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per replica (fractions share a GPU); >0 fails loudly where none is visible")
     threads_per_actor: int | None = Field(None, gt=0, description="torch threads per actor; default: cores / actors")
-    format_cpus: float = Field(0.5, gt=0, description="CPUs per tokenizing task that feeds the actors")
+    format_cpus: float = Field(0.5, gt=0, description="CPUs per tokenizing task that feeds GPU actors (CPU actors tokenize their own blocks), and per task that skips ids already scored")
     part_rows: int = Field(50_000, gt=0, description="rows per output Parquet part (each part is written atomically: the resume unit)")
     pack_models: bool = Field(False, description="held-out folds, pseudolabels, predict: every model scored at the same settings (a run's fold models, "
                               "several runs) in one pass whose actors each hold them all, instead of one pass per model: one warm-up "

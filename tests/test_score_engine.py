@@ -48,6 +48,7 @@ def test_scores_every_id_once_with_two_models_in_one_pass(ray_local, small_battl
     summary = score(small_battles, tmp_path / "out", models)
     scores = read_parts(str(tmp_path / "out")).to_pandas()
     assert summary["scored"] == 64 and summary["output_rows"] == 128
+    assert 0 < summary["first_batch_s"] <= summary["seconds"]  # the start-up a user sees before rows flow
     for name in ("bert", "llama"):
         part = scores[scores.model == name]
         assert sorted(part.id) == ids_of(small_battles)

@@ -9,7 +9,7 @@ from prefscale.artifacts import SWAP_FLIP
 from prefscale.batching import pad_batch, token_budget_batches
 from prefscale.data.schema import LOGITS
 from prefscale.devices import torch_device
-from prefscale.score.encode import IDS, IDS_SWAPPED
+from prefscale.score.encode import IDS, IDS_SWAPPED, encode_battles
 from prefscale.score.scoring_model import ScoringModel
 from prefscale.score.tta import TTASpace, combine_swapped, swap_flips, unswap_probs
 
@@ -40,7 +40,10 @@ class ModelScorer:
     Several models in one actor share one Python and torch runtime: a cascade stage that
     averages six fold models costs one process, not six."""
 
-    def __init__(self, models: list[ScoringModel], max_tokens: int, threads: int, use_gpu: bool = False, tta_space: TTASpace = "prob") -> None:
+    def __init__(self, models: list[ScoringModel], max_tokens: int, threads: int, use_gpu: bool = False, tta_space: TTASpace = "prob",
+                 encode: tuple[list[ScoringModel], bool] | None = None) -> None:
+        """``encode``: (models, tta) to tokenize each block for before scoring it, when no
+        separate tokenizer stage runs (CPU scoring)."""
         import torch
 
         torch.set_num_threads(threads)
@@ -49,6 +52,7 @@ class ModelScorer:
         self.replicas = [_Replica(model, self.device) for model in models]
         self.max_tokens = max_tokens
         self.tta_space = tta_space
+        self.encode = encode
 
     def _logits(self, replica: _Replica, sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Logits per sequence, and the padded width each was computed at."""
@@ -67,6 +71,8 @@ class ModelScorer:
         return logits, widths
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.encode is not None:
+            batch = encode_battles(batch, *self.encode)
         for replica in self.replicas:
             batch = self._score(replica, batch)
         return batch
