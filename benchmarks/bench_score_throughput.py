@@ -9,8 +9,9 @@ of the two medians, and each pair's ratio is kept beside it):
   (score.max_tokens). Its Python imports are not timed; prefscale's figure includes starting
   its actor process (which imports torch and transformers), so the ratio is conservative;
 - `prefscale score` with the config's score defaults (its wall time, as its summary reports it,
-  and first_batch_s: the seconds until the first scored block reached the driver, which is
-  the actor's start and model load plus one block's scoring). Ray is
+  and first_batch_s: the seconds until the first scored rows reached the driver, which is
+  the actor's start and model load plus its first task, whose output Ray Data joins into one
+  block). Ray is
   shut down after each run, so its background processes never slow the bare loop;
 - pairjudge 0.3.0, the published 4th-place library, in its own virtual environment
   (`make bench-pairjudge-venv`; skipped with a note when it is missing): its packer, its swap

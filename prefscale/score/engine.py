@@ -255,7 +255,7 @@ def score_battles(input_uri: str, output_uri: str, models: list[ScoringModel], s
     tokens = {m.name: [0, 0] for m in models}
     remaining = max(total - len(done), 0)
     scored = 0
-    first_batch_s = None  # start-up: actors started, models loaded, the first block tokenized and scored
+    first_batch_s = None  # the wait before rows flow: actors started, models loaded, the first actor task's blocks scored
     with bar(remaining, f"score {','.join(names)}") as progress:
         for batch in _stream(ds):
             first_batch_s = first_batch_s or round(time.perf_counter() - started, 2)
