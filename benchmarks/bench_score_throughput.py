@@ -12,7 +12,8 @@ of the two medians, and each pair's ratio is kept beside it):
   and first_batch_s: the seconds until the first scored rows reached the driver, which is
   the actor's start and model load plus its first task, whose output Ray Data joins into one
   block). Ray is
-  shut down after each run, so its background processes never slow the bare loop;
+  shut down after each run, so its background processes never slow the bare loop. Its actor
+  is timed (time_split): start-up until the model is ready, busy scoring blocks, and the rest;
 - pairjudge 0.3.0, the published 4th-place library, in its own virtual environment
   (`make bench-pairjudge-venv`; skipped with a note when it is missing): its packer, its swap
   average, its default batch of 4, single process. Its packer keeps more of each battle than
@@ -112,26 +113,66 @@ def max_tokens_probe(table: pa.Table, text, budgets: tuple[int, ...] = (1024, 20
     return rates
 
 
+def _timed_scorer(log: str):
+    """prefscale's scorer actor, logging (as JSON lines to ``log``) when its model was ready and
+    each block's start, end and real tokens: what splits the job's time into start-up and
+    steady scoring. Defined here so Ray ships it by value, with its log path."""
+    from prefscale.score.scorer import ModelScorer
+
+    class TimedScorer(ModelScorer):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self._write({"ready": time.time()})
+
+        def __call__(self, batch: pa.Table) -> pa.Table:
+            started = time.time()
+            out = super().__call__(batch)
+            self._write({"call": [started, time.time()], "tokens": int(out.column("minilm.tokens").to_numpy().sum())})
+            return out
+
+        def _write(self, event: dict) -> None:
+            with open(log, "a") as sink:
+                sink.write(json.dumps(event) + "\n")
+
+    return TimedScorer
+
+
+def _split_time(log: str, started: float, seconds: float) -> dict:
+    """Start-up (score_battles called -> model ready in the actor), the actor's busy time and its
+    real tokens per busy second, and what is left (Ray's hand-offs, the driver writing parts)."""
+    events = [json.loads(line) for line in open(log)]
+    calls = [e for e in events if "call" in e]
+    busy = sum(end - begin for begin, end in (c["call"] for c in calls))
+    startup = min(e["ready"] for e in events if "ready" in e) - started
+    return {"startup_s": round(startup, 2), "actor_busy_s": round(busy, 2), "rest_s": round(seconds - startup - busy, 2),
+            "actor_busy_real_tokens_per_s": round(sum(c["tokens"] for c in calls) / busy, 1)}
+
+
 def prefscale_score(table: pa.Table, text, tmp: str) -> dict:
-    """`prefscale score`'s engine with the config's score defaults."""
+    """`prefscale score`'s engine with the config's score defaults, its actor timed."""
     import ray
 
+    import prefscale.score.engine as engine
     from prefscale.artifacts import read_parts
     from prefscale.config import RayConfig, ScoreConfig
     from prefscale.io import write_table
     from prefscale.ray_runtime import ensure_ray
-    from prefscale.score.engine import score_battles
     from prefscale.score.scoring_model import ScoringModel
 
     write_table(table, os.path.join(tmp, "battles.parquet"))
     ensure_ray(RayConfig(num_cpus=2))
-    settings = ScoreConfig()
-    summary = score_battles(os.path.join(tmp, "battles.parquet"), os.path.join(tmp, "scores"), [ScoringModel("minilm", MODEL, text)], settings)
-    ray.shutdown()
+    settings, log, plain = ScoreConfig(), os.path.join(tmp, "actor.jsonl"), engine.ModelScorer
+    engine.ModelScorer = _timed_scorer(log)
+    try:
+        started = time.time()
+        summary = engine.score_battles(os.path.join(tmp, "battles.parquet"), os.path.join(tmp, "scores"), [ScoringModel("minilm", MODEL, text)], settings)
+    finally:
+        engine.ModelScorer = plain
+        ray.shutdown()
     real = int(read_parts(os.path.join(tmp, "scores"), ["tokens"]).column("tokens").to_numpy().sum())
     return {"seconds": summary["seconds"], "rows_per_s": summary["rows_per_s"], "first_batch_s": summary["first_batch_s"],
             "real_tokens_per_battle_and_pass": round(real / (2 * table.num_rows), 1), "real_tokens_per_s": round(real / summary["seconds"], 1),
-            "padding_efficiency": summary["padding_efficiency"]["minilm"],
+            "padding_efficiency": summary["padding_efficiency"]["minilm"], "time_split": _split_time(log, started, summary["seconds"]),
             "settings": {k: getattr(settings, k) for k in ("block_rows", "max_tokens", "actors", "cpus_per_actor", "format_cpus", "threads_per_actor")}}
 
 
@@ -194,6 +235,10 @@ def main() -> None:
         "pairjudge": peer,
         "ratio_prefscale_to_bare": round(ray_score["rows_per_s"] / bare["rows_per_s"], 3),
         "ratio_per_pair": [round(s["rows_per_s"] / b["rows_per_s"], 3) for b, s in zip(bares, scores, strict=True)],
+        # The actor's real tokens per busy second against the bare loop's per second of its whole run
+        # (its load and tokenizing included, as the actor's blocks include tokenizing): below 1,
+        # the steady pass itself is slower; at 1, the gap is start-up and hand-offs.
+        "actor_busy_tokens_per_s_to_bare": round(ray_score["time_split"]["actor_busy_real_tokens_per_s"] / bare["real_tokens_per_s"], 3),
         "target_ratio": 0.95,
     }
     if isinstance(peer, dict):
