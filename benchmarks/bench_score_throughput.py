@@ -198,6 +198,11 @@ def _median_run(runs: list[dict]) -> dict:
     return sorted(runs, key=lambda run: run["rows_per_s"])[(len(runs) - 1) // 2]
 
 
+def _ratios(runs: list[dict], baselines: list[dict], key: str) -> list[float]:
+    """Each repeat's ratio of ``key`` (runs and baselines measured in the same repeat)."""
+    return [round(run[key] / base[key], 3) for run, base in zip(runs, baselines, strict=True)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=2000)
@@ -241,7 +246,7 @@ def main() -> None:
         "pairjudge": peer,
         "pairjudge_runs": ran,
         "ratio_prefscale_to_bare": round(ray_score["rows_per_s"] / bare["rows_per_s"], 3),
-        "ratio_per_pair": [round(s["rows_per_s"] / b["rows_per_s"], 3) for b, s in zip(bares, scores, strict=True)],
+        "ratio_per_pair": _ratios(scores, bares, "rows_per_s"),
         # The actor's real tokens per busy second against the bare loop's per second of its whole run
         # (its load and tokenizing included, as the actor's blocks include tokenizing): below 1,
         # the steady pass itself is slower; at 1, the gap is start-up and hand-offs.
@@ -251,8 +256,8 @@ def main() -> None:
     if ran:
         record["tokens_per_s_prefscale_to_pairjudge"] = round(ray_score["real_tokens_per_s"] / peer["real_tokens_per_s"], 3)
         record["rows_per_s_prefscale_to_pairjudge"] = round(ray_score["rows_per_s"] / peer["rows_per_s"], 3)
-        record["tokens_per_s_prefscale_to_pairjudge_per_repeat"] = [round(s["real_tokens_per_s"] / p["real_tokens_per_s"], 3) for s, p in zip(scores, ran, strict=True)]
-        record["tokens_per_s_bare_to_pairjudge_per_repeat"] = [round(b["real_tokens_per_s"] / p["real_tokens_per_s"], 3) for b, p in zip(bares, ran, strict=True)]
+        record["tokens_per_s_prefscale_to_pairjudge_per_repeat"] = _ratios(scores, ran, "real_tokens_per_s")
+        record["tokens_per_s_bare_to_pairjudge_per_repeat"] = _ratios(bares, ran, "real_tokens_per_s")
     write_result("score_throughput", record)
 
 
