@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize
 
+from prefscale.blas import one_blas_thread
+
 ELO_SCALE = 400 / np.log(10)  # strengths shown on the familiar Elo scale (1000 = the mean chatbot)
 # A weak Gaussian prior on log-strengths (precision 0.1, about 0.1 pseudo-battles' weight): it
 # pins the free overall level and keeps a model with a handful of battles (or only wins) finite;
@@ -66,6 +68,7 @@ def fit_davidson(weights: np.ndarray, start: np.ndarray | None = None) -> tuple[
     return theta - theta.mean(), float(np.exp(result.x[players]))
 
 
+@one_blas_thread
 def leaderboard(first: np.ndarray, second: np.ndarray, outcomes: np.ndarray, names: list[str], groups: np.ndarray,
                 bootstrap: int = 200, seed: int = 0) -> dict:
     """Ratings with bootstrap intervals (groups resampled with replacement), the tie parameter,

@@ -19,12 +19,15 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import log_softmax
 
+from prefscale.blas import one_blas_thread
+
 
 class SoftmaxRegression:
     def __init__(self, C: float = 1.0, max_iter: int = 1000) -> None:
         self.C = C
         self.max_iter = max_iter
 
+    @one_blas_thread
     def fit(self, x: Any, labels: np.ndarray, ties: np.ndarray | None = None) -> SoftmaxRegression:
         rows, dims = x.shape
         forced = np.zeros(rows, dtype=bool) if ties is None else ~np.asarray(ties, dtype=bool)

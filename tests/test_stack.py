@@ -182,3 +182,31 @@ def test_unseen_source_weight_keeps_an_ensemble_that_transfers_and_drops_one_tha
     assert weight < 0.1
     probs, _, labels, ties = noisy[0]
     assert log_loss(labels, mix_with_prior(probs, prior, weight), ties) < log_loss(labels, probs, ties) - 0.3
+
+
+
+def test_stacker_fits_run_on_one_blas_thread_and_give_the_threads_back(monkeypatch):
+    """The driver's small fits limit BLAS to one thread (prefscale/blas.py) only while they run,
+    and the limited fit is the same model as the unlimited one, up to the optimiser's tolerance."""
+    from threadpoolctl import threadpool_info
+
+    import prefscale.protocol_models as protocol_models
+    from prefscale.protocol_models import SoftmaxRegression
+
+    def blas_threads() -> list[int]:
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    data = synthetic(n=1500)
+    x, labels = data.logp.reshape(len(data.labels), -1), data.labels
+    before, inside, minimize = blas_threads(), [], protocol_models.minimize
+
+    def recording_minimize(*args, **kwargs):
+        inside.extend(blas_threads())
+        return minimize(*args, **kwargs)
+
+    monkeypatch.setattr(protocol_models, "minimize", recording_minimize)
+    limited = SoftmaxRegression().fit(x, labels)
+    assert inside and set(inside) == {1}
+    assert blas_threads() == before
+    unlimited = SoftmaxRegression.fit.__wrapped__(SoftmaxRegression(), x, labels)
+    assert np.abs(limited.predict_proba(x) - unlimited.predict_proba(x)).max() < 1e-2

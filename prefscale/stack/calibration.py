@@ -12,6 +12,7 @@ import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax
 
+from prefscale.blas import one_blas_thread
 from prefscale.metrics import log_loss, log_probs
 from prefscale.protocol_models import SoftmaxRegression
 
@@ -36,6 +37,7 @@ class TemperatureCalibrator:
 
 
 class VectorCalibrator:
+    @one_blas_thread
     def fit(self, probs: np.ndarray, labels: np.ndarray, ties: np.ndarray | None = None) -> VectorCalibrator:
         logp = log_probs(probs)
 
