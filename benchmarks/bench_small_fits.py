@@ -1,10 +1,10 @@
 """The driver's small fits with one BLAS thread (prefscale/blas.py) against a thread per core.
 
 Same work both ways, alternating, on a finished run's real stacking inputs:
-- one LR stacker fit: the stacker's design (members' centred log-probs, per-source terms, both
-  orders) of every fold but fold 0, fitted by SoftmaxRegression with the one-thread limit and
-  without it (the same method unwrapped); the largest difference in predicted probabilities
-  on fold 0 is recorded beside the times (the optimiser stops at its tolerance either way);
+- one LR stacker fit (`LogisticStacker.fit` on every fold but fold 0: members' centred log-probs,
+  per-source terms, both orders), its SoftmaxRegression with the one-thread limit and without it
+  (the same method unwrapped); the largest difference in predicted probabilities on fold 0 is
+  recorded beside the times (the optimiser stops at its tolerance either way);
 - the whole stacking stage (`prefscale stack`: nested CV, leave one source out, the Ray Tune
   search, the cheap ensemble) on a copy of the run's inputs, in a fresh process each time;
   without the limit, the process replaces threadpoolctl's wrapper by the identity before
@@ -30,9 +30,8 @@ UNLIMITED = "import threadpoolctl; threadpoolctl.threadpool_limits.wrap = lambda
 
 
 def stacker_fits(run_dir: str, repeats: int) -> dict:
-    """Seconds per LR stacker fit, limited and unlimited, alternating ``repeats`` times."""
+    """Seconds per LR stacker fit (every fold but fold 0), limited and unlimited, alternating ``repeats`` times."""
     from prefscale.config import load_config
-    from prefscale.data import schema
     from prefscale.protocol_models import SoftmaxRegression
     from prefscale.stack.data import load_stack_data
     from prefscale.stack.stackers import LogisticStacker
@@ -40,24 +39,23 @@ def stacker_fits(run_dir: str, repeats: int) -> dict:
     config = load_config(os.path.join(run_dir, "config.yaml")).model_copy(update={"output_dir": run_dir})
     data = load_stack_data(config.layout, config.stack_members())
     train, test = data.folds != 0, data.folds == 0
-    stacker = LogisticStacker()
-    stacker.sources_ = sorted(set(data.datasets[train]))
-    logp, sources = data.logp[train], data.datasets[train]
-    x = np.vstack([stacker._design(logp, sources), stacker._design(logp[:, :, schema.SWAP_ORDER], sources)])
-    labels, ties = np.vstack([data.labels[train], data.labels[train][:, schema.SWAP_ORDER]]), np.tile(data.ties[train], 2)
-    contenders = {"one_thread": SoftmaxRegression.fit, "thread_per_core": SoftmaxRegression.fit.__wrapped__}
-    seconds: dict[str, list[float]] = {name: [] for name in contenders}
-    models = {}
-    for _ in range(repeats):
-        for name, fit in contenders.items():
-            started = time.perf_counter()
-            models[name] = fit(SoftmaxRegression(), x, labels, ties)
-            seconds[name].append(round(time.perf_counter() - started, 3))
-    held = stacker._design(data.logp[test], data.datasets[test])
-    gap = np.abs(models["one_thread"].predict_proba(held) - models["thread_per_core"].predict_proba(held)).max()
+    limited = SoftmaxRegression.fit
+    seconds: dict[str, list[float]] = {"one_thread": [], "thread_per_core": []}
+    stackers = {}
+    try:
+        for _ in range(repeats):
+            for name in seconds:
+                SoftmaxRegression.fit = limited if name == "one_thread" else limited.__wrapped__
+                started = time.perf_counter()
+                stackers[name] = LogisticStacker().fit(data.logp[train], data.labels[train], data.ties[train], data.datasets[train])
+                seconds[name].append(round(time.perf_counter() - started, 3))
+    finally:
+        SoftmaxRegression.fit = limited
+    held = [stacker.predict_proba(data.logp[test], data.datasets[test]) for stacker in stackers.values()]
     medians = {name: float(np.median(s)) for name, s in seconds.items()}
-    return {"design": list(x.shape), "seconds": seconds, "median_s": medians,
-            "speedup": round(medians["thread_per_core"] / medians["one_thread"], 2), "max_probability_difference": float(f"{gap:.2g}")}
+    return {"design": [2 * int(train.sum()), int(stackers["one_thread"].model_.coef_.shape[0])], "seconds": seconds, "median_s": medians,
+            "speedup": round(medians["thread_per_core"] / medians["one_thread"], 2),
+            "max_probability_difference": float(f"{np.abs(held[0] - held[1]).max():.2g}")}
 
 
 def stack_stage(run_dir: str, limited: bool) -> dict:

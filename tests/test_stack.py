@@ -184,7 +184,6 @@ def test_unseen_source_weight_keeps_an_ensemble_that_transfers_and_drops_one_tha
     assert log_loss(labels, mix_with_prior(probs, prior, weight), ties) < log_loss(labels, probs, ties) - 0.3
 
 
-
 def test_stacker_fits_run_on_one_blas_thread_and_give_the_threads_back(monkeypatch):
     """The driver's small fits limit BLAS to one thread (prefscale/blas.py) only while they run,
     and the limited fit is the same model as the unlimited one, up to the optimiser's tolerance."""
