@@ -123,11 +123,16 @@ def stats_table(summary: dict[str, Any]) -> str:
     return "\n".join(f"{key:<{width}}  {value}".rstrip() for key, value in lines)
 
 
-def _config(args: argparse.Namespace, **sections: dict[str, Any]):
+def _configs(args: argparse.Namespace, **sections: dict[str, Any]) -> list:
+    """Every --config of a command that takes several (a teacher's, then its student's), in order."""
+    return [_config(args, path, **sections) for path in args.config]
+
+
+def _config(args: argparse.Namespace, path: str | None = None, **sections: dict[str, Any]):
     """The config of --config (made a smoke run by --smoke), moved to --run-dir, with command-line overrides of sections' keys."""
     from prefscale.config import load_config
 
-    config = load_config(args.config)
+    config = load_config(path or args.config)
     if args.smoke:
         from prefscale.smoke.recipe import enter_smoke_environment, smoke_config
 
@@ -148,7 +153,9 @@ def _stages(args: argparse.Namespace, config, names: list[str] | None) -> dict[s
 
 
 def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
-    return _stages(args, _config(args), None)
+    """Each config in turn on its run directory: the teachers' recipes, then the student's."""
+    summaries = [_stages(args, config, None) for config in _configs(args)]
+    return summaries[0] if len(summaries) == 1 else {"runs": summaries}
 
 
 def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
@@ -187,11 +194,17 @@ def cmd_stack(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_doctor(args: argparse.Namespace) -> dict[str, Any]:
     from prefscale.doctor import doctor
 
-    config = _config(args, ray={"address": args.address})
-    summary = doctor(config)
+    from prefscale.plan.resources import plan_table
+
+    summary = doctor(_configs(args, ray={"address": args.address}), args.nodes)
+    for recipe in summary.get("recipes", [summary]):
+        if recipe.get("plan"):
+            print(f"resource plan of {recipe['config']}:\n{plan_table(recipe['plan'])}", file=sys.stderr)
     for problem in summary["problems"]:
         print(f"prefscale doctor: {problem}", file=sys.stderr)
     if summary["problems"]:
+        if args.json:  # the plan and every finding, even when the recipe cannot run as it is
+            print(json.dumps(summary, default=str))
         raise PrefscaleError(f"doctor found {len(summary['problems'])} problem(s), one per line above; fix them before submitting")
     return summary
 
@@ -314,10 +327,14 @@ def _prints_help(parser: argparse.ArgumentParser):
     return show
 
 
-def _stage_parser(commands: Any, name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
-    """A stage command: reads --config, may move the run directory with --run-dir."""
+def _stage_parser(commands: Any, name: str, help_text: str, func: Any, several: bool = False) -> argparse.ArgumentParser:
+    """A stage command: reads --config (``several``: configs run in turn on one run directory), may move the run directory with --run-dir."""
     parser = commands.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML recipe (see configs/ and docs/CONFIG.md)")
+    if several:
+        parser.add_argument("--config", required=True, nargs="+", help="YAML recipes, in order: each config's runs may use the runs of the "
+                                                                       "configs before it (teachers, then their student)")
+    else:
+        parser.add_argument("--config", required=True, help="YAML recipe (see configs/ and docs/CONFIG.md)")
     parser.add_argument("--run-dir", help="run directory (default: the config's output_dir, else runs/<name>)")
     parser.add_argument("--smoke", action="store_true", help="the recipe end to end on this machine before submitting it: every key kept, "
                         "tiny models of its architectures under its hub ids, generated battles, CPUs; run dir runs/smoke/<output_dir name>/run")
@@ -376,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(data, "stats", "rows, rejects, label balance, prior log loss, folds", cmd_stats)
     p.add_argument("input", help="battles in any supported format (raw, clean or split)")
 
-    _stage_parser(commands, "run", "run the whole recipe from a config (the main job)", cmd_run)
+    _stage_parser(commands, "run", "run the whole recipe from a config, or several configs in turn (the main job)", cmd_run, several=True)
 
     p = _stage_parser(commands, "score", "score battles with the config's models on a Ray Data actor pool (resumable)", cmd_score)
     p.add_argument("--input", help="battles Parquet (default: score.input or <run_dir>/battles.parquet)")
@@ -400,9 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     _stage_parser(commands, "stack", "stack and calibrate the members' OOF logits (nested CV), then write the report", cmd_stack)
 
-    p = _stage_parser(commands, "doctor", "check a recipe before submitting it: inputs, models (no weights downloaded), cluster resources, "
-                                         "GPUs, shared run directory", cmd_doctor)
+    p = _stage_parser(commands, "doctor", "check a recipe before submitting it: inputs, models (no weights downloaded), the runs it needs, "
+                                         "the resource plan of every stage, cluster resources, GPUs, shared run directory", cmd_doctor,
+                      several=True)
     p.add_argument("--address", help="the Ray cluster to check ('auto': the running one; 'local': start one here); default: ray.address")
+    p.add_argument("--nodes", help="check the resource plan against this cluster file's node types (cluster.yaml or k8s/rayjob.yaml) "
+                                   "instead of contacting a cluster")
 
     p = _command(commands, "predict", "apply a finished run's ensemble to new battles; writes a Kaggle submission CSV", cmd_predict)
     p.add_argument("--run-dir", required=True, help="run directory of a finished `prefscale run`")

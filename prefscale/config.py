@@ -113,6 +113,7 @@ class ScoreConfig(Section):
     actors: int = Field(1, gt=0, description="model replicas in the Ray Data actor pool")
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs Ray reserves per replica")
     gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per replica (fractions share a GPU); >0 fails loudly where none is visible")
+    accelerator_type: str | None = Field(None, description="GPU type the actors must land on, as Ray names it (H100, A100-80G, L40S, A10G)")
     threads_per_actor: int | None = Field(None, gt=0, description="torch threads per actor; default: cores / actors")
     format_cpus: float = Field(0.5, gt=0, description="CPUs per tokenizing task that feeds GPU actors (CPU actors tokenize their own blocks), and per task that skips ids already scored")
     part_rows: int = Field(50_000, gt=0, description="rows per output Parquet part (each part is written atomically: the resume unit)")
@@ -178,6 +179,8 @@ class TrainRunConfig(Section):
     seed: int = Field(0, description="seed of initialisation, shuffling and swaps")
     workers: int = Field(1, gt=0, description="Ray Train workers (DDP ranks) per fold")
     use_gpu: bool = Field(False, description="one GPU per worker (NCCL); false: CPU workers (gloo)")
+    accelerator_type: str | None = Field(None, description="GPU type the workers must land on, as Ray names it (H100, A100-80G, L40S; "
+                                         "a node offers accelerator_type:<name>); `prefscale doctor` checks it holds the plan")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs Ray reserves per worker")
     tune_samples: int = Field(0, ge=0, description="Ray Tune trials of lr x LoRA rank on the first fold before training (ASHA); 0: no search")
     tune_ranks: list[int] = Field(default_factory=lambda: [4, 8, 16, 32], description="LoRA ranks the search may pick (alpha = 2 x rank)")

@@ -16,6 +16,7 @@ from typing import Any
 from prefscale.config import Config
 from prefscale.errors import PrefscaleError
 from prefscale.io import absolute, exists
+from prefscale.ray_runtime import joined_cluster
 
 BYTES_PER_PARAMETER = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "nf4": 0.5}
 
@@ -87,7 +88,9 @@ def replica_gib(stored_bytes: int, stored_dtype: str, precision: str) -> float:
     return stored_bytes / BYTES_PER_PARAMETER[stored_dtype] * BYTES_PER_PARAMETER[precision] / 2**30
 
 
-def _cluster_problems(config: Config) -> tuple[list[str], dict[str, Any]]:
+def _cluster_problems(config: Config, grows: bool) -> list[str]:
+    """What the cluster as it is now cannot do. A cluster this process joined may still grow (its
+    autoscaler adds nodes when the stages ask), so its missing resources are not refused here."""
     import ray
 
     from prefscale.devices import check_gpu_nodes
@@ -96,13 +99,12 @@ def _cluster_problems(config: Config) -> tuple[list[str], dict[str, Any]]:
 
     resources = ray.cluster_resources()
     nodes = [n for n in ray.nodes() if n["Alive"]]
-    found = {"nodes": len(nodes), "cpus": resources.get("CPU", 0), "gpus": resources.get("GPU", 0)}
     problems = []
-    if problem := pools_fit(len(configured_models(config)), config.score, resources):
+    if not grows and (problem := pools_fit(len(configured_models(config)), config.score, resources)):
         problems.append(f"score: {problem}")
     for name, run in config.train.items():
         cpus, gpus = run.workers * run.cpus_per_worker, run.workers * (1 if run.use_gpu else 0)
-        if cpus > resources.get("CPU", 0) or gpus > resources.get("GPU", 0):
+        if not grows and (cpus > resources.get("CPU", 0) or gpus > resources.get("GPU", 0)):
             problems.append(f"train.{name}: {run.workers} workers need {cpus:g} CPUs and {gpus:g} GPUs but the cluster has "
                             f"{resources.get('CPU', 0):g} and {resources.get('GPU', 0):g}; lower workers / cpus_per_worker or add nodes")
     if resources.get("GPU") and (config.score.gpus_per_actor or any(run.use_gpu for run in config.train.values())):
@@ -111,7 +113,7 @@ def _cluster_problems(config: Config) -> tuple[list[str], dict[str, Any]]:
         except PrefscaleError as exc:
             problems.append(str(exc))
     problems += _shared_run_dir(config, nodes)
-    return problems, found
+    return problems
 
 
 def _shared_run_dir(config: Config, nodes: list[dict]) -> list[str]:
@@ -140,8 +142,87 @@ def _shared_run_dir(config: Config, nodes: list[dict]) -> list[str]:
     return [f"run directory {run_dir} is not visible from node(s) {', '.join(blind)}; set output_dir to storage every node mounts"] if blind else []
 
 
-def doctor(config: Config) -> dict[str, Any]:
-    """Every check's findings; ``problems`` lists one line per thing that would stop the job."""
+def _needed_runs(config: Config, earlier: set[str]) -> list[str]:
+    """Runs this config reads but does not make: each must be trained by an earlier config of the
+    command, or already be in the run directory."""
+    from prefscale.score.scoring_model import configured_models, read_scoring_record
+
+    layout, problems = config.layout, []
+    here = set(config.train) | set(config.members)
+    advice = f"run its config first on {config.run_dir}, or name it before this one (prefscale run --config TEACHER.yaml --config THIS.yaml)"
+    for name, run in config.train.items():
+        for teacher in run.distill.teachers if run.distill else []:
+            if teacher not in here and teacher not in earlier and not _readable(layout.oof(teacher)):
+                problems.append(f"train.{name} distills from '{teacher}', which this config does not train and {config.run_dir} does not hold; {advice}")
+    if config.data.unlabeled and config.train:
+        scorers = here | {m.name for m in configured_models(config)}
+        for scorer in config.pseudolabel_scorers():
+            if scorer not in scorers and scorer not in earlier and read_scoring_record(config, scorer) is None:
+                problems.append(f"pseudolabel.scorers names '{scorer}', which this config does not train and {config.run_dir} does not hold; {advice}")
+    return problems
+
+
+def _recorded_runs(config: Config) -> dict:
+    """Train runs an earlier command made on this run directory, sized from their scoring records."""
+    from prefscale.config import ModelConfig, TrainRunConfig
+    from prefscale.plan.resources import TrainedRun
+    from prefscale.score.scoring_model import read_scoring_record
+
+    found = {}
+    for name in config.pseudolabel_scorers() if config.data.unlabeled else []:
+        record = None if name in config.train else read_scoring_record(config, name)
+        if record and "run" in record:
+            found[name] = TrainedRun(name, TrainRunConfig.model_validate(record["run"]), ModelConfig.model_validate(record["model"]),
+                                     record["text"]["max_length"])
+    return found
+
+
+def _plan(config: Config, earlier: dict, nodes, where: str, grows: bool) -> tuple[list[dict], list[str]]:
+    """The recipe's resource plan and one line per process no node type holds."""
+    from prefscale.plan.resources import as_json, check, plan
+
+    try:
+        processes = plan(config, {**_recorded_runs(config), **earlier})
+    except PrefscaleError as exc:
+        return [], [f"plan: {exc}"]
+    problems = check(processes, nodes, where)
+    if grows:  # a live cluster that can still add nodes: missing node types are the autoscaler's to add
+        problems = [p for p in problems if "has no such node type" not in p]
+    return as_json(processes), problems
+
+
+def doctor(configs: list[Config], nodes_file: str | None = None) -> dict[str, Any]:
+    """Every check's findings for a command's configs in order (teachers, then their student);
+    ``problems`` lists one line per thing that would stop the job. With ``nodes_file`` (cluster.yaml
+    or a RayJob) the plan is checked against its node types and no cluster is contacted."""
+    from prefscale.plan.hardware import file_nodes
+    from prefscale.plan.resources import trained_run
+
+    nodes = file_nodes(nodes_file) if nodes_file else None
+    recipes, problems, earlier = [], [], {}
+    live: dict[str, Any] | None = None
+    for config in configs:
+        found = _config_findings(config, set(earlier))
+        if nodes is None and live is None:
+            live = _live_cluster(config)
+        cluster_nodes, where, grows = (nodes, nodes_file, False) if nodes is not None else (live["nodes"], "the cluster", live["grows"])
+        if cluster_nodes is not None:
+            found["plan"], plan_problems = _plan(config, earlier, cluster_nodes, where, grows)
+            found["problems"] += plan_problems
+        if nodes is None:
+            found["cluster"] = live["summary"]
+            found["problems"] += live["problems"] + (_cluster_problems(config, live["grows"]) if live["nodes"] is not None else [])
+        else:
+            found["cluster"] = f"not contacted: planned against {nodes_file}"
+        earlier.update({name: trained_run(config, name) for name in config.train})
+        recipes.append(found)
+        problems += found["problems"]
+    if len(recipes) == 1:
+        return recipes[0]
+    return {"recipes": recipes, "problems": problems}
+
+
+def _config_findings(config: Config, earlier: set[str]) -> dict[str, Any]:
     problems: list[str] = []
     inputs = _inputs(config)
     missing = [p for p in inputs if not _readable(p)]
@@ -152,19 +233,25 @@ def doctor(config: Config) -> dict[str, Any]:
             replicas[spec] = round(replica_gib(*model_footprint(spec), precision), 2)
         except PrefscaleError as exc:
             problems.append(f"model {spec}: {exc}")
-    summary: dict[str, Any] = {"config": config.name, "run_dir": config.run_dir, "inputs_checked": len(inputs),
-                               "replica_gib": replicas}
-    try:
-        from prefscale.ray_runtime import ensure_ray
+    problems += _needed_runs(config, earlier)
+    return {"config": config.name, "run_dir": config.run_dir, "inputs_checked": len(inputs), "replica_gib": replicas, "problems": problems}
 
+
+def _live_cluster(config: Config) -> dict[str, Any]:
+    """The cluster the config names (or a local one): its nodes, whether it can grow, and what stops reaching it."""
+    from prefscale.plan.hardware import live_nodes
+    from prefscale.ray_runtime import ensure_ray
+
+    try:
         ensure_ray(config.ray)
     except PrefscaleError as exc:
-        problems.append(str(exc))
-    else:
-        cluster_problems, summary["cluster"] = _cluster_problems(config)
-        problems += cluster_problems
-    summary["problems"] = problems
-    return summary
+        return {"nodes": None, "grows": False, "summary": None, "problems": [str(exc)]}
+    import ray
+
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    resources = ray.cluster_resources()
+    return {"nodes": live_nodes(nodes), "grows": joined_cluster(config.ray), "problems": [],
+            "summary": {"nodes": len(nodes), "cpus": resources.get("CPU", 0), "gpus": resources.get("GPU", 0)}}
 
 
 def _readable(uri: str) -> bool:

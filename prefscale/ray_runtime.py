@@ -22,6 +22,18 @@ def _reachable(address: str, timeout: float = 5.0) -> bool:
         return False
 
 
+def cluster_address(settings: RayConfig) -> str | None:
+    """The cluster to join, or None to start a local Ray. Under `ray job submit` the job's cluster
+    is in RAY_ADDRESS: join it rather than start one."""
+    address = settings.address or os.environ.get("RAY_ADDRESS")
+    return None if address == "local" else address
+
+
+def joined_cluster(settings: RayConfig) -> bool:
+    """Whether the run joins a running cluster (which an autoscaler may grow) rather than starting its own Ray."""
+    return cluster_address(settings) is not None
+
+
 def ensure_ray(settings: RayConfig = RayConfig()) -> None:
     """Join ``settings.address`` (a running cluster), or start a local Ray in-process when it is None."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -36,9 +48,7 @@ def ensure_ray(settings: RayConfig = RayConfig()) -> None:
     # "Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so" (seen in `ray job submit` drivers
     # of a two-node cluster, tests/test_multinode.py); loaded before, it never does.
     import torch  # noqa: F401
-    # Under `ray job submit` the job's cluster is in RAY_ADDRESS: join it rather than start one.
-    address = settings.address or os.environ.get("RAY_ADDRESS")
-    address = None if address == "local" else address
+    address = cluster_address(settings)
     if address is not None and not _reachable(address):
         raise PrefscaleError(f"cannot reach Ray at {address}: nothing listens there; start the cluster (ray up / ray start --head) or fix ray.address")
     kwargs = {"include_dashboard": False, "log_to_driver": True} if address is None else {}

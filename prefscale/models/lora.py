@@ -38,11 +38,18 @@ def build_trainable(path: str, precision: str = "fp32", lora: LoraConfig = LoraC
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora.r == 0:
         return model
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import get_peft_model
 
-    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=lora.target_modules, modules_to_save=[m for m in HEAD_MODULES if _has_module(model, m)])
-    return get_peft_model(model, config)
+    return get_peft_model(model, peft_config(model, lora))
+
+
+def peft_config(model, lora: LoraConfig):
+    """peft's LoraConfig for a classifier: adapters per ``lora``, the head in modules_to_save (trained whole)."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import TaskType
+
+    return PeftLoraConfig(task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                          target_modules=lora.target_modules, modules_to_save=[m for m in HEAD_MODULES if _has_module(model, m)])
 
 
 def init_head_at_prior(model, prior) -> None:

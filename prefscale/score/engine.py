@@ -33,7 +33,7 @@ from prefscale.errors import PrefscaleError
 from prefscale.io import ParquetSink, exists, read_head, resolve, write_json
 from prefscale.progress import bar
 from prefscale.score.encode import ERROR, encode_battles
-from prefscale.score.scorer import ModelScorer
+from prefscale.score.scorer import ACTOR_RSS, ModelScorer
 from prefscale.score.scoring_model import ScoringModel
 from prefscale.score.tta import softmax
 
@@ -248,17 +248,20 @@ def score_battles(input_uri: str, output_uri: str, models: list[ScoringModel], s
             compute=ray.data.ActorPoolStrategy(size=settings.actors),
             num_cpus=settings.cpus_per_actor,
             num_gpus=settings.gpus_per_actor,
+            accelerator_type=settings.accelerator_type if use_gpu else None,
         )
 
     scores = _PartWriter(output_uri, settings.part_rows)
     rejects = _PartWriter(os.path.join(output_uri, REJECTS_DIR), settings.part_rows)
     tokens = {m.name: [0, 0] for m in models}
+    actor_rss = 0
     remaining = max(total - len(done), 0)
     scored = 0
     first_batch_s = None  # the wait before rows flow: actors started, models loaded, the first actor task's blocks scored
     with bar(remaining, f"score {','.join(names)}") as progress:
         for batch in _stream(ds):
             first_batch_s = first_batch_s or round(time.perf_counter() - started, 2)
+            actor_rss = max(actor_rss, pc.max(batch.column(ACTOR_RSS)).as_py() or 0)
             failed = pc.invert(pc.is_null(batch.column(ERROR)))
             bad = batch.filter(failed)
             if bad.num_rows:
@@ -292,6 +295,7 @@ def score_battles(input_uri: str, output_uri: str, models: list[ScoringModel], s
         "seconds": round(seconds, 2),
         "first_batch_s": first_batch_s,
         "rows_per_s": round(new_rows / seconds, 2) if seconds else None,
+        "actor_peak_rss_gib": round(actor_rss / 2**30, 3) if actor_rss else None,  # the largest actor's, to read against the plan
     }
     write_json(summary, os.path.join(output_uri, DONE_FILE))
     return summary

@@ -9,9 +9,13 @@ from prefscale.artifacts import SWAP_FLIP
 from prefscale.batching import pad_batch, token_budget_batches
 from prefscale.data.schema import LOGITS
 from prefscale.devices import torch_device
+from prefscale.memory import peak_rss_bytes
 from prefscale.score.encode import IDS, IDS_SWAPPED, encode_battles
 from prefscale.score.scoring_model import ScoringModel
 from prefscale.score.tta import TTASpace, combine_swapped, swap_flips, unswap_probs
+
+
+ACTOR_RSS = "actor_peak_rss"  # per output block: the actor's peak resident bytes so far (the score summary keeps the largest)
 
 
 class _Replica:
@@ -65,7 +69,8 @@ class ModelScorer:
             for batch in token_budget_batches(lengths[live], self.max_tokens):
                 rows = live[batch]
                 ids, mask = pad_batch([sequences[row] for row in rows], replica.pad_id)
-                out = replica.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                # use_cache=False: a classifier reads one forward; a KV cache would only take memory (GBs for a 70B batch)
+                out = replica.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False).logits
                 logits[rows] = out.float().cpu().numpy()
                 widths[rows] = ids.shape[1]
         return logits, widths
@@ -75,7 +80,9 @@ class ModelScorer:
             batch = encode_battles(batch, *self.encode)
         for replica in self.replicas:
             batch = self._score(replica, batch)
-        return batch
+        if ACTOR_RSS in batch.column_names:  # a cascade's second neural stage: one figure per actor
+            batch = batch.drop_columns([ACTOR_RSS])
+        return batch.append_column(ACTOR_RSS, pa.array([peak_rss_bytes()] * batch.num_rows, pa.int64()))
 
     def _score(self, replica: _Replica, batch: pa.Table) -> pa.Table:
         m = replica.spec

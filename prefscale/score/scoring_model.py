@@ -70,10 +70,18 @@ def train_run_models(config: Config, name: str) -> list[ScoringModel]:
 
 def write_scoring_record(config: Config, name: str) -> None:
     """How train run ``name``'s models are scored, kept beside them: a later config on the same run
-    directory (a student's, pseudolabeling with its teachers) scores them the same way."""
+    directory (a student's, pseudolabeling with its teachers) scores them the same way, and
+    `prefscale doctor` sizes them from the run and base model recorded here."""
     model = trained_model(config, name, "")
     write_json({"text": model.text.model_dump(mode="json"), "precision": model.precision, "trust_remote_code": model.trust_remote_code,
-                "tta": config.train[name].tta}, config.layout.run_scoring(name))
+                "tta": config.train[name].tta, "run": config.train[name].model_dump(mode="json"),
+                "model": train_run_model_config(config, name).model_dump(mode="json")}, config.layout.run_scoring(name))
+
+
+def read_scoring_record(config: Config, name: str) -> dict | None:
+    """The scoring record of a run an earlier config trained on this run directory, if there is one."""
+    path = config.layout.run_scoring(name)
+    return read_json(path) if exists(path) else None
 
 
 def _earlier_run_plan(config: Config, name: str) -> list[tuple[ScoringModel, ScoreConfig]]:

@@ -85,7 +85,8 @@ def fit_folds(config: Config, name: str, jobs: list[FoldJob]) -> None:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"jobs": [job.model_dump() for job in jobs], "adapters": adapters},
-        scaling_config=ray.train.ScalingConfig(num_workers=run.workers, use_gpu=run.use_gpu, resources_per_worker={"CPU": run.cpus_per_worker}),
+        scaling_config=ray.train.ScalingConfig(num_workers=run.workers, use_gpu=run.use_gpu, resources_per_worker={"CPU": run.cpus_per_worker},
+                                               accelerator_type=run.accelerator_type if run.use_gpu else None),
         run_config=ray.train.RunConfig(
             name=f"{name}-folds",  # a rerun resumes this run's latest checkpoint, whichever fold it belongs to
             storage_path=layout.checkpoints,
@@ -136,7 +137,7 @@ def train_run(config: Config, name: str, log=print) -> dict[str, Any]:
         # Held-out folds are scored by the model resolver predict uses: the run's precision
         # (a QLoRA teacher's merged model is requantized, never fp32) and the run's TTA.
         fold_models.append(trained_model(config, name, model_dir, f"{name}-fold{fold}", fold=fold))
-        fold_reports.append({"fold": fold, **{k: metrics.get(k) for k in ("train_rows", "samples", "samples_per_s", "loss", "resumed_from_step", "skipped")
+        fold_reports.append({"fold": fold, **{k: metrics.get(k) for k in ("train_rows", "samples", "samples_per_s", "loss", "resumed_from_step", "peak_rss_gib", "skipped")
                                               if k in metrics}})
     write_table(all_battles.filter(pc.is_in(pc.field(schema.FOLD), pa.array(folds, all_battles.schema.field(schema.FOLD).type))), layout.heldout(name))
     # Every fold model scores its own fold's rows of one file: with score.pack_models all folds
@@ -148,7 +149,8 @@ def train_run(config: Config, name: str, log=print) -> dict[str, Any]:
     scored = dict(zip(*np.unique(oof.column(schema.FOLD).to_numpy(), return_counts=True), strict=True))
     for report in fold_reports:
         report["oof_scored"] = int(scored.get(report["fold"], 0))
-    summary = {"name": name, "folds": fold_reports, "oof_path": layout.oof(name), "oof_rows": oof.num_rows, **oof_metrics(oof, all_battles)}
+    summary = {"name": name, "folds": fold_reports, "oof_path": layout.oof(name), "oof_rows": oof.num_rows, **oof_metrics(oof, all_battles),
+               "actor_peak_rss_gib": max((result.get("actor_peak_rss_gib") or 0 for _, result in passes.values()), default=None)}
     if best:
         summary["tuned"] = best
     if run.average != "none" and len(folds) > 1:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from prefscale.config import ModelConfig, TextConfig, TrainRunConfig
 from prefscale.data.schema import SWAP_ORDER
+from prefscale.memory import peak_rss_bytes
 from prefscale.metrics import class_prior
 
 TRAINABLE_FILE = "trainable.safetensors"  # in every checkpoint: the adapters and head, what export and averaging read
@@ -231,7 +232,8 @@ def run_training(job: FoldJob, *, rank: int = 0, world: int = 1, local_rank: int
                     save_and_report({"step": step, "loss": float(np.mean(losses[-20:]))})
     seconds = time.perf_counter() - started
     metrics = {"step": total_steps, "loss": float(np.mean(losses[-20:])) if losses else None, "samples": seen, "train_rows": len(rows),
-               "samples_per_s": seen / seconds if seconds else None, "resumed_from_step": resumed_from_step, "done": True}
+               "samples_per_s": seen / seconds if seconds else None, "resumed_from_step": resumed_from_step, "done": True,
+               "peak_rss_gib": round(peak_rss_bytes() / 2**30, 3)}
     save_and_report(metrics)
     return metrics
 
