@@ -137,8 +137,10 @@ def _config(args: argparse.Namespace, path: str | None = None, **sections: dict[
         from prefscale.smoke.recipe import enter_smoke_environment, smoke_config
 
         enter_smoke_environment(config)
-        config = smoke_config(config)
+        config = smoke_config(config, cluster=args.address)
     update: dict[str, Any] = {"output_dir": args.run_dir} if args.run_dir else {}
+    if args.address:
+        sections = {**sections, "ray": {**sections.get("ray", {}), "address": args.address}}
     for section, values in sections.items():
         values = {key: value for key, value in values.items() if value is not None}
         if values:
@@ -196,7 +198,7 @@ def cmd_doctor(args: argparse.Namespace) -> dict[str, Any]:
 
     from prefscale.plan.resources import plan_table
 
-    summary = doctor(_configs(args, ray={"address": args.address}), args.nodes)
+    summary = doctor(_configs(args), args.nodes)
     for recipe in summary.get("recipes", [summary]):
         if recipe.get("plan"):
             print(f"resource plan of {recipe['config']}:\n{plan_table(recipe['plan'])}", file=sys.stderr)
@@ -338,6 +340,9 @@ def _stage_parser(commands: Any, name: str, help_text: str, func: Any, several: 
     parser.add_argument("--run-dir", help="run directory (default: the config's output_dir, else runs/<name>)")
     parser.add_argument("--smoke", action="store_true", help="the recipe end to end on this machine before submitting it: every key kept, "
                         "tiny models of its architectures under its hub ids, generated battles, CPUs; run dir runs/smoke/<output_dir name>/run")
+    parser.add_argument("--address", help="the Ray cluster to use, over ray.address ('auto': the running one; 'local': start one here); "
+                                          "with --smoke, the smoke run goes there keeping its GPU and accelerator asks, computed on CPU "
+                                          "where a node has no CUDA (a rehearsal of placement and autoscaling)")
     parser.set_defaults(func=func)
     return parser
 
@@ -420,7 +425,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = _stage_parser(commands, "doctor", "check a recipe before submitting it: inputs, models (no weights downloaded), the runs it needs, "
                                          "the resource plan of every stage, cluster resources, GPUs, shared run directory", cmd_doctor,
                       several=True)
-    p.add_argument("--address", help="the Ray cluster to check ('auto': the running one; 'local': start one here); default: ray.address")
     p.add_argument("--nodes", help="check the resource plan against this cluster file's node types (cluster.yaml or k8s/rayjob.yaml) "
                                    "instead of contacting a cluster")
 

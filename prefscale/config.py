@@ -238,6 +238,11 @@ class RayConfig(Section):
     num_gpus: int | None = Field(None, ge=0, description="GPUs of a local Ray; logical GPUs on a machine without any prove placement, "
                                  "and a GPU-asking scorer or worker then fails loudly")
     object_store_mb: int | None = Field(None, ge=100, description="object store size of a local Ray; caps what Ray Data buffers")
+    rehearse_gpus: bool = Field(False, description="GPU stages ask for GPUs and accelerator types as configured but compute on the CPU "
+                                "where no CUDA device is visible: a GPU recipe's placement and autoscaling rehearsed on CPU nodes "
+                                "(`--smoke --address`); off, a GPU asked for and not visible fails loudly")
+    scale_up_timeout_s: float = Field(1800, gt=0, description="on a joined cluster, how long a GPU stage waits for the autoscaler to add "
+                                      "the nodes it asks for before failing with what never came")
 
 
 class TrackingConfig(Section):

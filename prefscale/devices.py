@@ -23,11 +23,12 @@ def node_name() -> str:
     return socket.gethostname()
 
 
-def torch_device(use_gpu: bool, asked_by: str, index: int = 0):
-    """``cuda:index`` when ``use_gpu``, else the CPU; a GPU asked for but not visible is an error."""
+def torch_device(use_gpu: bool, asked_by: str, index: int = 0, rehearse: bool = False):
+    """``cuda:index`` when ``use_gpu``, else the CPU; a GPU asked for but not visible is an error
+    (``rehearse``: the CPU instead, for a rehearsal of a GPU recipe's placement on CPU nodes)."""
     import torch
 
-    if not use_gpu:
+    if not use_gpu or (rehearse and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise PrefscaleError(f"{asked_by} was given a GPU but node {node_name()} sees no CUDA device (torch {torch.__version__}); "

@@ -43,6 +43,14 @@ def exists(uri: str | os.PathLike[str]) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def listdir(uri: str | os.PathLike[str]) -> list[str]:
+    """Names in a directory, local or on an object store; none when it does not exist."""
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    return sorted(os.path.basename(info.path.rstrip("/")) for info in fs.get_file_info(pafs.FileSelector(path)))
+
+
 def remove(uri: str | os.PathLike[str]) -> None:
     """Delete a file or a directory tree, local or on an object store; nothing there is fine."""
     fs, path = resolve(uri)

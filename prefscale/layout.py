@@ -25,7 +25,7 @@ TOP_LEVEL = {
     "members": "all-data fits of the cheap members (skops)",
     "oof": "out-of-fold logits per member and train run (and each fold's score parts)",
     "tune": "Ray Tune results of train runs, read back on reruns",
-    "models": "per train run: each fold's adapter, merged model and held-out battles; the averaged model",
+    "models": "per train run: each fold's adapter (scored over the base), the held-out battles, the averaged and merged model",
     "ray_train": "Ray Train checkpoints",
     "scores": "score outputs (directories of Parquet parts)",
     "pseudolabel_input.parquet": "the head of the unlabeled battles when pseudolabel.rows caps them",
@@ -112,12 +112,9 @@ class RunLayout:
     def run_models(self, name: str) -> str:
         return self._path("models", name)
 
-    def fold_model(self, name: str, fold: int) -> str:
-        """The fold's adapters merged into a plain safetensors model."""
-        return self._path("models", name, f"fold{fold}", "model")
-
     def fold_adapter(self, name: str, fold: int) -> str:
-        """The fold's final trainable tensors (adapters + head), for fold averaging."""
+        """The fold's model: peft adapter files (LoRA and head) over the run's base, scored at the
+        precision it was trained at; a full fine-tune's (lora.r 0) whole model."""
         return self._path("models", name, f"fold{fold}", "adapter")
 
     def run_scoring(self, name: str) -> str:
@@ -131,13 +128,12 @@ class RunLayout:
     def averaged(self, name: str) -> str:
         return self._path("models", name, "averaged")
 
-    def fold_models(self, name: str) -> list[str]:
-        """Merged fold models that exist, in fold order."""
-        directory = self.run_models(name)
-        if not os.path.isdir(directory):
-            return []
-        folds = sorted(int(d[4:]) for d in os.listdir(directory) if d.startswith("fold") and d[4:].isdigit())
-        return [self.fold_model(name, k) for k in folds if os.path.isdir(self.fold_model(name, k))]
+    def fold_adapters(self, name: str) -> dict[int, str]:
+        """{fold: adapter directory} of the folds trained so far, in fold order."""
+        from prefscale.io import exists, listdir
+
+        folds = sorted(int(d[4:]) for d in listdir(self.run_models(name)) if d.startswith("fold") and d[4:].isdigit())
+        return {k: self.fold_adapter(name, k) for k in folds if exists(self.fold_adapter(name, k))}
 
     @property
     def checkpoints(self) -> str:

@@ -32,7 +32,8 @@ def bundle_files(config: Config, members: list[str]) -> list[str]:
             roots += [layout.stack_file(f"{n}.skops", CHEAP_ENSEMBLE) for n in ("stacker", "calibrator", "rules")]
         members = [*members, *(s for s in config.cascade.stages if (s in config.members or s in config.train) and s not in members)]
     for name in members:
-        roots += [layout.member_model(name)] if name in config.members else [model.path for model, _ in scoring_plan(config, name)]
+        roots += [layout.member_model(name)] if name in config.members else [path for model, _ in scoring_plan(config, name)
+                                                                                for path in _model_files(model)]
     files: list[str] = []
     for root in roots:
         fs, path = resolve(root)
@@ -42,6 +43,12 @@ def bundle_files(config: Config, members: list[str]) -> list[str]:
         else:
             files.append(root)
     return files
+
+
+def _model_files(model) -> list[str]:
+    """What a scoring model loads from storage: its adapter, and its base when that is a folder (a hub
+    id or an installed package is named by the config, which is sealed)."""
+    return [*([model.adapter] if model.adapter else []), *([model.path] if "://" in model.path or os.path.isdir(model.path) else [])]
 
 
 def sha256(uri: str) -> str:

@@ -34,6 +34,20 @@ def joined_cluster(settings: RayConfig) -> bool:
     return cluster_address(settings) is not None
 
 
+_SESSION = {"joined": False, "scale_up_timeout_s": RayConfig().scale_up_timeout_s, "rehearse_gpus": False}  # the Ray this process started or joined
+
+
+# Environment a driver that joins a cluster hands to every worker it starts (the nodes an autoscaler adds
+# never saw this shell): a hub token for gated models, and what a smoke run sets for its own hub cache.
+# Under `ray job submit` the job's runtime environment already carries them (prefscale submit puts them there).
+FORWARDED_ENV = ["HF_TOKEN"]
+
+
+def session() -> dict:
+    """Whether this process joined a running cluster (which may grow) and how long a stage waits for it to."""
+    return dict(_SESSION)
+
+
 def ensure_ray(settings: RayConfig = RayConfig()) -> None:
     """Join ``settings.address`` (a running cluster), or start a local Ray in-process when it is None."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -52,11 +66,15 @@ def ensure_ray(settings: RayConfig = RayConfig()) -> None:
     if address is not None and not _reachable(address):
         raise PrefscaleError(f"cannot reach Ray at {address}: nothing listens there; start the cluster (ray up / ray start --head) or fix ray.address")
     kwargs = {"include_dashboard": False, "log_to_driver": True} if address is None else {}
+    forwarded = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+    if address is not None and forwarded and "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:  # not a job's driver: its env is the job's
+        kwargs["runtime_env"] = {"env_vars": forwarded}
     if address is None:
         # Ray Data buffers blocks up to a share of the object store; a fixed store keeps a
         # million-row job's memory where a small one's is instead of growing with the input.
         kwargs.update(num_cpus=settings.num_cpus, num_gpus=settings.num_gpus,
                       object_store_memory=settings.object_store_mb << 20 if settings.object_store_mb else None)
+    _SESSION.update(joined=address is not None, scale_up_timeout_s=settings.scale_up_timeout_s, rehearse_gpus=settings.rehearse_gpus)
     try:
         ray.init(address=address or "local", **kwargs)  # "local": a new Ray, never whichever `ray start` ran last
     except ConnectionError as exc:

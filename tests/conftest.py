@@ -117,14 +117,38 @@ def battles_path(tmp_path_factory, human_pairs) -> str:
     return path
 
 
-def run_commands(commands: list[list[str]], cwd: Path = REPO, env: dict[str, str] | None = None, timeout: float = 900) -> list[dict]:
+# Installed before anything imports them, in the process that runs the commands (the driver): every
+# call of the functions that read model weights is recorded. Ray's workers are other processes.
+WEIGHT_SPY = """
+import safetensors, safetensors.torch, torch
+WEIGHTS_READ = []
+def _spy(name, function):
+    def spied(*args, **kwargs):
+        WEIGHTS_READ.append(f"{name}({args[0] if args else ''})")
+        return function(*args, **kwargs)
+    return spied
+safetensors.safe_open = safetensors.torch.safe_open = _spy("safe_open", safetensors.safe_open)
+safetensors.torch.load_file = _spy("safetensors.torch.load_file", safetensors.torch.load_file)
+safetensors.torch.load = _spy("safetensors.torch.load", safetensors.torch.load)
+torch.load = _spy("torch.load", torch.load)
+"""
+
+
+def run_commands(commands: list[list[str]], cwd: Path = REPO, env: dict[str, str] | None = None, timeout: float = 900,
+                 weights_read: list[str] | None = None) -> list[dict]:
     """prefscale commands run in turn by one Python process, as a user's shell would run them but
-    without the repeated imports and Ray start-ups; each command's --json summary, in order."""
-    code = ("import sys\nfrom prefscale.cli import main\n"
-            f"for argv in {commands!r}:\n    code = main([*argv, '--json'])\n    print('EXIT', code, flush=True)\n    if code: sys.exit(code)\n")
+    without the repeated imports and Ray start-ups; each command's --json summary, in order.
+    ``weights_read``: filled with every weight file the driver process itself read."""
+    code = ((WEIGHT_SPY if weights_read is not None else "") + "import sys\nfrom prefscale.cli import main\n"
+            f"for argv in {commands!r}:\n    code = main([*argv, '--json'])\n    print('EXIT', code, flush=True)\n    if code: sys.exit(code)\n"
+            + ("print('WEIGHTS_READ', WEIGHTS_READ)\n" if weights_read is not None else ""))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
     chunks = result.stdout.split("EXIT 0\n")
     assert result.returncode == 0 and len(chunks) == len(commands) + 1, result.stdout[-3000:] + result.stderr[-3000:]
+    if weights_read is not None:
+        import ast
+
+        weights_read += ast.literal_eval(result.stdout.rsplit("WEIGHTS_READ ", 1)[1].strip())
     return [json.loads([line for line in chunk.splitlines() if line.startswith("{")][-1]) for chunk in chunks[:-1]]
 
 
@@ -215,15 +239,7 @@ def two_node_cluster():
         start([RAY, "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=2", *node_ports(worker_ports)], env)
         yield TwoNodeCluster(f"http://127.0.0.1:{dashboard}", worker_ports[-1])
     finally:
-        # `ray stop` would also stop other Ray instances on the machine; stop only this cluster's.
-        for proc in psutil.process_iter(["pid", "cmdline"]):
-            command = " ".join(proc.info["cmdline"] or [])
-            if temp_dir in command or f":{gcs}" in command:
-                try:
-                    os.kill(proc.info["pid"], signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        stop_cluster(temp_dir, gcs)
 
 
 
@@ -260,3 +276,50 @@ def wait_job(client, job: str, timeout: float):
             return None
         time.sleep(1)
     return status
+
+
+def stop_cluster(temp_dir: str, gcs: int) -> None:
+    """Stop only this cluster's processes (`ray stop` would also stop other Ray instances on the machine)."""
+    ours = [p for p in psutil.process_iter(["pid", "cmdline"]) if temp_dir in " ".join(p.info["cmdline"] or []) or f":{gcs}" in " ".join(p.info["cmdline"] or [])]
+    for proc in [*ours, *(child for p in ours for child in _children(p))]:  # agents rename themselves: found as children
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _children(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+# Ray's fake autoscaling cluster (the provider ray.cluster_utils.AutoscalingCluster drives). That
+# class reads an example config the PyPI wheel of Ray 2.60 does not ship and runs `ray stop --force`,
+# so the same config (Ray's fake_multi_node/example.yaml) is written here and only this cluster's
+# processes are stopped. Its GPU node type starts at zero nodes: only demand brings one up.
+FAKE_GPU_NODE = {"resources": {"CPU": 2, "GPU": 2, "accelerator_type:H100": 1}, "node_config": {}, "min_workers": 0, "max_workers": 1}
+
+
+@pytest.fixture
+def autoscaling_cluster(tmp_path):
+    temp_dir = tempfile.mkdtemp(prefix="psas-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    gcs, dashboard, *head_ports = free_ports(2 + len(NODE_PORTS))
+    config = {"cluster_name": "fake_multinode", "max_workers": 1, "head_node_type": "ray.head.default",
+              "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                           "disable_launch_config_check": True, "gcs_address": f"127.0.0.1:{gcs}"},
+              "available_node_types": {"ray.head.default": {"resources": {"CPU": 2}, "node_config": {}, "max_workers": 0},
+                                       "gpu_h100": FAKE_GPU_NODE},
+              "auth": {}, "upscaling_speed": 1.0, "idle_timeout_minutes": 5, "docker": {}, "initialization_commands": [],
+              "setup_commands": [], "head_setup_commands": [], "worker_setup_commands": [], "head_start_ray_commands": [],
+              "worker_start_ray_commands": [], "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
+              "rsync_exclude": [], "rsync_filter": []}
+    path = tmp_path / "autoscaling.json"
+    path.write_text(json.dumps(config))
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_FAKE_CLUSTER": "1"}
+    try:
+        start([RAY, "start", "--head", f"--port={gcs}", "--num-cpus=2", f"--autoscaling-config={path}", "--include-dashboard=true",
+               "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", *node_ports(head_ports)], env)
+        yield f"127.0.0.1:{gcs}"
+    finally:
+        stop_cluster(temp_dir, gcs)

@@ -67,7 +67,7 @@ def test_gpu_recipe_on_a_cluster_without_gpus(tmp_path, capsys, ray_local, battl
     pq.write_table(pq.read_table(battles_path).slice(0, 16), tmp_path / "x.parquet")
     path = write_config(tmp_path, model={"path": tiny_bert_path}, train={"big": {"use_gpu": True, "folds": [0]}})
     code, err = run(capsys, "train", "--config", path)
-    assert code == 2 and "asks for GPUs but the Ray cluster has none" in err
+    assert code == 2 and "train.big's 1 workers need 1 CPU, 1 GPU but this local Ray has 2 CPU, 0 GPU" in err, err
     assert pq.read_table(tmp_path / "run" / "battles.parquet").num_rows == 16  # the data stages ran
     assert not os.path.exists(tmp_path / "run" / "oof")
 

@@ -20,13 +20,15 @@ pytestmark = pytest.mark.slow
 
 
 def test_the_gpu_recipes_chain_end_to_end_on_cpu_under_their_hub_ids(tmp_path):
-    recipe = lambda run: str(REPO / "configs" / f"{RECIPES[run][0]}.yaml")  # noqa: E731
+    recipes = [str(REPO / "configs" / f"{RECIPES[run][0]}.yaml") for run in RECIPES]
     smoke = tmp_path / "runs" / "smoke" / "arena"
-    commands = [["doctor", "--config", recipe("gemma2_9b"), "--smoke"],
-                *(["run", "--config", recipe(run), "--smoke"] for run in RECIPES),
+    commands = [["doctor", "--config", *recipes, "--smoke"],  # the student's teachers come from the configs before it
+                ["run", "--config", *recipes, "--smoke"],  # the whole recipe, one command
                 ["predict", "--run-dir", str(smoke / "run"), "--input", str(smoke / "data" / "arena_kaggle_sample.parquet"), "--out", "sub.csv"]]
     # HF_HUB_OFFLINE and the cache come from --smoke, not from here.
-    run_commands(commands, cwd=tmp_path, env={k: v for k, v in os.environ.items() if not k.startswith("HF_")})
+    weights_read: list[str] = []
+    run_commands(commands, cwd=tmp_path, env={k: v for k, v in os.environ.items() if not k.startswith("HF_")}, weights_read=weights_read)
+    assert weights_read == [], "the driver never reads model weights: training, scoring and merging run in Ray workers"
 
     run = smoke / "run"
     battles = pq.read_table(run / "battles.parquet").column("id").to_pylist()
@@ -35,13 +37,17 @@ def test_the_gpu_recipes_chain_end_to_end_on_cpu_under_their_hub_ids(tmp_path):
         assert sorted(oof) == sorted(battles), f"{name}: every battle gets exactly one OOF row"
         published = smoke / "hub" / f"models--{hub_id.replace('/', '--')}"
         assert (published / "refs" / "main").exists(), f"{hub_id} was resolved from the smoke cache"
-        fold_model = json.loads((run / "models" / name / "fold0" / "model" / "config.json").read_text())
-        assert fold_model["architectures"] == [architecture]
+        fold = run / "models" / name / "fold0"
+        assert sorted(os.listdir(fold)) == ["adapter"], "a fold keeps its adapter, never a merged copy of the model"
+        assert json.loads((fold / "adapter" / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    averaged = json.loads((run / "models" / "gemma2_9b" / "averaged" / "config.json").read_text())
+    assert averaged["architectures"] == [RECIPES["gemma2_9b"][2]]
     scoring = {name: json.loads((run / "models" / name / "scoring.json").read_text()) for name in RECIPES}
     assert [scoring[n]["precision"] for n in RECIPES] == ["nf4", "nf4", "bf16"] and all(s["tta"] for s in scoring.values())
     assert not (run / "models" / "llama3_70b" / "averaged").exists() and (run / "models" / "gemma2_9b" / "averaged").exists()
 
     summary = json.loads((run / "summary.json").read_text())  # the student's run, the last on this directory
+    assert summary["stages"]["train:gemma2_9b"]["averaged_model"]["folds"] == 3
     pseudolabeled = summary["stages"]["pseudolabel"]
     assert sorted(pseudolabeled["scoring"]) == sorted(f"{t}-{k}" for t in ("llama3_70b", "qwen2_72b") for k in range(3))
     assert pseudolabeled["battles"] == 32 and pseudolabeled["pseudolabeled"] > 0, pseudolabeled

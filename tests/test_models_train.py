@@ -10,13 +10,6 @@ import pytest
 import torch
 
 from prefscale.config import LoraConfig
-from prefscale.models.averaging import (
-    average_exact,
-    average_factors,
-    lora_deltas,
-    merge_into_base,
-    refactor_rank,
-)
 from prefscale.models.loading import load_classifier, load_tokenizer
 from prefscale.models.lora import build_trainable, trainable_state
 from prefscale.train.losses import LossWeights, distillation_loss, soft_cross_entropy
@@ -141,9 +134,15 @@ def test_distilled_student_moves_toward_its_teacher(tmp_path, battles_path, tiny
     assert os.listdir(scratch) == []  # no checkpoint directory left behind
 
 
-def test_exact_average_equals_mean_of_merged_fold_models(tiny_llama_path):
+@pytest.mark.parametrize("shard_bytes", [1 << 30, 64 << 10])  # one file, and shards of 64 KiB (many files and an index)
+def test_streamed_exact_average_equals_mean_of_merged_fold_models(tiny_llama_path, tmp_path, shard_bytes):
+    from safetensors.torch import load_file
+
+    from prefscale.models.averaging import merge_average
+    from prefscale.models.lora import save_adapter
+
     lora = LoraConfig(r=4, alpha=8)
-    folds = []
+    merged_folds, adapters = [], []
     for seed in range(3):
         torch.manual_seed(seed)
         model = build_trainable(tiny_llama_path, "fp32", lora)
@@ -151,24 +150,81 @@ def test_exact_average_equals_mean_of_merged_fold_models(tiny_llama_path):
             for name, p in model.named_parameters():
                 if p.requires_grad:
                     p.normal_(0, 0.1)  # stand-in for three different training runs
-        folds.append((trainable_state(model), {k: v.clone() for k, v in model.merge_and_unload().state_dict().items()}))
-    states = [s for s, _ in folds]
-    base = load_classifier(tiny_llama_path).state_dict()
-    mean_delta, others = average_exact(states, lora.alpha / lora.r)
-    merged = merge_into_base(base, mean_delta, others)
-    expected = {k: torch.stack([m[k].float() for _, m in folds]).mean(0) for k in folds[0][1]}
+        save_adapter(model, str(tmp_path / f"fold{seed}"))
+        adapters.append(str(tmp_path / f"fold{seed}"))
+        merged_folds.append({k: v.clone() for k, v in model.merge_and_unload().state_dict().items()})
+    expected = {k: torch.stack([m[k].float() for m in merged_folds]).mean(0) for k in merged_folds[0]}
+
+    summary = merge_average(tiny_llama_path, adapters, str(tmp_path / "exact"), "exact", "fp32", max_shard=shard_bytes)
+    files = sorted(f for f in os.listdir(tmp_path / "exact") if f.endswith(".safetensors"))
+    assert (len(files) > 1) == (shard_bytes < 1 << 20) and summary["folds"] == 3
+    merged = {k: v for f in files for k, v in load_file(str(tmp_path / "exact" / f)).items()}
     assert set(merged) == set(expected)
     for key in expected:
         assert torch.allclose(merged[key].float(), expected[key], atol=1e-5), key
+    reloaded = load_classifier(str(tmp_path / "exact"))  # a plain model the scorer loads like any checkpoint
+    assert torch.allclose(reloaded.state_dict()["score.weight"].float(), expected["score.weight"], atol=1e-6)
+
     # The winner's factor averaging is not the mean of the fold models (cross terms).
-    factors = lora_deltas(average_factors(states), lora.alpha / lora.r)
-    prefix = next(iter(factors))
-    assert not torch.allclose(factors[prefix], mean_delta[prefix], atol=1e-4)
-    # Refactoring to rank K*r is exact.
-    a, b = refactor_rank(mean_delta[prefix], 3 * lora.r, lora.alpha / lora.r)
-    assert torch.allclose((lora.alpha / lora.r) * b @ a, mean_delta[prefix], atol=1e-5)
+    merge_average(tiny_llama_path, adapters, str(tmp_path / "factors"), "factors", "fp32", max_shard=shard_bytes)
+    factors = {k: v for f in os.listdir(tmp_path / "factors") if f.endswith(".safetensors")
+               for k, v in load_file(str(tmp_path / "factors" / f)).items()}
+    weight = next(k for k in expected if "q_proj" in k)
+    assert not torch.allclose(factors[weight].float(), expected[weight], atol=1e-4)
+    assert torch.equal(factors["score.weight"], merged["score.weight"])  # heads are averaged directly either way
 
 
 @pytest.fixture(scope="session")
 def minilm():
     return MINILM
+
+
+def test_a_qlora_fold_is_scored_as_the_forward_pass_it_was_trained_with(tiny_llama_path, battles_path, tmp_path):
+    """nf4(W) + adapter, not nf4(W + dW): the scorer loads the 4-bit base as training did (peft's k-bit
+    preparation) and the fold's adapter over it; its logits equal the training model's in eval mode."""
+    import pyarrow.parquet as pq
+
+    from prefscale.config import TextConfig
+    from prefscale.models.lora import save_adapter
+    from prefscale.score.encode import encode_battles
+    from prefscale.score.scorer import ModelScorer
+    from prefscale.score.scoring_model import ScoringModel
+
+    torch.manual_seed(0)
+    model = build_trainable(tiny_llama_path, "nf4", LoraConfig(r=4, alpha=8))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.2)  # a trained adapter and head
+    save_adapter(model, str(tmp_path / "fold0"))
+    spec = ScoringModel("fold0", tiny_llama_path, TextConfig(max_length=48), "nf4", adapter=str(tmp_path / "fold0"))
+    battles = encode_battles(pq.read_table(battles_path).slice(0, 12), [spec], tta=False)
+    ids = battles.column(spec.column("ids")).to_pylist()
+
+    from prefscale.batching import pad_batch
+
+    model.eval()
+    pad = load_tokenizer(tiny_llama_path).pad_token_id
+
+    def training_forward(grad: bool) -> np.ndarray:
+        rows = []
+        for row in ids:  # one row at a time: the padding-free forward the scorer's one-row batches give
+            tokens, mask = pad_batch([row], pad)
+            with torch.set_grad_enabled(grad):
+                rows.append(model(input_ids=tokens, attention_mask=mask).logits.float().detach().numpy()[0])
+        return np.array(rows)
+
+    with_grad = training_forward(True)  # first: bitsandbytes repacks 4-bit weights on its first no-grad CPU forward
+    scored = ModelScorer([spec], max_tokens=1, threads=1)(battles)  # max_tokens 1: every row its own batch
+    got = np.stack([scored.column(spec.column(c)).to_numpy() for c in ("logit_a", "logit_b", "logit_tie")], axis=1)
+    np.testing.assert_allclose(got, training_forward(False), atol=1e-6)  # the trained model's own eval forward, exactly
+    # bitsandbytes' CPU backend computes a 4-bit matmul with autograd on by another kernel: 4e-3 apart here.
+    assert np.abs(got - with_grad).max() < 0.01
+
+    from prefscale.models.averaging import merge_average
+
+    merge_average(tiny_llama_path, [str(tmp_path / "fold0")], str(tmp_path / "merged"), "exact", "bf16")
+    requantized = ScoringModel("merged", str(tmp_path / "merged"), TextConfig(max_length=48), "nf4")
+    other = ModelScorer([requantized], max_tokens=1, threads=1)(encode_battles(pq.read_table(battles_path).slice(0, 12), [requantized], tta=False))
+    merged = np.stack([other.column(requantized.column(c)).to_numpy() for c in ("logit_a", "logit_b", "logit_tie")], axis=1)
+    assert np.abs(merged - with_grad).max() > 0.1  # nf4(W + dW) is another model (0.56 apart here): what merged fold models scored

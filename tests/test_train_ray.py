@@ -74,7 +74,7 @@ def test_ray_tune_picks_lr_and_lora_rank_and_training_uses_them(ray_local, battl
     search = json.loads((tmp_path / "tune" / "teacher.json").read_text())
     assert len(search["trials"]) == 4 and all(t["heldout_log_loss"] > 0 for t in search["trials"])
     assert 2e-5 <= search["best"]["lr"] <= 2e-3 and summary["tuned"] == search["best"]
-    adapter = load_file(str(tmp_path / "models" / "teacher" / f"fold{fold}" / "adapter" / "trainable.safetensors"))
+    adapter = load_file(str(tmp_path / "models" / "teacher" / f"fold{fold}" / "adapter" / "adapter_model.safetensors"))
     ranks = {t.shape[0] for n, t in adapter.items() if "lora_A" in n}
     assert ranks == {search["best"]["r"]}
     predicted_equals_oof(config, "teacher", fold)  # an fp32 run, without TTA

@@ -12,10 +12,11 @@ from prefscale.config import LoraConfig
 from prefscale.models.loading import HEAD_MODULES, load_classifier, quantization_kwargs
 
 
-def build_trainable(path: str, precision: str = "fp32", lora: LoraConfig = LoraConfig(), trust_remote_code: bool = False,
-                    device_map: dict | None = None, gradient_checkpointing: bool = False,
-                    class_prior=None):
-    """Load the base (quantized per ``precision``) and wrap it with LoRA adapters.
+def load_base(path: str, precision: str = "fp32", trust_remote_code: bool = False, device_map: dict | None = None,
+              gradient_checkpointing: bool = False, class_prior=None):
+    """The base classifier as training holds it: quantized per ``precision`` and, when quantized,
+    prepared by peft for k-bit training (what stays unquantized in fp32). Scoring a fold adapter
+    loads its base through here too, so it computes the forward pass the adapter was trained with.
 
     ``class_prior`` (3 probabilities) starts the head at the prior: zero weights and bias
     log(prior). A fresh head otherwise starts near uniform (log loss 1.099), and a short
@@ -36,11 +37,51 @@ def build_trainable(path: str, precision: str = "fp32", lora: LoraConfig = LoraC
     elif gradient_checkpointing:
         # non-reentrant: gradients reach the adapters even though the frozen embeddings need none
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def build_trainable(path: str, precision: str = "fp32", lora: LoraConfig = LoraConfig(), trust_remote_code: bool = False,
+                    device_map: dict | None = None, gradient_checkpointing: bool = False,
+                    class_prior=None):
+    """The base (``load_base``) wrapped with LoRA adapters; ``lora.r == 0`` trains every weight."""
+    model = load_base(path, precision, trust_remote_code, device_map, gradient_checkpointing, class_prior)
     if lora.r == 0:
         return model
     from peft import get_peft_model
 
     return get_peft_model(model, peft_config(model, lora))
+
+
+def save_adapter(model, directory: str, tokenizer_from: str | None = None) -> None:
+    """What a fold keeps: peft's adapter files (LoRA weights and the head, safetensors, adapter_config.json),
+    megabytes beside a merged copy of the model; a full fine-tune (r: 0) saves the whole model and its tokenizer."""
+    from prefscale.models.loading import load_tokenizer
+
+    model = unwrap_ddp(model)
+    model.save_pretrained(directory, safe_serialization=True)
+    if not hasattr(model, "peft_config") and tokenizer_from:
+        load_tokenizer(tokenizer_from).save_pretrained(directory)
+
+
+ADAPTER_CONFIG = "adapter_config.json"  # peft's: a directory holding it is an adapter, not a model
+
+
+def is_adapter(directory: str) -> bool:
+    from prefscale.io import exists
+
+    return exists(f"{directory.rstrip('/')}/{ADAPTER_CONFIG}")
+
+
+def with_adapters(base, adapters: dict[str, str]):
+    """``base`` with each named peft adapter loaded beside the others (one base in memory for all of
+    them); ``set_adapter(name)`` picks the one a forward uses."""
+    from peft import PeftModel
+
+    names = list(adapters)
+    model = PeftModel.from_pretrained(base, adapters[names[0]], adapter_name=names[0], is_trainable=False)
+    for name in names[1:]:
+        model.load_adapter(adapters[name], adapter_name=name, is_trainable=False)
+    return model.eval()
 
 
 def peft_config(model, lora: LoraConfig):

@@ -11,8 +11,9 @@ What the plan adds on top is written here once, with where each constant comes f
   token lists (the loop tokenizes the fold up front: about 36 bytes a token).
 - scoring actor: the base at the scoring precision, each fold adapter it holds, and the traced
   peak of one batch of ``score.max_tokens`` tokens; on its host the runtime and a shard.
-- merge task: the averaged model streamed tensor by tensor: three fp32 copies of the largest
-  weight (base, mean update, sum) and one output shard; its disk holds the base and the output.
+- merge task: the averaged model streamed tensor by tensor (``models/averaging.py``): three fp32
+  copies of the largest weight (base, mean update, sum), one output shard and the fold adapters'
+  pages; its disk holds the base and the output.
 - driver: the runtime and the battles table it reads (1.5 x its uncompressed size).
 """
 
@@ -34,7 +35,6 @@ CUDA_CONTEXT = 1.5 * GB  # CUDA context, cuBLAS workspace and allocator slack pe
 CPU_ALLOCATOR_SLACK = 1.0
 GPU_ALLOCATOR_SLACK = 0.2
 SHARD = 5 * GB  # the largest checkpoint shard a loader holds on the host at once (hub checkpoints ship <= 5 GB shards)
-MERGE_SHARD = 2 * GIB  # output shard size of a streamed merge (prefscale.models.merge)
 TOKEN_BYTES = 36  # a token id in a Python list: an 8-byte slot and a 28-byte int object
 CHARS_PER_TOKEN = 4.0  # to turn a battle's text bytes into tokens, before a tokenizer has seen it
 DEFAULT_ROWS = 100_000  # battles assumed where the inputs cannot be read
@@ -156,12 +156,14 @@ def scoring_actor(config: Config, stage: str, size: ModelSize, precision: str, a
 
 
 def merge_task(config: Config, name: str) -> Process:
-    from prefscale.train.export import saved_dtype
+    from prefscale.models.averaging import MAX_SHARD, saved_dtype
 
     trained = trained_run(config, name)
     run, size = trained.run, run_size(trained, config.score.max_tokens)
     output = size.parameters * saved_dtype(trained.model.precision).itemsize
-    host_terms = {"runtime": CPU_RUNTIME, "largest_weight_x3": 3 * size.largest_linear * 4, "output_shard": min(MERGE_SHARD, output)}
+    folds = len(run.folds or range(config.data.folds))
+    host_terms = {"runtime": CPU_RUNTIME, "largest_weight_x3": 3 * size.largest_linear * 4, "output_shard": min(MAX_SHARD, output),
+                  "adapters_mapped": folds * size.trainable * ADAPTER_BYTES}
     return _process(f"train:{name}", "merge task", 1, 0, {}, host_terms, disk=size.parameters * size.stored_bytes + output,
                     accelerator=run.accelerator_type if run.use_gpu else None)
 

@@ -32,6 +32,8 @@ from prefscale.devices import raised_prefscale_error
 from prefscale.errors import PrefscaleError
 from prefscale.io import ParquetSink, exists, read_head, resolve, write_json
 from prefscale.progress import bar
+from prefscale.ray_runtime import session
+from prefscale.scaling import accelerator, await_resources
 from prefscale.score.encode import ERROR, encode_battles
 from prefscale.score.scorer import ACTOR_RSS, ModelScorer
 from prefscale.score.scoring_model import ScoringModel
@@ -220,7 +222,12 @@ def score_battles(input_uri: str, output_uri: str, models: list[ScoringModel], s
     if len(set(names)) != len(names):
         raise PrefscaleError(f"model names must be unique, got {names}")
     pools = [models] if settings.pack_models else [[m] for m in models]  # packed: each actor holds every model
-    if problem := pools_fit(len(models), settings, ray.cluster_resources()):
+    if session()["joined"]:  # a cluster that may grow: ask its autoscaler for the pools, and wait
+        pools_count = 1 if settings.pack_models else len(models)
+        await_resources([{"CPU": settings.cpus_per_actor, "GPU": settings.gpus_per_actor,
+                          **(accelerator(settings.accelerator_type) if settings.gpus_per_actor else {})}] * (pools_count * settings.actors),
+                        f"the scoring pools of {', '.join(names)}")
+    elif problem := pools_fit(len(models), settings, ray.cluster_resources()):
         raise PrefscaleError(problem)
     previous = read_parts(output_uri, [schema.ID, "model"])
     previous_rejects = _read_rejects(output_uri).column(schema.ID).to_numpy()
@@ -242,7 +249,7 @@ def score_battles(input_uri: str, output_uri: str, models: list[ScoringModel], s
         ds = ds.map_batches(
             ModelScorer,
             fn_constructor_kwargs={"models": group, "max_tokens": settings.max_tokens, "threads": threads,
-                                   "use_gpu": use_gpu, "tta_space": settings.tta_space, "encode": encode},
+                                   "use_gpu": use_gpu, "tta_space": settings.tta_space, "encode": encode, "rehearse": session()["rehearse_gpus"]},
             batch_size=settings.block_rows,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=settings.actors),

@@ -19,23 +19,52 @@ ACTOR_RSS = "actor_peak_rss"  # per output block: the actor's peak resident byte
 
 
 class _Replica:
-    """One model loaded once (quantized per config) and its padding id."""
+    """One base loaded once (quantized per config), the fold adapters over it, and its padding id.
 
-    def __init__(self, model: ScoringModel, device: str) -> None:
+    Every adapter of a pass shares the replica's one base (peft multi-adapter): a 70B base in
+    4 bits holds all five of its fold adapters, where merged fold models would be five 70B copies.
+    An adapter's base is loaded as training loaded it (``load_base``), so a QLoRA fold is scored
+    as nf4(W) + its adapter, the forward pass it was trained with."""
+
+    def __init__(self, models: list[ScoringModel], device: str) -> None:
         from prefscale.models.loading import (
             load_classifier,
             load_tokenizer,
             quantization_kwargs,
         )
+        from prefscale.models.lora import load_base, with_adapters
 
-        self.spec = model
-        kwargs = quantization_kwargs(model.precision)
-        if "quantization_config" in kwargs:
-            kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
-        self.model = load_classifier(model.path, model.trust_remote_code, **kwargs).eval()
-        if "quantization_config" not in kwargs:
+        first = models[0]
+        kwargs = quantization_kwargs(first.precision)
+        quantized = "quantization_config" in kwargs
+        device_map = {"": 0 if device == "cuda" else "cpu"}
+        adapters = {m.name: m.adapter for m in models if m.adapter}
+        if adapters:
+            self.model = with_adapters(load_base(first.path, first.precision, first.trust_remote_code, device_map), adapters)
+        else:
+            self.model = load_classifier(first.path, first.trust_remote_code, **kwargs, **({"device_map": device_map} if quantized else {}))
+        self.model.eval()
+        if not quantized:
             self.model.to(device)
-        self.pad_id = load_tokenizer(model.path, model.trust_remote_code).pad_token_id
+        self.pad_id = load_tokenizer(first.path, first.trust_remote_code).pad_token_id
+
+    def use(self, model: ScoringModel) -> None:
+        """Make ``model``'s adapter the one the next forward runs."""
+        if model.adapter:
+            self.model.set_adapter(model.name)
+
+
+def _replicas(models: list[ScoringModel], device: str) -> dict[str, _Replica]:
+    """{model name: its replica}; models over the same base at the same precision share one."""
+    groups: dict[tuple, list[ScoringModel]] = {}
+    for model in models:
+        key = (model.path, model.precision, model.trust_remote_code, model.adapter is not None)
+        groups.setdefault(key, []).append(model)
+    found = {}
+    for group in groups.values():
+        replica = _Replica(group, device)
+        found |= {m.name: replica for m in group}
+    return found
 
 
 class ModelScorer:
@@ -45,21 +74,24 @@ class ModelScorer:
     averages six fold models costs one process, not six."""
 
     def __init__(self, models: list[ScoringModel], max_tokens: int, threads: int, use_gpu: bool = False, tta_space: TTASpace = "prob",
-                 encode: tuple[list[ScoringModel], bool] | None = None) -> None:
+                 encode: tuple[list[ScoringModel], bool] | None = None, rehearse: bool = False) -> None:
         """``encode``: (models, tta) to tokenize each block for before scoring it, when no
         separate tokenizer stage runs (CPU scoring)."""
         import torch
 
         torch.set_num_threads(threads)
         self.torch = torch
-        self.device = torch_device(use_gpu, "a scorer actor (score.gpus_per_actor > 0)").type
-        self.replicas = [_Replica(model, self.device) for model in models]
+        self.device = torch_device(use_gpu, "a scorer actor (score.gpus_per_actor > 0)", rehearse=rehearse).type
+        self.models = models
+        self.replicas = _replicas(models, self.device)
         self.max_tokens = max_tokens
         self.tta_space = tta_space
         self.encode = encode
 
-    def _logits(self, replica: _Replica, sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    def _logits(self, model: ScoringModel, sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Logits per sequence, and the padded width each was computed at."""
+        replica = self.replicas[model.name]
+        replica.use(model)
         lengths = np.array([len(s) for s in sequences])
         logits = np.full((len(sequences), 3), np.nan, dtype=np.float32)
         widths = np.zeros(len(sequences), dtype=np.int32)
@@ -78,21 +110,20 @@ class ModelScorer:
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.encode is not None:
             batch = encode_battles(batch, *self.encode)
-        for replica in self.replicas:
-            batch = self._score(replica, batch)
+        for model in self.models:
+            batch = self._score(model, batch)
         if ACTOR_RSS in batch.column_names:  # a cascade's second neural stage: one figure per actor
             batch = batch.drop_columns([ACTOR_RSS])
         return batch.append_column(ACTOR_RSS, pa.array([peak_rss_bytes()] * batch.num_rows, pa.int64()))
 
-    def _score(self, replica: _Replica, batch: pa.Table) -> pa.Table:
-        m = replica.spec
+    def _score(self, m: ScoringModel, batch: pa.Table) -> pa.Table:
         sequences = batch.column(m.column(IDS)).to_pylist()
         n = len(sequences)
         tta = m.column(IDS_SWAPPED) in batch.column_names
         if tta:  # both orders sorted and batched together: one sort over twice the rows pads less
             sequences += batch.column(m.column(IDS_SWAPPED)).to_pylist()
             batch = batch.drop_columns([m.column(IDS_SWAPPED)])
-        logits, widths = self._logits(replica, sequences)
+        logits, widths = self._logits(m, sequences)
         real = np.array([len(s) for s in sequences], dtype=np.int64)
         flips = pa.nulls(n, pa.bool_())
         if tta:

@@ -13,17 +13,19 @@ from dataclasses import dataclass
 
 from prefscale.config import Config, ModelConfig, ScoreConfig, TextConfig
 from prefscale.errors import PrefscaleError
-from prefscale.io import exists, read_json, write_json
+from prefscale.io import absolute, exists, read_json, write_json
+from prefscale.models.lora import is_adapter
 
 
 @dataclass(frozen=True)
 class ScoringModel:
     name: str
-    path: str
+    path: str  # the model, or the base an adapter goes over
     text: TextConfig = TextConfig()
     precision: str = "fp32"
     trust_remote_code: bool = False
     fold: int | None = None  # score only the rows of this fold: a fold model on its held-out rows, all folds in one job
+    adapter: str | None = None  # a peft adapter directory over ``path`` (a fold's model); None: ``path`` alone
 
     def column(self, field: str) -> str:
         """Per-model column in the wide intermediate table, e.g. 'base.logit_a'."""
@@ -47,25 +49,28 @@ def train_run_model_config(config: Config, name: str) -> ModelConfig:
 
 
 def trained_model(config: Config, name: str, path: str, label: str | None = None, fold: int | None = None) -> ScoringModel:
-    """A model directory of train run ``name`` at the run's precision and text options (``fold``: its held-out rows only)."""
+    """Train run ``name``'s model at ``path`` (a fold adapter, or the averaged model) at the run's
+    precision and text options (``fold``: its held-out rows only)."""
     run, model = config.train[name], train_run_model_config(config, name)
-    return ScoringModel(label or name, path, text_for(config, run.max_length), model.precision, model.trust_remote_code, fold)
+    path = absolute(path) if path else path  # actors on other nodes run in other directories
+    adapter = path if path and is_adapter(path) else None
+    return ScoringModel(label or name, model.path if adapter else path, text_for(config, run.max_length), model.precision,
+                        model.trust_remote_code, fold, adapter)
 
 
-def _run_model_paths(config: Config, name: str) -> list[tuple[str, str]]:
-    """(label, directory) of a finished train run's scoring models: its averaged model, else every fold model."""
-    layout = config.layout
+def _run_model_paths(layout, name: str) -> list[tuple[str, str]]:
+    """(label, directory) of a finished train run's scoring models: its averaged model, else every fold's adapter."""
     if exists(layout.averaged(name)):
         return [(name, layout.averaged(name))]
-    folds = layout.fold_models(name)
+    folds = layout.fold_adapters(name)
     if not folds:
         raise PrefscaleError(f"train run '{name}' has no models under {layout.run_models(name)}; rerun its training")
-    return [(f"{name}-{k}", path) for k, path in enumerate(folds)]
+    return [(f"{name}-{k}", path) for k, path in folds.items()]
 
 
 def train_run_models(config: Config, name: str) -> list[ScoringModel]:
     """The scoring models of a finished train run of this config."""
-    return [trained_model(config, name, path, label) for label, path in _run_model_paths(config, name)]
+    return [trained_model(config, name, path, label) for label, path in _run_model_paths(config.layout, name)]
 
 
 def write_scoring_record(config: Config, name: str) -> None:
@@ -89,8 +94,10 @@ def _earlier_run_plan(config: Config, name: str) -> list[tuple[ScoringModel, Sco
     record = read_json(config.layout.run_scoring(name))
     settings = config.score.model_copy(update={"tta": record["tta"], "rows": None})
     text = TextConfig.model_validate(record["text"])
-    return [(ScoringModel(label, path, text, record["precision"], record["trust_remote_code"]), settings)
-            for label, path in _run_model_paths(config, name)]
+    base = record["model"]["path"]
+    return [(ScoringModel(label, base if is_adapter(path) else absolute(path), text, record["precision"], record["trust_remote_code"],
+                          adapter=absolute(path) if is_adapter(path) else None), settings)
+            for label, path in _run_model_paths(config.layout, name)]
 
 
 def train_run_score_settings(config: Config, name: str) -> ScoreConfig:

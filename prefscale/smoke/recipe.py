@@ -46,7 +46,10 @@ def smoke_environment(config: Config) -> dict[str, str]:
 
 
 def enter_smoke_environment(config: Config) -> None:
+    from prefscale.ray_runtime import FORWARDED_ENV
+
     environment = smoke_environment(config)
+    FORWARDED_ENV.extend(name for name in environment if name not in FORWARDED_ENV)  # a cluster's workers resolve the tiny models too
     constants = sys.modules.get("huggingface_hub.constants")
     if constants is not None and constants.HF_HUB_CACHE != environment["HF_HUB_CACHE"]:
         raise PrefscaleError("--smoke must set the hub cache before huggingface_hub is imported; run it as its own command")
@@ -75,8 +78,11 @@ def _tiny_in_cache(spec: str, config: Config) -> str:
     return spec
 
 
-def smoke_config(config: Config) -> Config:
-    """The recipe as a smoke run: same keys, small sizes, CPU devices, generated data, tiny models."""
+def smoke_config(config: Config, cluster: str | None = None) -> Config:
+    """The recipe as a smoke run: same keys, small sizes, CPU devices, generated data, tiny models.
+    ``cluster``: run on that Ray cluster instead of a local one, keeping the recipe's GPU and
+    accelerator-type asks (computed on CPU where a node has no CUDA): its placement and autoscaling
+    rehearsed at smoke size."""
     from prefscale.smoke.battles import generate
 
     root = smoke_root(config)
@@ -102,11 +108,13 @@ def smoke_config(config: Config) -> Config:
     train = {name: run.model_copy(update={
         "model": model(run.model) if run.model else None, "max_length": shorter(run.max_length), "max_rows": MAX_ROWS,
         "batch_size": min(run.batch_size, 4), "grad_accum": min(run.grad_accum, 2), "checkpoint_every": 2,
-        "workers": min(run.workers, 2), "use_gpu": False, "cpus_per_worker": 0.5, "tune_samples": min(run.tune_samples, 2),
+        "workers": min(run.workers, 2), "use_gpu": run.use_gpu and bool(cluster), "accelerator_type": run.accelerator_type if cluster else None,
+        "cpus_per_worker": 0.5, "tune_samples": min(run.tune_samples, 2),
         "extra_train": [moved(p) for p in run.extra_train]}) for name, run in config.train.items()}
     score = config.score.model_copy(update={
         "models": [model(m) for m in config.score.models], "input": moved(config.score.input), "output": moved(config.score.output),
-        "actors": 1, "gpus_per_actor": 0.0, "cpus_per_actor": 0.5, "format_cpus": 0.5, "threads_per_actor": None,
+        "actors": 1, "gpus_per_actor": min(config.score.gpus_per_actor, 1.0) if cluster else 0.0,
+        "accelerator_type": config.score.accelerator_type if cluster else None, "cpus_per_actor": 0.5, "format_cpus": 0.5, "threads_per_actor": None,
         "max_tokens": min(config.score.max_tokens, 2048)})
     pseudolabel = config.pseudolabel.model_copy(update={
         "input": moved(config.pseudolabel.input), "output": moved(config.pseudolabel.output),
@@ -115,7 +123,8 @@ def smoke_config(config: Config) -> Config:
     updates = {
         "output_dir": run_dir, "data": data, "train": train, "score": score, "pseudolabel": pseudolabel, "model": model(config.model),
         "text": config.text.model_copy(update={"max_length": shorter(config.text.max_length)}),
-        "ray": config.ray.model_copy(update={"address": "local", "num_cpus": 2, "num_gpus": None, "object_store_mb": 1024}),
+        "ray": config.ray.model_copy(update={"address": "local", "num_cpus": 2, "num_gpus": None, "object_store_mb": 1024} if not cluster else
+                                     {"address": cluster, "rehearse_gpus": True}),
         "tracking": config.tracking.model_copy(update={"uri": None}),  # never the team's tracking server
     }
     if config.stack:

@@ -1,11 +1,12 @@
 """K-fold training on Ray Train, then out-of-fold logits from the scoring engine.
 
 One TorchTrainer trains every fold in turn on the same workers (each fold on the other folds,
-plus any pseudolabels); each fold's adapters are merged into a plain model, and its held-out
-fold is scored by the same Ray Data engine
-that produces every logit in the project, through the same model resolver as predict. Every
-training battle gets exactly one OOF row. Reruns skip finished folds; an interrupted fold
-resumes from its latest Ray Train checkpoint.
+plus any pseudolabels); each fold keeps its adapter (megabytes, never a merged copy of the
+model), and its held-out fold is scored, as its base plus that adapter, by the same Ray Data
+engine that produces every logit in the project, through the same model resolver as predict.
+Every training battle gets exactly one OOF row. Reruns skip finished folds; an interrupted fold
+resumes from its latest Ray Train checkpoint. Only an averaged run's adapters are merged into a
+model, by a Ray task on a worker. The driver never loads a model's weights.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from prefscale.io import (
     read_table,
     write_table,
 )
+from prefscale.scaling import accelerator, await_resources
 from prefscale.score.engine import score_plan
 from prefscale.score.scoring_model import (
     text_for,
@@ -41,7 +43,6 @@ from prefscale.score.scoring_model import (
 from prefscale.train.loop import (
     FoldJob,
     checkpoint_state,
-    load_trainable,
     train_loop_per_worker,
 )
 from prefscale.train.tune import tuned
@@ -60,7 +61,8 @@ def fold_job(config: Config, name: str, fold: int | None) -> FoldJob:
     if os.path.isdir(model.path):
         model = model.model_copy(update={"path": os.path.abspath(model.path)})
     return FoldJob(run=run, model=model, text=text_for(config, run.max_length), battles=absolute(layout.battles), fold=fold,
-                   teachers=[absolute(p) for p in teachers], extra_train=[absolute(p) for p in extra_train(config, name)])
+                   teachers=[absolute(p) for p in teachers], extra_train=[absolute(p) for p in extra_train(config, name)],
+                   rehearse_gpus=config.ray.rehearse_gpus)
 
 
 def extra_train(config: Config, name: str) -> list[str]:
@@ -78,7 +80,7 @@ def fit_folds(config: Config, name: str, jobs: list[FoldJob]) -> None:
     """Train the folds of ``jobs`` in one Ray Train run (workers start once, not once per fold);
     each finished fold's adapters land in its fold_adapter directory."""
     import ray.train
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     run, layout = jobs[0].run, config.layout
     adapters = [absolute(layout.fold_adapter(name, job.fold)) for job in jobs]
@@ -87,6 +89,7 @@ def fit_folds(config: Config, name: str, jobs: list[FoldJob]) -> None:
         train_loop_config={"jobs": [job.model_dump() for job in jobs], "adapters": adapters},
         scaling_config=ray.train.ScalingConfig(num_workers=run.workers, use_gpu=run.use_gpu, resources_per_worker={"CPU": run.cpus_per_worker},
                                                accelerator_type=run.accelerator_type if run.use_gpu else None),
+        torch_config=TorchConfig(backend="gloo") if config.ray.rehearse_gpus else None,  # a rehearsal's workers compute on CPUs
         run_config=ray.train.RunConfig(
             name=f"{name}-folds",  # a rerun resumes this run's latest checkpoint, whichever fold it belongs to
             storage_path=layout.checkpoints,
@@ -105,8 +108,6 @@ def fit_folds(config: Config, name: str, jobs: list[FoldJob]) -> None:
 
 def train_run(config: Config, name: str, log=print) -> dict[str, Any]:
     """Train every fold of one named run and write its OOF logits."""
-    from prefscale.train.export import export_average, export_merged
-
     run, layout = config.train[name], config.layout
     if not exists(layout.battles):
         raise PrefscaleError(f"{layout.battles} not found; run the data stages first (prefscale run, or data validate + split)")
@@ -115,33 +116,30 @@ def train_run(config: Config, name: str, log=print) -> dict[str, Any]:
     folds = run.folds if run.folds is not None else sorted(set(table.column(schema.FOLD).to_pylist()))
     started = time.perf_counter()
     if run.use_gpu:  # once per run, before the Tune search and every fold's workers
-        import ray
-
-        if not ray.cluster_resources().get("GPU"):
-            raise PrefscaleError(f"train.{name} asks for GPUs but the Ray cluster has none; set use_gpu: false or add GPU nodes")
-        check_gpu_nodes(f"a training worker of train.{name} (use_gpu: true)")
+        await_resources([{"CPU": run.cpus_per_worker, "GPU": 1, **accelerator(run.accelerator_type)}] * run.workers,
+                        f"train.{name}'s {run.workers} workers", log)
+        if not config.ray.rehearse_gpus:
+            check_gpu_nodes(f"a training worker of train.{name} (use_gpu: true)")
     best = _searched(config, name, fold_job(config, name, folds[0]), log) if run.tune_samples else None
     jobs = {fold: tuned(fold_job(config, name, fold), best) if best else fold_job(config, name, fold) for fold in folds}
-    untrained = [jobs[f] for f in folds if not exists(layout.fold_model(name, f)) and not exists(layout.fold_adapter(name, f))]
+    untrained = [jobs[f] for f in folds if not exists(layout.fold_adapter(name, f))]
     if untrained:
         t0 = time.perf_counter()
         fit_folds(config, name, untrained)
         log(f"  [{name}] folds {[job.fold for job in untrained]} trained in {time.perf_counter() - t0:.1f}s")
     fold_reports, fold_models = [], []
-    for fold, job in jobs.items():
-        model_dir, adapter = layout.fold_model(name, fold), layout.fold_adapter(name, fold)
-        metrics: dict = {"skipped": "already trained"}
-        if not exists(model_dir):  # exported atomically: there means complete
-            metrics = checkpoint_state(adapter)
-            export_merged(job.model, job.run.lora, load_trainable(adapter), model_dir)
-        # Held-out folds are scored by the model resolver predict uses: the run's precision
-        # (a QLoRA teacher's merged model is requantized, never fp32) and the run's TTA.
-        fold_models.append(trained_model(config, name, model_dir, f"{name}-fold{fold}", fold=fold))
-        fold_reports.append({"fold": fold, **{k: metrics.get(k) for k in ("train_rows", "samples", "samples_per_s", "loss", "resumed_from_step", "peak_rss_gib", "skipped")
-                                              if k in metrics}})
+    for fold in folds:
+        adapter = layout.fold_adapter(name, fold)
+        metrics = checkpoint_state(adapter)
+        # Held-out folds are scored by the model resolver predict uses: the fold's adapter over the
+        # run's base at the precision it was trained at (a QLoRA fold: nf4 base + adapter), and the run's TTA.
+        fold_models.append(trained_model(config, name, adapter, f"{name}-fold{fold}", fold=fold))
+        fold_reports.append({"fold": fold, **{k: metrics.get(k) for k in ("train_rows", "samples", "samples_per_s", "loss", "resumed_from_step",
+                                                                        "peak_rss_gib") if k in metrics},
+                             **({} if any(j.fold == fold for j in untrained) else {"skipped": "already trained"})})
     write_table(all_battles.filter(pc.is_in(pc.field(schema.FOLD), pa.array(folds, all_battles.schema.field(schema.FOLD).type))), layout.heldout(name))
     # Every fold model scores its own fold's rows of one file: with score.pack_models all folds
-    # in one pass (one job, one warm-up), else one pass per fold model.
+    # in one pass (one job, one warm-up, one base with every fold's adapter), else one pass per fold.
     settings = train_run_score_settings(config, name)
     passes = score_plan(layout.heldout(name), [(model, settings) for model in fold_models], lambda label: layout.oof_scores(name, label))
     write_scoring_record(config, name)
@@ -154,10 +152,34 @@ def train_run(config: Config, name: str, log=print) -> dict[str, Any]:
     if best:
         summary["tuned"] = best
     if run.average != "none" and len(folds) > 1:
-        adapters = [layout.fold_adapter(name, f) for f in folds]
-        summary["averaged_model"] = export_average(job.model, job.run.lora, adapters, layout.averaged(name), run.average)
+        summary["averaged_model"] = averaged_model(config, name, [layout.fold_adapter(name, f) for f in folds], log)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     return summary
+
+
+def averaged_model(config: Config, name: str, adapters: list[str], log) -> dict[str, Any]:
+    """The fold adapters averaged and merged into one model, by a Ray task that asks for the memory the
+    plan gives a merge, beside the run's workers (where the base is cached); never in the driver."""
+    import ray
+
+    from prefscale.models.averaging import merge_average
+    from prefscale.plan.resources import merge_task
+
+    run, layout = config.train[name], config.layout
+    if exists(layout.averaged(name)):  # written atomically: there means complete
+        return {"path": layout.averaged(name), "skipped": "already merged"}
+    base = train_run_model_config(config, name)
+    need = merge_task(config, name)
+    options: dict[str, Any] = {"num_cpus": 1, "memory": int(need.host_gib * 2**30)}
+    if run.use_gpu and run.accelerator_type:
+        options["resources"] = accelerator(run.accelerator_type)
+    log(f"  [{name}] merging {len(adapters)} fold adapters ({run.average}) in a Ray task asking for {need.host_gib:g} GiB")
+    task = ray.remote(merge_average).options(**options)
+    try:
+        return ray.get(task.remote(base.path, [absolute(a) for a in adapters], absolute(layout.averaged(name)), run.average, base.precision,
+                                   base.trust_remote_code))
+    except ray.exceptions.RayTaskError as exc:
+        raise raised_prefscale_error(exc) or PrefscaleError(f"train.{name}: merging the fold adapters failed: {str(exc).splitlines()[-1]}") from None
 
 
 def _searched(config: Config, name: str, job: FoldJob, log) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from prefscale.data.schema import SWAP_ORDER
 from prefscale.memory import peak_rss_bytes
 from prefscale.metrics import class_prior
 
-TRAINABLE_FILE = "trainable.safetensors"  # in every checkpoint: the adapters and head, what export and averaging read
+TRAINABLE_FILE = "trainable.safetensors"  # in every checkpoint: the adapters and head, what a restarted worker loads
 STATE_FILE = "state.json"  # in every checkpoint: the fold, the position in its data and the metrics so far
 
 
@@ -62,6 +62,7 @@ class FoldJob(BaseModel):
     teachers: list[str] = []  # OOF paths of run.distill.teachers, in order
     extra_train: list[str] = []  # absolute paths of run.extra_train
     eval_rows: int = 0  # > 0: log loss on this many held-out-fold battles at every checkpoint (Ray Tune's metric)
+    rehearse_gpus: bool = False  # ray.rehearse_gpus: placed on GPUs, computed on the CPU where no CUDA device is visible
 
     @property
     def seed(self) -> int:
@@ -123,8 +124,9 @@ def steps_per_epoch(rows: int, batch_size: int, world: int) -> int:
     return max(per_rank // batch_size, 1)
 
 
-def run_training(job: FoldJob, *, rank: int = 0, world: int = 1, local_rank: int = 0, wrap: Callable | None = None,
+def run_training(job: FoldJob, *, rank: int = 0, world: int = 1, device=None, wrap: Callable | None = None,
                  restore: str | None = None, report: Callable[[dict, str | None], None] | None = None) -> dict[str, Any]:
+    """One fold's loop on ``device`` (default: the GPU the run asked for, else the CPU)."""
     import torch
     from safetensors.torch import save_file
     from transformers import get_scheduler
@@ -135,6 +137,7 @@ def run_training(job: FoldJob, *, rank: int = 0, world: int = 1, local_rank: int
     from prefscale.models.lora import (
         build_trainable,
         load_trainable_state,
+        save_adapter,
         trainable_state,
         unwrap_ddp,
     )
@@ -144,7 +147,7 @@ def run_training(job: FoldJob, *, rank: int = 0, world: int = 1, local_rank: int
 
     run, model_config = job.run, job.model
     torch.manual_seed(job.seed)
-    device = torch_device(run.use_gpu, "a training worker (use_gpu: true)", local_rank)
+    device = device or torch_device(run.use_gpu, "a training worker (use_gpu: true)", rehearse=job.rehearse_gpus)
     tokenizer = load_tokenizer(model_config.path, model_config.trust_remote_code)
     formatter = BattleFormatter(tokenizer, job.text)
     rows = build_rows(select_rows(job.battles, job.fold, job.extra_train, run.max_rows, job.seed), formatter, job.teachers)
@@ -191,6 +194,8 @@ def run_training(job: FoldJob, *, rank: int = 0, world: int = 1, local_rank: int
             torch.save(scheduler.state_dict(), os.path.join(directory, "scheduler.pt"))
             with open(os.path.join(directory, STATE_FILE), "w") as handle:
                 json.dump({"micro_step": micro, "fold": job.fold, **metrics}, handle)
+            if metrics.get("done"):  # the fold's result: peft's adapter files, scored over the base as trained
+                save_adapter(model, directory, tokenizer_from=model_config.path)
         try:
             if report:
                 report(metrics, directory)  # Ray Train persists the checkpoint inside report()
@@ -238,13 +243,31 @@ def run_training(job: FoldJob, *, rank: int = 0, world: int = 1, local_rank: int
     return metrics
 
 
+RESUME_ONLY = {TRAINABLE_FILE, "optimizer.pt", "scheduler.pt"}  # what only a restarted worker needs
+
+
 def keep_adapter(checkpoint_dir: str, adapter_dir: str) -> None:
-    """A finished fold's trainable tensors and metrics, copied atomically to where export and averaging read them."""
+    """A finished fold's adapter files and metrics, copied atomically to where scoring and averaging read them."""
     from prefscale.io import atomic_dir
 
     with atomic_dir(adapter_dir) as staged:
-        for name in (TRAINABLE_FILE, STATE_FILE):
-            shutil.copy(os.path.join(checkpoint_dir, name), os.path.join(staged, name))
+        for name in os.listdir(checkpoint_dir):
+            if name not in RESUME_ONLY and os.path.isfile(os.path.join(checkpoint_dir, name)):
+                shutil.copy(os.path.join(checkpoint_dir, name), os.path.join(staged, name))
+
+
+def worker_device(job: FoldJob):
+    """The device Ray Train gave this worker (its GPU, whatever index CUDA_VISIBLE_DEVICES makes it),
+    the CPU for CPU runs and rehearsals, or a loud error where a GPU was given and CUDA cannot see it."""
+    import torch
+
+    from prefscale.devices import torch_device
+
+    if job.run.use_gpu and torch.cuda.is_available():
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+    return torch_device(job.run.use_gpu, "a training worker (use_gpu: true)", rehearse=job.rehearse_gpus)
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -272,12 +295,18 @@ def train_loop_per_worker(config: dict) -> None:
                     keep_adapter(directory, adapter)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory) if directory else None)
 
-            def wrap(model, job: FoldJob = job):
+            device = worker_device(job)
+
+            def wrap(model, job: FoldJob = job, device=device):
                 if ctx.get_world_size() == 1:
                     return model
-                # Quantized models were placed with device_map={"": local_rank}; DDP must not move them.
+                if device.type == "cpu":  # gloo: a CPU run, or a rehearsal on logical GPUs
+                    import torch
+
+                    return torch.nn.parallel.DistributedDataParallel(model)
+                # Quantized models were placed with device_map={"": device}; DDP must not move them.
                 quantized = job.model.precision in ("int8", "nf4")
                 return ray.train.torch.prepare_model(model, move_to_device=not quantized)
 
-            run_training(job, rank=ctx.get_world_rank(), world=ctx.get_world_size(), local_rank=ctx.get_local_rank(),
+            run_training(job, rank=ctx.get_world_rank(), world=ctx.get_world_size(), device=device,
                          wrap=wrap, restore=restore if restored_fold == job.fold else None, report=report)
