@@ -211,6 +211,12 @@ def cmd_doctor(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def cmd_submit(args: argparse.Namespace) -> dict[str, Any]:
+    from prefscale.submit import submit
+
+    return submit(args.address, args.config, wait=args.wait, log=_log(args))
+
+
 def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
     from prefscale.predict import predict
 
@@ -427,6 +433,12 @@ def build_parser() -> argparse.ArgumentParser:
                       several=True)
     p.add_argument("--nodes", help="check the resource plan against this cluster file's node types (cluster.yaml or k8s/rayjob.yaml) "
                                    "instead of contacting a cluster")
+
+    p = _command(commands, "submit", "submit configs, in order (teachers, then their student), as one Ray job to a running cluster: "
+                                     "the repository as its working directory, HF_TOKEN from your environment", cmd_submit)
+    p.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265 (`ray dashboard cluster.yaml` tunnels it)")
+    p.add_argument("--config", required=True, nargs="+", help="YAML recipes under configs/, in order")
+    p.add_argument("--wait", action="store_true", help="follow the job's log until it ends; exit 2 unless it succeeded")
 
     p = _command(commands, "predict", "apply a finished run's ensemble to new battles; writes a Kaggle submission CSV", cmd_predict)
     p.add_argument("--run-dir", required=True, help="run directory of a finished `prefscale run`")

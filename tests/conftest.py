@@ -231,7 +231,8 @@ def start(command: list[str], env: dict[str, str]) -> None:
 def two_node_cluster():
     temp_dir = tempfile.mkdtemp(prefix="psmn-", dir="/tmp")  # short: Ray's socket paths have a length limit
     gcs, dashboard, *head_ports = free_ports(2 + len(NODE_PORTS))  # picked together, so all distinct
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""}
+    # `python` on the nodes is this environment's, as the image's is on a real cluster (jobs are submitted as `python ray_jobs/...`)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     try:
         start([RAY, "start", "--head", f"--port={gcs}", "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", *node_ports(head_ports)], env)

@@ -113,3 +113,14 @@ def test_no_credentials_in_configs_or_cluster_files():
     files = [REPO / "cluster.yaml", REPO / "k8s" / "rayjob.yaml", *sorted((REPO / "configs").glob("*.yaml"))]
     leaks = [f"{f.name}: {m.group(0)}" for f in files for m in secret.finditer(f.read_text())]
     assert not leaks
+
+
+def test_a_submitted_job_carries_the_hub_token_from_the_environment_and_uploads_no_environment(monkeypatch):
+    from prefscale.submit import job_runtime_env
+
+    monkeypatch.setenv("HF_TOKEN", "hf_from_the_shell")
+    env = job_runtime_env()
+    assert env["env_vars"]["HF_TOKEN"] == "hf_from_the_shell" and env["working_dir"] == str(REPO)
+    assert {".venv", "runs", ".git"} <= set(env["excludes"])
+    monkeypatch.delenv("HF_TOKEN")
+    assert "HF_TOKEN" not in job_runtime_env()["env_vars"]

@@ -3,13 +3,16 @@
 worker on each node (DDP over gloo between the nodes). Scoring across nodes is asserted by the
 node-fault test, on the same kind of cluster."""
 
-import sys
+import json
+import os
+import re
+import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import JOB_RUNTIME_ENV, submit_job, wait_job
+from conftest import JOB_RUNTIME_ENV, RAY, wait_job
 
 from prefscale.data.folds import assign_folds
 from prefscale.io import write_table
@@ -31,11 +34,18 @@ def test_a_training_job_runs_one_worker_on_each_node(two_node_cluster, battles_p
               "train": {"teacher": {"model": {"path": tiny_bert_path}, "folds": [0], "workers": 2, "cpus_per_worker": 1.5, "batch_size": 8,
                                     "max_rows": 16, "checkpoint_every": 100, "tta": False, "average": "none", "max_failures": 0}}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    # The code comes from the package installed on every node (as cluster.yaml's setup_commands do), not a
-    # working_dir upload: with one, the driver's working directory vanished once the fold's Train workers
-    # exited (os.getcwd() raised FileNotFoundError in its next import). Not yet understood; see the issue note.
-    env = {"env_vars": JOB_RUNTIME_ENV["env_vars"]}
-    client, job = submit_job(two_node_cluster, f"{sys.executable} {REPO / 'ray_jobs' / 'train.py'} --config {tmp_path / 'c.yaml'} --json", runtime_env=env)
+    # Submitted as the README says, with the repository as the job's working directory (.gitignore keeps
+    # .venv and runs out of the upload). Ray unpacks that directory again, deleting the old copy, when it
+    # next creates the job's runtime environment; ray_jobs/_path.py runs the driver from its own copy.
+    from ray.job_submission import JobSubmissionClient
+
+    submitted = subprocess.run([RAY, "job", "submit", "--address", two_node_cluster.dashboard, "--no-wait", "--working-dir", ".",
+                                "--runtime-env-json", json.dumps({"env_vars": JOB_RUNTIME_ENV["env_vars"]}), "--",
+                                "python", "ray_jobs/train.py", "--config", str(tmp_path / "c.yaml"), "--json"],
+                               capture_output=True, text=True, cwd=REPO, timeout=300, env={**os.environ, "RAY_ADDRESS": ""})
+    assert submitted.returncode == 0, submitted.stdout[-2000:] + submitted.stderr[-2000:]
+    job = re.search(r"Job '([^']+)' submitted successfully", submitted.stdout + submitted.stderr)[1]
+    client = JobSubmissionClient(two_node_cluster.dashboard)
     status = wait_job(client, job, 420)
     assert status == JobStatus.SUCCEEDED, client.get_job_logs(job)[-3000:]
     workers = [a for a in list_actors(address=two_node_cluster.dashboard, detail=True, limit=1000) if "RayTrainWorker" in (a.class_name or "")]
