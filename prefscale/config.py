@@ -352,8 +352,13 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     """Load and validate a YAML config; every problem is reported in one line naming file and key."""
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as handle:
-            raw = yaml.safe_load(handle)
+        if "://" in path:  # a run's config.yaml on an object store (predict --run-dir s3://...)
+            from prefscale.io import read_bytes
+
+            raw = yaml.safe_load(read_bytes(path))
+        else:
+            with open(path, encoding="utf-8") as handle:
+                raw = yaml.safe_load(handle)
     except FileNotFoundError:
         raise PrefscaleError(f"config not found: {path}; pass a file from configs/") from None
     except yaml.YAMLError as exc:

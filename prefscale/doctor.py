@@ -122,7 +122,7 @@ def _shared_run_dir(config: Config, nodes: list[dict]) -> list[str]:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     if "://" in config.run_dir:
-        return []  # object storage is reachable from every node by name
+        return _object_store_run_dir(config.run_dir, nodes)
     run_dir = absolute(config.run_dir)
     existing = run_dir
     while not os.path.isdir(existing):  # creates nothing: the marker goes where the run directory will be made
@@ -140,6 +140,32 @@ def _shared_run_dir(config: Config, nodes: list[dict]) -> list[str]:
     finally:
         os.remove(marker)
     return [f"run directory {run_dir} is not visible from node(s) {', '.join(blind)}; set output_dir to storage every node mounts"] if blind else []
+
+
+def _probe_object_store(run_dir: str) -> str | None:
+    """Write and delete a marker under the run directory from this node: the error, or None."""
+    import socket
+
+    from prefscale.io import remove, write_bytes
+
+    marker = f"{run_dir.rstrip('/')}/.prefscale-doctor-{uuid.uuid4().hex[:8]}"
+    try:
+        write_bytes(b"", marker)
+        remove(marker)
+    except Exception as exc:  # noqa: BLE001 - credentials, network, permissions: each is "cannot write it"
+        return f"{socket.gethostname()}: {str(exc).splitlines()[0]}"
+    return None
+
+
+def _object_store_run_dir(run_dir: str, nodes: list[dict]) -> list[str]:
+    """Every node can write the run directory (its own credentials, its own network path)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_cpus=0)(_probe_object_store)
+    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(run_dir) for n in nodes]
+    failed = [p for p in ray.get(refs, timeout=120) if p]
+    return [f"run directory {run_dir} is not writable from every node ({'; '.join(failed)}); fix the nodes' credentials or the URI"] if failed else []
 
 
 def _needed_runs(config: Config, earlier: set[str]) -> list[str]:

@@ -89,9 +89,22 @@ def atomic_path(uri: str | os.PathLike[str]) -> Iterator[tuple[pafs.FileSystem, 
         raise
 
 
+COMPLETE = "_COMPLETE"  # written last into a directory on an object store, which has no rename: its presence means complete
+
+
+def finished(uri: str) -> bool:
+    """Whether a directory ``atomic_dir`` wrote is complete (local: it exists; object store: its marker does)."""
+    return exists(f"{uri.rstrip('/')}/{COMPLETE}") if "://" in uri else exists(uri)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str) -> Iterator[str]:
-    """Yield a temporary local directory that replaces ``path`` only when complete."""
+    """Yield a temporary local directory that replaces ``path`` only when complete. On an object
+    store the files are uploaded once complete and a ``_COMPLETE`` marker last (``finished``)."""
+    if "://" in path:
+        with _uploaded_dir(path) as staged:
+            yield staged
+        return
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
@@ -112,6 +125,48 @@ def atomic_dir(path: str) -> Iterator[str]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def _uploaded_dir(uri: str) -> Iterator[str]:
+    import tempfile
+
+    staged = tempfile.mkdtemp(prefix="prefscale-upload-")
+    try:
+        yield staged
+        fs, path = resolve(uri)
+        remove(f"{uri.rstrip('/')}/{COMPLETE}")  # readers see no complete copy from here until the new one is
+        remove(uri)
+        pafs.copy_files(staged, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+        with fs.open_output_stream(f"{path}/{COMPLETE}") as out:
+            out.write(uuid.uuid4().hex.encode())
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+def local_copy(uri: str) -> str:
+    """A local path for a directory ``atomic_dir`` wrote: itself when local; from an object store, a
+    copy in this node's cache, keyed by the copy's completion marker (a rewritten directory is fetched anew)."""
+    if "://" not in uri:
+        return uri
+    import hashlib
+    import tempfile
+
+    fs, path = resolve(uri)
+    try:
+        with fs.open_input_stream(f"{path}/{COMPLETE}") as marker:
+            version = marker.read().decode()
+    except (FileNotFoundError, OSError):
+        raise PrefscaleError(f"{uri} is not a complete directory (no {COMPLETE} marker); rerun the stage that writes it") from None
+    cache = os.path.join(os.path.expanduser("~"), ".cache", "prefscale", "remote", hashlib.sha256(f"{uri}@{version}".encode()).hexdigest()[:24])
+    if not os.path.isdir(cache):
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        staged = tempfile.mkdtemp(prefix=".fetch-", dir=os.path.dirname(cache))
+        pafs.copy_files(path, staged, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        with contextlib.suppress(OSError):  # another process on this node fetched it first: keep theirs
+            os.rename(staged, cache)
+        shutil.rmtree(staged, ignore_errors=True)
+    return cache
 
 
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
@@ -212,11 +267,15 @@ def write_json(obj: Any, uri: str | os.PathLike[str]) -> None:
     write_bytes(json.dumps(obj, indent=2, sort_keys=True).encode(), uri)
 
 
-def read_json(uri: str | os.PathLike[str]) -> Any:
+def read_bytes(uri: str | os.PathLike[str]) -> bytes:
     require_file(uri)
     fs, path = resolve(uri)
     with fs.open_input_stream(path) as stream:
-        return json.loads(stream.read())
+        return stream.read()
+
+
+def read_json(uri: str | os.PathLike[str]) -> Any:
+    return json.loads(read_bytes(uri))
 
 
 def read_present_columns(uri: str | os.PathLike[str], wanted: list[str]) -> pa.Table:

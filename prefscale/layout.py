@@ -130,15 +130,16 @@ class RunLayout:
 
     def fold_adapters(self, name: str) -> dict[int, str]:
         """{fold: adapter directory} of the folds trained so far, in fold order."""
-        from prefscale.io import exists, listdir
+        from prefscale.io import finished, listdir
 
         folds = sorted(int(d[4:]) for d in listdir(self.run_models(name)) if d.startswith("fold") and d[4:].isdigit())
-        return {k: self.fold_adapter(name, k) for k in folds if exists(self.fold_adapter(name, k))}
+        return {k: self.fold_adapter(name, k) for k in folds if finished(self.fold_adapter(name, k))}
 
     @property
     def checkpoints(self) -> str:
-        """Ray Train storage (absolute: workers on other nodes resolve it too)."""
-        return os.path.abspath(self._path("ray_train"))
+        """Ray Train storage (absolute: workers on other nodes resolve it too; a URI as it is)."""
+        path = self._path("ray_train")
+        return path if "://" in path else os.path.abspath(path)
 
     # scoring and pseudolabels
     def scores(self, label: str) -> str:

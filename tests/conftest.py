@@ -324,3 +324,23 @@ def autoscaling_cluster(tmp_path):
         yield f"127.0.0.1:{gcs}"
     finally:
         stop_cluster(temp_dir, gcs)
+
+
+@pytest.fixture
+def s3_bucket(monkeypatch):
+    """A local S3-compatible server (moto's server mode) with one bucket; pyarrow, Ray and boto3 in
+    this process and its children reach it through AWS_ENDPOINT_URL and dummy credentials."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_ports(1)[0], verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for name, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    boto3.client("s3").create_bucket(Bucket="prefscale-test")
+    try:
+        yield "s3://prefscale-test"
+    finally:
+        server.stop()

@@ -172,7 +172,7 @@ def merge_average(base_spec: str, adapter_dirs: list[str], out_dir: str, method:
     """Average the fold adapters over their base into one plain model at ``out_dir`` (written atomically)."""
     from transformers import AutoModelForSequenceClassification
 
-    from prefscale.io import atomic_dir
+    from prefscale.io import atomic_dir, local_copy
     from prefscale.memory import peak_rss_bytes
     from prefscale.models.loading import NUM_LABELS, load_tokenizer, resolve_model_path
     from prefscale.plan.shapes import model_config
@@ -187,7 +187,7 @@ def merge_average(base_spec: str, adapter_dirs: list[str], out_dir: str, method:
     target = {name: t.dtype for name, t in classifier.state_dict().items()}
     dtype = saved_dtype(precision)
     with contextlib.ExitStack() as stack, atomic_dir(out_dir) as staged:
-        adapters = FoldAdapters(adapter_dirs, stack)
+        adapters = FoldAdapters([local_copy(d) for d in adapter_dirs], stack)
         tensors = merged_tensors(target, classifier.base_model_prefix, _base_tensors(folder), adapters, method, dtype)
         total = _write_shards(tensors, staged, max_shard)
         config.architectures = [type(classifier).__name__]

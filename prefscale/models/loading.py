@@ -90,6 +90,10 @@ def resolve_model_path(spec: str, trust_remote_code: bool = False) -> str:
     """A local folder holding the model named by ``spec`` (see the module docstring)."""
     if spec.startswith(PACKAGE_PREFIX):
         return _package_dir(spec)
+    if "://" in spec:  # a model a run wrote to an object store (an averaged model): this node's cached copy
+        from prefscale.io import local_copy
+
+        return resolve_model_path(local_copy(spec), trust_remote_code)
     hub = HUB_ID.match(spec)
     if hub and not os.path.exists(spec):
         return _hub_snapshot(spec, hub["repo"], hub["revision"], trust_remote_code)

@@ -77,10 +77,12 @@ def with_adapters(base, adapters: dict[str, str]):
     them); ``set_adapter(name)`` picks the one a forward uses."""
     from peft import PeftModel
 
+    from prefscale.io import local_copy
+
     names = list(adapters)
-    model = PeftModel.from_pretrained(base, adapters[names[0]], adapter_name=names[0], is_trainable=False)
+    model = PeftModel.from_pretrained(base, local_copy(adapters[names[0]]), adapter_name=names[0], is_trainable=False)
     for name in names[1:]:
-        model.load_adapter(adapters[name], adapter_name=name, is_trainable=False)
+        model.load_adapter(local_copy(adapters[name]), adapter_name=name, is_trainable=False)
     return model.eval()
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from prefscale.config import Config, ModelConfig, ScoreConfig, TextConfig
 from prefscale.errors import PrefscaleError
-from prefscale.io import absolute, exists, read_json, write_json
+from prefscale.io import absolute, exists, finished, read_json, write_json
 from prefscale.models.lora import is_adapter
 
 
@@ -60,7 +60,7 @@ def trained_model(config: Config, name: str, path: str, label: str | None = None
 
 def _run_model_paths(layout, name: str) -> list[tuple[str, str]]:
     """(label, directory) of a finished train run's scoring models: its averaged model, else every fold's adapter."""
-    if exists(layout.averaged(name)):
+    if finished(layout.averaged(name)):
         return [(name, layout.averaged(name))]
     folds = layout.fold_adapters(name)
     if not folds:

@@ -27,6 +27,7 @@ from prefscale.errors import PrefscaleError
 from prefscale.io import (
     absolute,
     exists,
+    finished,
     read_json,
     read_table,
     write_table,
@@ -122,7 +123,7 @@ def train_run(config: Config, name: str, log=print) -> dict[str, Any]:
             check_gpu_nodes(f"a training worker of train.{name} (use_gpu: true)")
     best = _searched(config, name, fold_job(config, name, folds[0]), log) if run.tune_samples else None
     jobs = {fold: tuned(fold_job(config, name, fold), best) if best else fold_job(config, name, fold) for fold in folds}
-    untrained = [jobs[f] for f in folds if not exists(layout.fold_adapter(name, f))]
+    untrained = [jobs[f] for f in folds if not finished(layout.fold_adapter(name, f))]
     if untrained:
         t0 = time.perf_counter()
         fit_folds(config, name, untrained)
@@ -166,7 +167,7 @@ def averaged_model(config: Config, name: str, adapters: list[str], log) -> dict[
     from prefscale.plan.resources import merge_task
 
     run, layout = config.train[name], config.layout
-    if exists(layout.averaged(name)):  # written atomically: there means complete
+    if finished(layout.averaged(name)):  # written atomically: there means complete
         return {"path": layout.averaged(name), "skipped": "already merged"}
     base = train_run_model_config(config, name)
     need = merge_task(config, name)

@@ -38,8 +38,9 @@ def load_trainable(checkpoint_dir: str) -> dict:
 
 def checkpoint_state(checkpoint_dir: str) -> dict:
     """A checkpoint's (or a fold adapter's) fold, data position and metrics (train_rows, samples, loss, resumed_from_step, ...)."""
-    with open(os.path.join(checkpoint_dir, STATE_FILE)) as handle:
-        return json.load(handle)
+    from prefscale.io import read_json
+
+    return read_json(f"{checkpoint_dir.rstrip('/')}/{STATE_FILE}")
 
 
 PROGRESS_EVERY_S = 10.0  # rank 0 prints its step count to stderr this often (Ray forwards it to the driver)
@@ -281,13 +282,15 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    from prefscale.io import finished
+
     ctx = ray.train.get_context()
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as restore:
         restored_fold = checkpoint_state(restore).get("fold") if restore else None
         for job_config, adapter in zip(config["jobs"], config["adapters"], strict=True):
             job = FoldJob.model_validate(job_config)
-            if os.path.exists(adapter):
+            if finished(adapter):
                 continue
 
             def report(metrics: dict, directory: str | None, adapter: str = adapter) -> None:
