@@ -6,7 +6,6 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.prefscale-installed
 TORCH ?= torch==2.13.0
 export HF_HUB_OFFLINE := 1
-export RAY_AUTH_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
 MLFLOW_UI_VENV ?= .venv-mlflow-ui

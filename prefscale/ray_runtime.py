@@ -49,8 +49,11 @@ def session() -> dict:
 
 
 def ensure_ray(settings: RayConfig = RayConfig()) -> None:
-    """Join ``settings.address`` (a running cluster), or start a local Ray in-process when it is None."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    """Join ``settings.address`` (a running cluster), or start a local Ray in-process when it is None.
+
+    A joined cluster is used with the authentication its environment names (token auth: RAY_AUTH_MODE=token
+    and the token, as cluster.yaml and the RayJob set up); only the local Ray this process starts for
+    itself, reachable from this machine alone, runs without it unless RAY_AUTH_MODE says otherwise."""
     # Ray Train's controller polls workers at this interval; its 2 s default adds that much to
     # every report (checkpoint). Must be set before Ray starts so its processes inherit it.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
@@ -63,6 +66,8 @@ def ensure_ray(settings: RayConfig = RayConfig()) -> None:
     # of a two-node cluster, tests/test_multinode.py); loaded before, it never does.
     import torch  # noqa: F401
     address = cluster_address(settings)
+    if address is None:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if address is not None and not _reachable(address):
         raise PrefscaleError(f"cannot reach Ray at {address}: nothing listens there; start the cluster (ray up / ray start --head) or fix ray.address")
     kwargs = {"include_dashboard": False, "log_to_driver": True} if address is None else {}
@@ -79,6 +84,11 @@ def ensure_ray(settings: RayConfig = RayConfig()) -> None:
         ray.init(address=address or "local", **kwargs)  # "local": a new Ray, never whichever `ray start` ran last
     except ConnectionError as exc:
         raise PrefscaleError(f"cannot reach Ray at {address}: {str(exc).splitlines()[0]}; start the cluster or fix ray.address") from None
+    except Exception as exc:  # noqa: BLE001 - Ray raises its own types for an authentication failure
+        if "auth" not in str(exc).lower():
+            raise
+        raise PrefscaleError(f"the Ray cluster at {address} refused this process: it requires token authentication; set RAY_AUTH_MODE=token "
+                             f"and its token (RAY_AUTH_TOKEN, or the file `ray get-auth-token` writes)") from None
     try:
         from ray.data import DataContext
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,6 +210,7 @@ def node_ports(ports: list[int]) -> list[str]:
 class TwoNodeCluster:
     dashboard: str
     worker_port: int  # the second node's node-manager port: it names that node's raylet
+    gcs: int = 0
 
     def kill_worker_node(self) -> int:
         """SIGKILL the second node's raylet and every process under it (its workers and agents)."""
@@ -227,18 +229,26 @@ def start(command: list[str], env: dict[str, str]) -> None:
         raise RuntimeError(f"{' '.join(command[1:3])} failed: {(result.stdout + result.stderr)[-2000:]}")
 
 
+CLUSTER_TOKEN = uuid.uuid4().hex  # one per test session: a Ray client process loads its token once
+
+
 @pytest.fixture
-def two_node_cluster():
+def two_node_cluster(monkeypatch):
     temp_dir = tempfile.mkdtemp(prefix="psmn-", dir="/tmp")  # short: Ray's socket paths have a length limit
     gcs, dashboard, *head_ports = free_ports(2 + len(NODE_PORTS))  # picked together, so all distinct
-    # `python` on the nodes is this environment's, as the image's is on a real cluster (jobs are submitted as `python ray_jobs/...`)
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    # Closed as cluster.yaml's clusters are: Ray token authentication, the token in the environment of
+    # the nodes and of this test (the clients it uses). `python` on the nodes is this environment's, as
+    # the image's is on a real cluster (jobs are submitted as `python ray_jobs/...`).
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": CLUSTER_TOKEN}
+    for name, value in auth.items():
+        monkeypatch.setenv(name, value)
+    env = {**os.environ, "RAY_ADDRESS": "", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     try:
         start([RAY, "start", "--head", f"--port={gcs}", "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", *node_ports(head_ports)], env)
         worker_ports = free_ports(len(NODE_PORTS))  # the head's ports are bound by now, so these differ from them
         start([RAY, "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=2", *node_ports(worker_ports)], env)
-        yield TwoNodeCluster(f"http://127.0.0.1:{dashboard}", worker_ports[-1])
+        yield TwoNodeCluster(f"http://127.0.0.1:{dashboard}", worker_ports[-1], gcs)
     finally:
         stop_cluster(temp_dir, gcs)
 
@@ -246,7 +256,7 @@ def two_node_cluster():
 
 
 JOB_RUNTIME_ENV = {"working_dir": str(REPO), "excludes": [".venv", ".git", "runs", "**/__pycache__"],
-                   "env_vars": {"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}}
+                   "env_vars": {"HF_HUB_OFFLINE": "1"}}
 
 
 def submit_job(cluster: TwoNodeCluster, entrypoint: str, timeout: float = 120, nodes: int = 2, runtime_env: dict | None = None):

@@ -109,7 +109,7 @@ def test_kuberay_job_can_be_submitted_and_the_network_policy_keeps_it_private():
 
 
 def test_no_credentials_in_configs_or_cluster_files():
-    secret = re.compile(r"AKIA[0-9A-Z]{16}|aws_secret_access_key|password\s*:|api[_-]?key\s*:|token\s*:|hf_[A-Za-z0-9]{20,}", re.IGNORECASE)
+    secret = re.compile(r"AKIA[0-9A-Z]{16}|aws_secret_access_key|password\s*:|api[_-]?key\s*:|(?<![_/.])token\s*:|hf_[A-Za-z0-9]{20,}", re.IGNORECASE)
     files = [REPO / "cluster.yaml", REPO / "k8s" / "rayjob.yaml", *sorted((REPO / "configs").glob("*.yaml"))]
     leaks = [f"{f.name}: {m.group(0)}" for f in files for m in secret.finditer(f.read_text())]
     assert not leaks
@@ -124,3 +124,14 @@ def test_a_submitted_job_carries_the_hub_token_from_the_environment_and_uploads_
     assert {".venv", "runs", ".git"} <= set(env["excludes"])
     monkeypatch.delenv("HF_TOKEN")
     assert "HF_TOKEN" not in job_runtime_env()["env_vars"]
+
+
+def test_the_clusters_prefscales_files_start_are_closed_by_token_authentication():
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
+        assert all(c.startswith("RAY_AUTH_MODE=token ray start") for c in commands if "ray start" in c)
+    assert config["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"  # the token reaches every node
+    job = yaml.safe_load((REPO / "k8s" / "rayjob.yaml").read_text())
+    assert job["spec"]["rayClusterSpec"]["authOptions"] == {"mode": "token"}
+    makefile = (REPO / "Makefile").read_text()
+    assert "RAY_AUTH_MODE" not in makefile  # only prefscale's own in-process Ray runs without auth (ray_runtime.ensure_ray)

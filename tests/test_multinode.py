@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -53,3 +54,17 @@ def test_a_training_job_runs_one_worker_on_each_node(two_node_cluster, battles_p
     oof = pq.read_table(run_dir / "oof" / "teacher.parquet")
     held_out = sorted(i for i, f in zip(battles.column("id").to_pylist(), battles.column("fold").to_pylist()) if f == 0)
     assert sorted(oof.column("id").to_pylist()) == held_out  # the fold's OOF rows, each once
+
+
+def test_a_cluster_with_token_authentication_refuses_a_client_without_the_token(two_node_cluster, tmp_path):
+    """The clusters prefscale's files start are closed (Ray token auth); joining one without its token is one line."""
+    config = {"name": "closed", "output_dir": str(tmp_path / "run"), "data": {"train": [str(tmp_path / "none.parquet")]},
+              "ray": {"address": two_node_cluster.dashboard.replace("http://", "").rsplit(":", 1)[0] + f":{two_node_cluster.gcs}"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_ADDRESS")}
+    env["RAY_AUTH_MODE"] = "token"  # asks for auth, has no token
+    result = subprocess.run([sys.executable, "-m", "prefscale.cli", "doctor", "--config", str(tmp_path / "c.yaml")],
+                            capture_output=True, text=True, cwd=REPO, timeout=180, env={**env, "HOME": str(tmp_path)})
+    assert result.returncode == 2, result.stderr[-2000:]
+    refused = [line for line in result.stderr.splitlines() if "requires token authentication" in line]
+    assert len(refused) == 1 and "set RAY_AUTH_MODE=token and its token" in refused[0], result.stderr[-2000:]
