@@ -277,6 +277,9 @@ class Config(Section):
         if self.stack and self.stack.members and (unknown := sorted(set(self.stack.members) - set(self.members) - set(self.train))):
             raise ValueError(f"stack.members names {unknown}, which are neither members nor train runs")
         for name, run in self.train.items():
+            if (run.model or self.model).precision == "fp16":
+                raise ValueError(f"train.{name} would train fp16 weights, which have no fp32 master copy (small updates vanish) and no "
+                                 "loss scaling; use bf16 (the GPU default) or fp32 weights with autocast: fp16 (loss-scaled)")
             if run.distill and run.distill.weights and len(run.distill.weights) != len(run.distill.teachers):
                 raise ValueError(f"train.{name}.distill.weights needs one weight per teacher ({len(run.distill.teachers)})")
         if self.cascade and (unknown := sorted(set(self.cascade.stages) - set(self.members) - set(self.train) - {ENSEMBLE, CHEAP_ENSEMBLE})):

@@ -228,3 +228,101 @@ def test_a_qlora_fold_is_scored_as_the_forward_pass_it_was_trained_with(tiny_lla
     other = ModelScorer([requantized], max_tokens=1, threads=1)(encode_battles(pq.read_table(battles_path).slice(0, 12), [requantized], tta=False))
     merged = np.stack([other.column(requantized.column(c)).to_numpy() for c in ("logit_a", "logit_b", "logit_tie")], axis=1)
     assert np.abs(merged - with_grad).max() > 0.1  # nf4(W + dW) is another model (0.56 apart here): what merged fold models scored
+
+
+def _fold_job(battles_path, tmp_path, model_path, **run):
+    from prefscale.config import ModelConfig, TextConfig, TrainRunConfig
+    from prefscale.io import write_table
+    from prefscale.train.loop import FoldJob
+
+    table = pq.read_table(battles_path).slice(0, 32)
+    write_table(table.drop_columns(["fold"]) if "fold" in table.column_names else table, tmp_path / "train.parquet")
+    settings = {"lora": LoraConfig(r=4, alpha=8), "batch_size": 4, "warmup_ratio": 0.0, "checkpoint_every": 1000, **run}
+    return FoldJob(run=TrainRunConfig(**settings), model=ModelConfig(path=model_path), text=TextConfig(max_length=64),
+                   battles=str(tmp_path / "train.parquet"))
+
+
+def test_gradient_accumulation_all_reduces_once_per_optimizer_step(tiny_llama_path, battles_path, tmp_path):
+    """DDP's no_sync on every micro-step but the last: one all-reduce per bucket per optimizer step
+    (counted by a comm hook on gloo), not one per micro-step."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from prefscale.train.loop import run_training
+
+    calls = []
+
+    def counting_hook(state, bucket):
+        calls.append(bucket.index())
+        future = torch.futures.Future()
+        future.set_result(bucket.buffer())
+        return future
+
+    def wrap(model):
+        ddp = DistributedDataParallel(model)
+        ddp.register_comm_hook(None, counting_hook)
+        return ddp
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        metrics = run_training(_fold_job(battles_path, tmp_path, tiny_llama_path, grad_accum=4), wrap=wrap)
+    finally:
+        dist.destroy_process_group()
+    buckets = len(set(calls))
+    assert metrics["step"] == 2 and metrics["samples"] == 32  # 8 micro-steps of 4, accumulated 4 at a time
+    assert len(calls) == metrics["step"] * buckets  # without no_sync: 8 x buckets
+
+
+def test_fp16_autocast_trains_with_a_loss_scaler_and_fp16_weights_are_refused(tiny_bert_path, battles_path, tmp_path):
+    from prefscale.config import Config
+    from prefscale.train.loop import SCALER_FILE, run_training
+
+    kept = []
+    metrics = run_training(_fold_job(battles_path, tmp_path, tiny_bert_path, autocast="fp16"),
+                           report=lambda metrics, directory: kept.append(sorted(os.listdir(directory))))
+    assert SCALER_FILE in kept[-1] and np.isfinite(metrics["loss"])  # the scaler's state is checkpointed with the optimizer's
+    with pytest.raises(ValueError, match="would train fp16 weights"):
+        Config.model_validate({"name": "x", "data": {"train": ["x"]}, "model": {"precision": "fp16"}, "train": {"t": {}}})
+
+
+def test_no_forward_builds_a_kv_cache_and_the_attention_kernel_is_chosen(tiny_llama_path, tmp_path, battles_path):
+    """use_cache=False in training and scoring; SDPA where the architecture supports it, eager for Gemma-2."""
+    from prefscale.config import TextConfig
+    from prefscale.models.loading import attention_for
+    from prefscale.score.encode import encode_battles
+    from prefscale.score.scorer import ModelScorer
+    from prefscale.score.scoring_model import ScoringModel
+    from prefscale.smoke.models import tiny_model
+    from prefscale.train.loop import run_training
+
+    caches = []
+
+    def watch(model):
+        model.register_forward_hook(lambda module, args, output: caches.append(getattr(output, "past_key_values", "missing")))
+        return model
+
+    metrics = run_training(_fold_job(battles_path, tmp_path, tiny_llama_path), wrap=watch)
+    spec = ScoringModel("m", tiny_llama_path, TextConfig(max_length=64))
+    scorer = ModelScorer([spec], max_tokens=256, threads=1)
+    watch(scorer.replicas["m"].model)
+    scorer(encode_battles(pq.read_table(battles_path).slice(0, 8), [spec], tta=False))
+    assert caches and all(c is None for c in caches)
+    assert metrics["attention"] == "sdpa" == attention_for(tiny_llama_path)
+    assert attention_for(tiny_model("gemma2", str(tmp_path / "gemma2"))) == "eager"  # soft-capped attention logits
+
+
+def test_a_list_valued_eos_id_gives_one_pad_id(tiny_llama_path, tmp_path):
+    """Llama-3.1-Instruct lists several eos ids; padding and last-token pooling need exactly one."""
+    import json
+
+    folder = tmp_path / "listed"
+    shutil.copytree(tiny_llama_path, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(eos_token_id=[config["eos_token_id"], 1], pad_token_id=None)
+    (folder / "config.json").write_text(json.dumps(config))
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    tokenizer_config.pop("pad_token", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    tokenizer = load_tokenizer(str(folder))
+    model = load_classifier(str(folder))
+    assert isinstance(tokenizer.pad_token_id, int) and model.config.pad_token_id == tokenizer.pad_token_id

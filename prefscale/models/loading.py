@@ -111,8 +111,14 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
     if not tokenizer.is_fast:
         raise PrefscaleError(f"{spec}: needs a fast tokenizer (tokenizer.json) for batched tokenization")
     if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+        # One id, whatever the config says: Llama-3.1-Instruct lists several eos ids, and pad must be one.
+        eos = tokenizer.eos_token if isinstance(tokenizer.eos_token, str) else None
+        tokenizer.pad_token = eos or tokenizer.convert_ids_to_tokens(_first(tokenizer.eos_token_id))
     return tokenizer
+
+
+def _first(value):
+    return value[0] if isinstance(value, (list, tuple)) else value
 
 
 # Classification heads stay unquantized (and trainable): BERT-style 'classifier', Llama-style 'score'.
@@ -144,13 +150,32 @@ def quantization_kwargs(precision: str, compute_dtype: str = "bf16") -> dict:
     return {"quantization_config": config, "dtype": dtypes[compute_dtype]}
 
 
+def attention_for(path: str, trust_remote_code: bool = False) -> str:
+    """The attention kernel to load a model with: FlashAttention 2 on a GPU where it is installed and
+    the architecture supports it, else PyTorch's SDPA where supported, else eager (Gemma-2: SDPA
+    cannot soft-cap its attention logits)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        model_class = AutoModelForSequenceClassification._model_mapping[type(config)]
+    except KeyError:  # remote code: let transformers choose
+        return "sdpa"
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") and getattr(model_class, "_supports_flash_attn", False):
+        return "flash_attention_2"
+    return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
+
+
 def load_classifier(spec: str, trust_remote_code: bool = False, **kwargs):
-    """A 3-label AutoModelForSequenceClassification; a new head is initialised if the checkpoint has none."""
+    """A 3-label AutoModelForSequenceClassification with an explicit attention kernel (``attention_for``);
+    a new head is initialised if the checkpoint has none."""
     import torch
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     path = resolve_model_path(spec, trust_remote_code)
+    kwargs.setdefault("attn_implementation", attention_for(path, trust_remote_code))
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized head" notice is expected here
     hf_logging.disable_progress_bar()
@@ -164,6 +189,7 @@ def load_classifier(spec: str, trust_remote_code: bool = False, **kwargs):
         raise PrefscaleError(f"cannot load model from {spec}: {str(exc).splitlines()[0]}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = model.config.eos_token_id
+    if model.config.pad_token_id is None or isinstance(model.config.pad_token_id, list):
+        # Batches are padded with the tokenizer's pad id, and last-token pooling looks for it: one id.
+        model.config.pad_token_id = load_tokenizer(path, trust_remote_code).pad_token_id
     return model

@@ -136,7 +136,7 @@ def train_run(config: Config, name: str, log=print) -> dict[str, Any]:
         # run's base at the precision it was trained at (a QLoRA fold: nf4 base + adapter), and the run's TTA.
         fold_models.append(trained_model(config, name, adapter, f"{name}-fold{fold}", fold=fold))
         fold_reports.append({"fold": fold, **{k: metrics.get(k) for k in ("train_rows", "samples", "samples_per_s", "loss", "resumed_from_step",
-                                                                        "peak_rss_gib") if k in metrics},
+                                                                        "peak_rss_gib", "rss_at_start_gib", "attention") if k in metrics},
                              **({} if any(j.fold == fold for j in untrained) else {"skipped": "already trained"})})
     write_table(all_battles.filter(pc.is_in(pc.field(schema.FOLD), pa.array(folds, all_battles.schema.field(schema.FOLD).type))), layout.heldout(name))
     # Every fold model scores its own fold's rows of one file: with score.pack_models all folds

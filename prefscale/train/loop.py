@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import psutil
 from pydantic import BaseModel, ConfigDict
 
 from prefscale.config import ModelConfig, TextConfig, TrainRunConfig
@@ -147,6 +148,7 @@ def run_training(job: FoldJob, *, rank: int = 0, world: int = 1, device=None, wr
     from prefscale.train.losses import distillation_loss
 
     run, model_config = job.run, job.model
+    rss_at_start = psutil.Process().memory_info().rss
     torch.manual_seed(job.seed)
     device = device or torch_device(run.use_gpu, "a training worker (use_gpu: true)", rehearse=job.rehearse_gpus)
     tokenizer = load_tokenizer(model_config.path, model_config.trust_remote_code)
@@ -171,11 +173,15 @@ def run_training(job: FoldJob, *, rank: int = 0, world: int = 1, device=None, wr
     scheduler = get_scheduler(run.schedule, optimizer, num_warmup_steps=int(run.warmup_ratio * total_steps), num_training_steps=total_steps)
     weights = job.loss_weights()
 
+    # fp16 compute needs loss scaling, or small gradients underflow to zero; bf16 has fp32's range.
+    scaler = torch.amp.GradScaler(device.type, enabled=run.autocast == "fp16")
     micro = 0
     if restore:
         load_trainable_state(model, load_trainable(restore))
         optimizer.load_state_dict(torch.load(os.path.join(restore, "optimizer.pt"), weights_only=True))
         scheduler.load_state_dict(torch.load(os.path.join(restore, "scheduler.pt"), weights_only=True))
+        if scaler.is_enabled() and os.path.exists(os.path.join(restore, SCALER_FILE)):
+            scaler.load_state_dict(torch.load(os.path.join(restore, SCALER_FILE), weights_only=True))
         micro = checkpoint_state(restore)["micro_step"]
     resumed_from_step = micro // run.grad_accum  # > 0: a restarted worker went on from its checkpoint
 
@@ -193,6 +199,8 @@ def run_training(job: FoldJob, *, rank: int = 0, world: int = 1, device=None, wr
             save_file(trainable_state(model), os.path.join(directory, TRAINABLE_FILE))
             torch.save(optimizer.state_dict(), os.path.join(directory, "optimizer.pt"))
             torch.save(scheduler.state_dict(), os.path.join(directory, "scheduler.pt"))
+            if scaler.is_enabled():
+                torch.save(scaler.state_dict(), os.path.join(directory, SCALER_FILE))
             with open(os.path.join(directory, STATE_FILE), "w") as handle:
                 json.dump({"micro_step": micro, "fold": job.fold, **metrics}, handle)
             if metrics.get("done"):  # the fold's result: peft's adapter files, scored over the base as trained
@@ -217,16 +225,23 @@ def run_training(job: FoldJob, *, rank: int = 0, world: int = 1, device=None, wr
             flip = lambda a: np.where(swap[:, None], a[index][:, SWAP_ORDER], a[index])
             labels = torch.tensor(flip(rows.labels), device=device)
             teachers = [torch.tensor(flip(t), device=device) for t in rows.teachers]
-            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-            loss = distillation_loss(logits, labels, teachers, weights, torch.tensor(rows.ties[index], device=device))
-            (loss / run.grad_accum).backward()
+            steps_now = (micro + 1) % run.grad_accum == 0 or micro + 1 == total_micro
+            # DDP all-reduces gradients in backward; between optimizer steps they only accumulate locally.
+            synced = contextlib.nullcontext() if steps_now or not hasattr(model, "no_sync") else model.no_sync()
+            with synced:
+                with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                    # use_cache=False: a classifier's forward builds no KV cache
+                    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits.float()
+                loss = distillation_loss(logits, labels, teachers, weights, torch.tensor(rows.ties[index], device=device))
+                scaler.scale(loss / run.grad_accum).backward()
             losses.append(float(loss.detach()))
             seen += len(sequences)
             micro += 1
-            if micro % run.grad_accum == 0 or micro == total_micro:
+            if steps_now:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step = micro // run.grad_accum
@@ -239,12 +254,14 @@ def run_training(job: FoldJob, *, rank: int = 0, world: int = 1, device=None, wr
     seconds = time.perf_counter() - started
     metrics = {"step": total_steps, "loss": float(np.mean(losses[-20:])) if losses else None, "samples": seen, "train_rows": len(rows),
                "samples_per_s": seen / seconds if seconds else None, "resumed_from_step": resumed_from_step, "done": True,
-               "peak_rss_gib": round(peak_rss_bytes() / 2**30, 3)}
+               "peak_rss_gib": round(peak_rss_bytes() / 2**30, 3), "rss_at_start_gib": round(rss_at_start / 2**30, 3),
+               "attention": attention_implementation(unwrap_ddp(model))}
     save_and_report(metrics)
     return metrics
 
 
-RESUME_ONLY = {TRAINABLE_FILE, "optimizer.pt", "scheduler.pt"}  # what only a restarted worker needs
+SCALER_FILE = "scaler.pt"  # fp16 autocast's loss-scaler state
+RESUME_ONLY = {TRAINABLE_FILE, "optimizer.pt", "scheduler.pt", SCALER_FILE}  # what only a restarted worker needs
 
 
 def keep_adapter(checkpoint_dir: str, adapter_dir: str) -> None:
@@ -255,6 +272,26 @@ def keep_adapter(checkpoint_dir: str, adapter_dir: str) -> None:
         for name in os.listdir(checkpoint_dir):
             if name not in RESUME_ONLY and os.path.isfile(os.path.join(checkpoint_dir, name)):
                 shutil.copy(os.path.join(checkpoint_dir, name), os.path.join(staged, name))
+
+
+def release_memory() -> None:
+    """Free what a finished fold left: Python garbage, the CUDA cache, and the heap pages glibc keeps."""
+    import ctypes
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def attention_implementation(model) -> str | None:
+    """The attention kernel the model runs (sdpa, flash_attention_2, eager), as its config records it."""
+    config = getattr(model, "config", None) or getattr(getattr(model, "base_model", None), "config", None)
+    return getattr(config, "_attn_implementation", None)
 
 
 def worker_device(job: FoldJob):
@@ -313,3 +350,4 @@ def train_loop_per_worker(config: dict) -> None:
 
             run_training(job, rank=ctx.get_world_rank(), world=ctx.get_world_size(), device=device,
                          wrap=wrap, restore=restore if restored_fold == job.fold else None, report=report)
+            release_memory()  # the fold's model, optimizer and batches are garbage now: give them back before the next fold
