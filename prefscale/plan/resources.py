@@ -7,8 +7,8 @@ What the plan adds on top is written here once, with where each constant comes f
 - training worker: weights at the run's precision, LoRA adapters (fp32), AdamW's two fp32
   moments per trainable parameter, DDP's gradient buckets (one more fp32 copy, when workers > 1),
   and the traced peak of one training step (activations, transients, gradients); on its host the
-  process runtime, the largest checkpoint shard while loading, and its fold's rows as Python
-  token lists (the loop tokenizes the fold up front: about 36 bytes a token).
+  process runtime, the largest checkpoint shard while loading, and its fold's token ids (flat int32
+  arrays: about 10 bytes a token for both orders).
 - scoring actor: the base at the scoring precision, each fold adapter it holds, and the traced
   peak of one batch of ``score.max_tokens`` tokens; on its host the runtime and a shard.
 - merge task: the averaged model streamed tensor by tensor (``models/averaging.py``): three fp32
@@ -35,7 +35,10 @@ CUDA_CONTEXT = 1.5 * GB  # CUDA context, cuBLAS workspace and allocator slack pe
 CPU_ALLOCATOR_SLACK = 1.0
 GPU_ALLOCATOR_SLACK = 0.2
 SHARD = 5 * GB  # the largest checkpoint shard a loader holds on the host at once (hub checkpoints ship <= 5 GB shards)
-TOKEN_BYTES = 36  # a token id in a Python list: an 8-byte slot and a 28-byte int object
+# Bytes per token held, both orders (measured here with tracemalloc; tests/test_models_train.py):
+# a training fold keeps flat int32 arrays (9.3); a scoring block is tokenized into Python lists (106).
+FOLD_TOKEN_BYTES = 10
+BLOCK_TOKEN_BYTES = 106
 CHARS_PER_TOKEN = 4.0  # to turn a battle's text bytes into tokens, before a tokenizer has seen it
 DEFAULT_ROWS = 100_000  # battles assumed where the inputs cannot be read
 DEFAULT_ROW_BYTES = 8_000  # text bytes per battle assumed where the inputs cannot be read
@@ -136,7 +139,7 @@ def training_worker(config: Config, name: str, data: DataSize) -> Process:
     rows = data.battles * (config.data.folds - 1) / config.data.folds
     rows = min(rows, run.max_rows) if run.max_rows else rows
     host_terms = {"runtime": GPU_RUNTIME if run.use_gpu else CPU_RUNTIME, "loading": min(SHARD, size.parameters * size.stored_bytes),
-                  "token_lists": rows * 2 * _mean_tokens(data, length) * TOKEN_BYTES, "fold_texts": rows * data.text_bytes_per_battle}
+                  "token_ids": rows * _mean_tokens(data, length) * FOLD_TOKEN_BYTES, "fold_texts": rows * data.text_bytes_per_battle}
     return _process(f"train:{name}", "training worker", run.workers, 1 if run.use_gpu else 0, terms, host_terms,
                     disk=size.parameters * size.stored_bytes + size.trainable * (ADAPTER_BYTES + 8 + ADAPTER_BYTES),
                     accelerator=run.accelerator_type if run.use_gpu else None)
@@ -150,7 +153,7 @@ def scoring_actor(config: Config, stage: str, size: ModelSize, precision: str, a
     terms = {"weights": size.weight_bytes(precision, training=bool(adapters)), "adapters": adapters * size.trainable * ADAPTER_BYTES,
              "activations": size.score_peak}
     host_terms = {"runtime": GPU_RUNTIME if gpus else CPU_RUNTIME, "loading": min(SHARD, size.parameters * size.stored_bytes),
-                  "block": settings.block_rows * 2 * _mean_tokens(data, length) * TOKEN_BYTES}
+                  "block": settings.block_rows * _mean_tokens(data, length) * BLOCK_TOKEN_BYTES}
     return _process(stage, "scoring actor", settings.actors, gpus, terms, host_terms, disk=size.parameters * size.stored_bytes,
                     accelerator=settings.accelerator_type if gpus else None)
 
