@@ -151,7 +151,7 @@ def _config(args: argparse.Namespace, path: str | None = None, **sections: dict[
 def _stages(args: argparse.Namespace, config, names: list[str] | None) -> dict[str, Any]:
     from prefscale.pipeline import run_stages
 
-    return run_stages(config, names, log=_log(args))
+    return run_stages(config, names, log=_log(args), allow_retrain=getattr(args, "allow_retrain", False))
 
 
 def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
@@ -346,6 +346,8 @@ def _stage_parser(commands: Any, name: str, help_text: str, func: Any, several: 
     parser.add_argument("--run-dir", help="run directory (default: the config's output_dir, else runs/<name>)")
     parser.add_argument("--smoke", action="store_true", help="the recipe end to end on this machine before submitting it: every key kept, "
                         "tiny models of its architectures under its hub ids, generated battles, CPUs; run dir runs/smoke/<output_dir name>/run")
+    parser.add_argument("--allow-retrain", action="store_true", help="let a config change delete trained models and checkpoints "
+                                                                     "(without it, such a change stops with one line; scoring-only changes never need it)")
     parser.add_argument("--address", help="the Ray cluster to use, over ray.address ('auto': the running one; 'local': start one here); "
                                           "with --smoke, the smoke run goes there keeping its GPU and accelerator asks, computed on CPU "
                                           "where a node has no CUDA (a rehearsal of placement and autoscaling)")

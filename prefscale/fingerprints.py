@@ -7,10 +7,17 @@ fingerprints of the units it reads, or the size and modification time of an outs
 is recorded in the run directory's ``fingerprints.json`` when the unit starts, so an
 interrupted unit with the same fingerprint resumes from what it wrote; a unit whose
 fingerprint changed has its outputs deleted first, with one line naming what changed.
+
+A train run's parts have scopes: what changes the trained weights (its keys, with the effective
+batch workers x batch_size x grad_accum in place of the three), what changes only its scoring
+(``tta``, ``score.tta_space``) and what changes only its averaged model (``average``). A change
+deletes only its scope's outputs: a scoring change rescores the held-out folds and keeps the
+adapters and checkpoints; deleting anything trained asks for ``--allow-retrain``.
 """
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 from collections.abc import Callable
@@ -19,12 +26,16 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from prefscale.config import Config
+from prefscale.errors import PrefscaleError
 from prefscale.io import exists, read_json, remove, resolve, write_json
 from prefscale.layout import CHEAP_ENSEMBLE, input_stem
 
 # Keys that set how fast or where work runs, never its result.
 RESOURCE_KEYS = {"actors", "buffer_mb", "cpus_per_actor", "gpus_per_actor", "threads_per_actor", "format_cpus", "block_rows", "part_rows", "max_tokens",
-                 "workers", "cpus_per_worker", "use_gpu", "max_failures", "checkpoint_every", "tune_cpus_per_trial", "output"}
+                 "workers", "cpus_per_worker", "use_gpu", "max_failures", "checkpoint_every", "tune_cpus_per_trial", "output",
+                 "gradient_checkpointing", "accelerator_type"}
+SCORING, AVERAGING, TRAINING = "scoring", "averaging", "training"
+RETRAIN_ALLOWED: contextvars.ContextVar[bool] = contextvars.ContextVar("retrain_allowed", default=False)  # --allow-retrain
 
 
 def _digest(value: Any) -> str:
@@ -64,8 +75,12 @@ def unit_parts(config: Config, unit: str) -> dict[str, str]:
     if kind == "train":
         run = config.train[name]
         teachers = [_model_unit(config, t) for t in (run.distill.teachers if run.distill else [])]
-        return {f"config train.{name}": _section(run), "config model": _section(run.model or config.model), "config text": _section(config.text),
-                **upstream(["data", *teachers, *(["pseudolabel"] if run.pseudolabels else [])]), **files(run.extra_train)}
+        trained = {k: v for k, v in run.model_dump(mode="json").items() if k not in ("tta", "average", "batch_size", "grad_accum")}
+        trained["effective_batch"] = run.workers * run.batch_size * run.grad_accum
+        return {f"config train.{name}": _section(trained), f"config train.{name} scoring": _digest({"tta": run.tta, "tta_space": config.score.tta_space}),
+                f"config train.{name} average": _digest(run.average), "config model": _section(run.model or config.model),
+                "config text": _section(config.text), **upstream(["data", *teachers, *(["pseudolabel"] if run.pseudolabels else [])]),
+                **files(run.extra_train)}
     if kind == "pseudolabel":
         settings = config.pseudolabel
         scorers = [_model_unit(config, s) for s in config.pseudolabel_scorers() if s not in {m.name for m in config.score.models}]
@@ -86,10 +101,18 @@ def unit_parts(config: Config, unit: str) -> dict[str, str]:
     raise ValueError(f"unknown unit {unit}")
 
 
-def outputs_of(config: Config, unit: str, score_output: str | None = None) -> list[str]:
-    """Everything a unit writes, partial work included: what a changed fingerprint deletes."""
+def scope(part: str) -> str:
+    """What a part of a unit's fingerprint changes: its scoring, its averaged model, or its trained weights."""
+    return SCORING if part.endswith(" scoring") else AVERAGING if part.endswith(" average") else TRAINING
+
+
+def outputs_of(config: Config, unit: str, score_output: str | None = None, scopes: set[str] = frozenset({TRAINING})) -> list[str]:
+    """What a unit writes, partial work included, in the given scopes: what a changed fingerprint deletes."""
     kind, _, name = unit.partition(":")
     layout = config.layout
+    if kind == "train" and TRAINING not in scopes:
+        return [*([layout.oof(name), layout.oof_scores(name)] if SCORING in scopes else []),
+                *([layout.averaged(name)] if AVERAGING in scopes else [])]
     if kind == "data":
         return [layout.battles, layout.rejects("duplicates"), *(p for uri in config.data.train for p in (layout.validated(input_stem(uri)), layout.rejects(input_stem(uri))))]
     if kind == "pairs":
@@ -133,13 +156,18 @@ def _records(config: Config) -> dict[str, Any]:
 
 
 def fingerprint(config: Config, unit: str) -> str:
-    """A unit's fingerprint; for a run or member an earlier config made on this run directory (a
-    student's teachers), the one recorded when it was made ("missing" if it never was)."""
+    """A unit's fingerprint as the units that read it see it (a train run's averaging is not part of
+    its OOF logits); for a run or member an earlier config made on this run directory (a student's
+    teachers), the one recorded when it was made ("missing" if it never was)."""
     kind, _, name = unit.partition(":")
     if (kind == "train" and name not in config.train) or (kind == "member" and name not in config.members):
         recorded = _records(config).get(unit)
-        return _digest(recorded) if recorded else "missing"
-    return _digest(unit_parts(config, unit))
+        return _digest(_read_by_others(recorded)) if recorded else "missing"
+    return _digest(_read_by_others(unit_parts(config, unit)))
+
+
+def _read_by_others(parts: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in parts.items() if scope(k) != AVERAGING}
 
 
 def ensure_fresh(config: Config, unit: str, log: Callable[[str], None], score_output: str | None = None) -> None:
@@ -152,10 +180,18 @@ def ensure_fresh(config: Config, unit: str, log: Callable[[str], None], score_ou
     parts, recorded = unit_parts(config, unit), records.get(unit)
     if recorded == parts:
         return
-    stale = [path for path in outputs_of(config, unit, score_output) if exists(path)]
+    changed = sorted(k for k in parts.keys() | recorded.keys() if parts.get(k) != recorded.get(k)) if recorded else ["(no record: made by an older prefscale)"]
+    scopes = {scope(k) for k in changed} if recorded else {TRAINING}
+    stale = [path for path in outputs_of(config, unit, score_output, scopes) if exists(path)]
+    kind, _, name = unit.partition(":")
+    trained = kind == "train" and TRAINING in scopes and (exists(config.layout.run_models(name)) or bool(_children(config.layout.checkpoints, f"{name}-fold")))
+    if trained and not RETRAIN_ALLOWED.get():
+        raise PrefscaleError(f"[{unit}] was trained from a different {', '.join(changed)}; going on deletes its trained models and checkpoints "
+                             f"(days of GPU time at real size): rerun with --allow-retrain to retrain, or restore the config")
     if stale:
-        changed = sorted(k for k in parts.keys() | recorded.keys() if parts.get(k) != recorded.get(k)) if recorded else ["(no record: made by an older prefscale)"]
-        log(f"  [{unit}] its outputs were made from a different {', '.join(changed)}; deleting them and recomputing")
+        what = "rescoring" if scopes == {SCORING} else "recomputing"
+        log(f"  [{unit}] its outputs were made from a different {', '.join(changed)}; deleting {'them' if TRAINING in scopes else 'what that changes'} "
+            f"and {what}")
         for path in stale:
             remove(path)
     write_json({**records, unit: parts}, record_file)

@@ -226,9 +226,20 @@ def save_config(config: Config) -> None:
     write_bytes(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).encode(), config.layout.config)
 
 
-def run_stages(config: Config, names: list[str] | None = None, log: Log = print) -> dict[str, Any]:
+def run_stages(config: Config, names: list[str] | None = None, log: Log = print, allow_retrain: bool = False) -> dict[str, Any]:
     """Run the named stages (every enabled one when None) with their missing data inputs; the
-    whole run (names None) also saves the config and writes the layout's summary."""
+    whole run (names None) also saves the config and writes the layout's summary. ``allow_retrain``:
+    a config change may delete trained models (else it stops, naming the change)."""
+    from prefscale.fingerprints import RETRAIN_ALLOWED
+
+    token = RETRAIN_ALLOWED.set(allow_retrain)
+    try:
+        return _run_stages(config, names, log)
+    finally:
+        RETRAIN_ALLOWED.reset(token)
+
+
+def _run_stages(config: Config, names: list[str] | None, log: Log) -> dict[str, Any]:
     unknown = sorted(set(names or ()) - set(STAGE_NAMES))
     if unknown:
         raise PrefscaleError(f"unknown stage {unknown}; stages are {', '.join(STAGE_NAMES)}")

@@ -7,6 +7,9 @@
 | only a resource key changed (CPUs, actors)       | outputs reused                                                      |
 | a training input file changed                    | every unit downstream of the data recomputed, naming the file       |
 | a teacher's config changed                       | the teacher, its students and the stack are stale; the rest is not  |
+| only a train run's `tta` changed                 | its held-out folds rescored; adapters and checkpoints kept          |
+| `workers` changed, the effective batch not       | the trained model kept                                              |
+| a key that changes trained weights               | one line asking for --allow-retrain; with it, retrained             |
 | a directory replaced while a reader could look   | the path always holds a whole copy (atomic swap)                    |
 | a Parquet directory whose files differ in schema | unified by column name: labeled rows keep their labels              |
 | two files' schemas cannot be unified             | one line naming the file                                            |
@@ -41,7 +44,7 @@ import pytest
 
 from prefscale.cli import main
 from prefscale.config import Config, MemberConfig, RayConfig
-from prefscale.fingerprints import fingerprint, unit_parts
+from prefscale.fingerprints import outputs_of, scope, fingerprint, unit_parts
 from prefscale.io import atomic_dir
 
 pytestmark = pytest.mark.slow
@@ -86,8 +89,16 @@ def test_a_changed_input_file_or_teacher_makes_everything_downstream_stale(tmp_p
     stale = {u for u in units if fingerprint(retuned, u) != before[u]}
     assert stale == {"train:teacher", "train:student", "stack", "report"}
 
-    faster = config.model_copy(update={"train": {**config.train, "teacher": config.train["teacher"].model_copy(update={"workers": 4})}})
-    assert all(fingerprint(faster, u) == before[u] for u in units)  # workers: a resource key
+    def with_teacher(**keys):
+        return config.model_copy(update={"train": {**config.train, "teacher": config.train["teacher"].model_copy(update=keys)}})
+
+    same_batch = with_teacher(workers=4, batch_size=4, gradient_checkpointing=True)  # 4 x 4 = the default 1 x 16
+    assert all(fingerprint(same_batch, u) == before[u] for u in units)  # the effective batch, not its factors
+    assert fingerprint(with_teacher(workers=4), "train:teacher") != before["train:teacher"]  # 64 battles a step: retrained
+    assert fingerprint(with_teacher(average="factors"), "train:student") == before["train:student"]  # the averaged model feeds no unit
+    scopes = {scope(k) for k, v in unit_parts(with_teacher(tta=False), "train:teacher").items() if unit_parts(config, "train:teacher")[k] != v}
+    assert scopes == {"scoring"} and set(outputs_of(config, "train:teacher", scopes=scopes)) == {config.layout.oof("teacher"),
+                                                                                                 config.layout.oof_scores("teacher")}
 
     # Every rerun rewrites the split's battles.parquet: no unit may depend on that file's mtime (the pseudolabels'
     # dedup against the labeled set depends on the data stage instead).
@@ -300,3 +311,33 @@ def test_a_driver_killed_mid_write_leaves_no_output_and_a_rerun_finishes(tmp_pat
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert pq.read_metadata(out).num_rows == 200_000
+
+
+def test_a_scoring_change_rescores_and_a_training_change_asks_before_deleting_trained_models(tmp_path, ray_local, battles_path, tiny_bert_path):
+    from prefscale.errors import PrefscaleError
+    from prefscale.pipeline import run_stages
+
+    source = tmp_path / "b.parquet"
+    pq.write_table(pq.read_table(battles_path).slice(0, 60), source)
+    teacher = {"model": {"path": tiny_bert_path}, "folds": [0], "max_rows": 16, "batch_size": 8, "checkpoint_every": 100, "tta": False,
+               "cpus_per_worker": 0.5, "average": "none", "max_length": 48}
+    config = Config.model_validate({"name": "fp", "output_dir": str(tmp_path / "run"), "data": {"train": [str(source)], "folds": 3},
+                                    "train": {"teacher": teacher}, "score": {"cpus_per_actor": 0.5, "format_cpus": 0.25},
+                                    "tracking": {"enabled": False}})
+    run_stages(config, ["train"], log=lambda line: None)
+    adapter = Path(config.layout.fold_adapter("teacher", 0)) / "adapter_model.safetensors"
+    made = adapter.stat().st_mtime_ns
+    lines: list[str] = []
+    flipped = config.model_copy(update={"train": {"teacher": config.train["teacher"].model_copy(update={"tta": True})}})
+    summary = run_stages(flipped, ["train"], log=lines.append)["stages"]["train:teacher"]
+    assert adapter.stat().st_mtime_ns == made and summary["folds"][0]["skipped"] == "already trained"  # kept, not retrained
+    assert summary["swap_flip_share"] is not None  # rescored in both orders
+    assert any("config train.teacher scoring" in line and "rescoring" in line for line in lines), lines
+    assert os.listdir(config.layout.checkpoints)  # the checkpoints stay too
+
+    bigger = flipped.model_copy(update={"train": {"teacher": flipped.train["teacher"].model_copy(update={"batch_size": 16})}})
+    with pytest.raises(PrefscaleError, match=r"\[train:teacher\] was trained from a different config train.teacher; .* --allow-retrain"):
+        run_stages(bigger, ["train"], log=lambda line: None)
+    assert adapter.stat().st_mtime_ns == made
+    run_stages(bigger, ["train"], log=lambda line: None, allow_retrain=True)
+    assert adapter.stat().st_mtime_ns != made  # retrained because asked
