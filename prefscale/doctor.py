@@ -16,7 +16,7 @@ from typing import Any
 from prefscale.config import Config
 from prefscale.errors import PrefscaleError
 from prefscale.io import absolute, exists
-from prefscale.ray_runtime import joined_cluster
+from prefscale.ray_runtime import session
 
 BYTES_PER_PARAMETER = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "nf4": 0.5}
 
@@ -276,8 +276,9 @@ def _live_cluster(config: Config) -> dict[str, Any]:
 
     nodes = [n for n in ray.nodes() if n["Alive"]]
     resources = ray.cluster_resources()
-    return {"nodes": live_nodes(nodes), "grows": joined_cluster(config.ray), "problems": [],
-            "summary": {"nodes": len(nodes), "cpus": resources.get("CPU", 0), "gpus": resources.get("GPU", 0)}}
+    return {"nodes": live_nodes(nodes), "grows": session()["joined"], "problems": [],
+            "summary": {"nodes": len(nodes), "cpus": resources.get("CPU", 0), "gpus": resources.get("GPU", 0),
+                        "address": ray.get_runtime_context().gcs_address, "joined": session()["joined"]}}
 
 
 def _readable(uri: str) -> bool:

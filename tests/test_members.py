@@ -101,7 +101,8 @@ class NotAllowed:
     pass
 
 
-@pytest.mark.parametrize("payload", [NotAllowed(), eval], ids=["foreign class", "builtin function"])
+@pytest.mark.parametrize("payload", [NotAllowed(), eval, __import__("prefscale.stack.data", fromlist=["StackData"]).StackData],
+                         ids=["foreign class", "builtin function", "prefscale class never saved"])
 def test_loading_refuses_types_outside_the_allow_list(tmp_path, payload):
     member = make_member("tfidf")
     member.planted = payload

@@ -118,3 +118,28 @@ def test_predict_scores_training_battles_as_the_nf4_oof_did(ray_local, battles_p
     train_run(config, "teacher", log=lambda line: None)
     predicted_equals_oof(config, "teacher", 0)
     assert fp32_differs_from_oof(config, "teacher", 0) > 1e-3  # so the equality above holds only at the run's precision
+
+
+def test_two_runs_on_one_machine_each_use_their_own_ray(tmp_path, battles_path, tiny_bert_path):
+    """Each local run starts its own Ray and hands its address to Ray's own processes: two at once
+    both finish, and neither's Ray Train looks the other's cluster up ("multiple active Ray instances")."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    runs = []
+    for name in ("a", "b"):
+        config = {"name": name, "output_dir": str(tmp_path / name), "data": {"train": [battles_path], "folds": 3}, "text": {"max_length": 48},
+                  "model": {"path": tiny_bert_path}, "ray": {"num_cpus": 2}, "tracking": {"enabled": False},
+                  "score": {"cpus_per_actor": 0.5, "format_cpus": 0.25},
+                  "train": {"t": {"folds": [0], "max_rows": 16, "batch_size": 8, "cpus_per_worker": 0.5, "tta": False, "average": "none",
+                                  "checkpoint_every": 100}}}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        runs.append(subprocess.Popen([sys.executable, "-m", "prefscale.cli", "train", "--config", str(tmp_path / f"{name}.yaml")],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
+    logs = [run.communicate(timeout=600)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [log[-2000:] for log in logs]
+    assert not any("multiple active Ray instances" in log for log in logs)
+    assert all("folds [0] trained" in log for log in logs)

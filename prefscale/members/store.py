@@ -10,11 +10,18 @@ import skops.io as sio
 from prefscale.errors import PrefscaleError
 from prefscale.io import resolve, write_bytes
 
-# skops already trusts plain scikit-learn estimators and numpy arrays; beyond those, only our
-# own classes and the tree nodes of boosted trees. Functions (say builtins.eval planted as a
-# vectorizer's preprocessor) are never on the list.
-TRUSTED_PREFIXES = ("prefscale.members.estimators.", "prefscale.protocol_models.", "prefscale.stack.")
-TRUSTED_TYPES = ("sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",)
+# skops already trusts plain scikit-learn estimators and numpy arrays; beyond those, exactly the
+# classes prefscale saves and the tree nodes of boosted trees, each by its full name (not a module
+# prefix: any other class under prefscale.* is refused too). Functions (say builtins.eval planted
+# as a vectorizer's preprocessor) are never on the list.
+TRUSTED_TYPES = frozenset({
+    "prefscale.members.estimators.FeatureMember", "prefscale.members.estimators.TfidfMember",
+    "prefscale.protocol_models.SoftmaxRegression", "prefscale.protocol_models.ConstantBinary", "prefscale.protocol_models.FactoredModel",
+    "prefscale.stack.stackers.LogisticStacker", "prefscale.stack.blend.BlendStacker", "prefscale.stack.degenerate.DegenerateRules",
+    "prefscale.stack.calibration.IdentityCalibrator", "prefscale.stack.calibration.TemperatureCalibrator",
+    "prefscale.stack.calibration.VectorCalibrator", "prefscale.stack.calibration.DirichletCalibrator",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+})
 
 
 def save_estimator(obj: Any, uri: str) -> None:
@@ -30,7 +37,7 @@ def load_estimator(uri: str) -> Any:
     except FileNotFoundError:
         raise PrefscaleError(f"fitted model not found: {uri}; rerun the stage that writes it") from None
     types = sio.get_untrusted_types(data=data)
-    refused = [t for t in types if not t.startswith(TRUSTED_PREFIXES) and t not in TRUSTED_TYPES]
+    refused = [t for t in types if t not in TRUSTED_TYPES]
     if refused:
         raise PrefscaleError(f"{os.fspath(uri)} holds types outside the allow-list ({', '.join(refused[:3])}); refusing to load it")
     return sio.loads(data, trusted=types)
