@@ -220,7 +220,7 @@ def cmd_submit(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
     from prefscale.predict import predict
 
-    return predict(args.run_dir, args.input, args.out, log=_log(args), ties=args.ties)
+    return predict(args.run_dir, args.input, args.out, log=_log(args), ties=args.ties, verify_all=args.verify)
 
 
 def _log(args: argparse.Namespace):
@@ -449,6 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ties", choices=TIE_PROTOCOLS,
                    help="could the new battles' judges answer tie? 'none' puts no mass on tie (a `ties` column wins); "
                         "default: the run's data.ties by source, else allowed")
+    p.add_argument("--verify", action="store_true", help="hash every file of the finished run against its manifest (default: only the "
+                                                         "files whose size or modification time changed since it was sealed)")
 
     p = _command(commands, "cascade", "score battles through a finished run's uncertainty cascade: cheap stages for confident "
                                       "battles, expensive ones only for the rest", cmd_cascade)
@@ -524,6 +526,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("prefscale: interrupted; outputs are written atomically, so rerun to finish", file=sys.stderr)
         return 130
+    except Exception as exc:  # a corrupt or truncated input file: pyarrow's error, on one line
+        import pyarrow as pa
+
+        if not isinstance(exc, pa.ArrowException):
+            raise
+        print(f"prefscale: error: cannot read an input: {' '.join(str(exc).split())[:500]}; is the file complete, and in the format its "
+              f"name says (Parquet, CSV, JSON Lines)?", file=sys.stderr)
+        return 2
     if result is not None:  # None: the command printed its own output
         result["elapsed_s"] = round(time.perf_counter() - started, 2)
         print(json.dumps(result, indent=None if args.json else 2, default=str))

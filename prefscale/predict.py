@@ -46,14 +46,15 @@ from prefscale.members.store import load_estimator
 from prefscale.metrics import class_prior, log_loss, without_ties
 
 
-def load_run(run_dir: str) -> tuple[Config, list[str]]:
-    """The config a run was made with and its stacked members, or a one-line error saying what is missing."""
+def load_run(run_dir: str, verify_all: bool = False) -> tuple[Config, list[str]]:
+    """The config a run was made with and its stacked members, or a one-line error saying what is missing
+    (``verify_all``: hash every sealed file, not only those whose size or mtime changed)."""
     layout = RunLayout(run_dir)
     if not exists(layout.config) or not exists(layout.stack_summary):
         raise PrefscaleError(f"{run_dir} is not a finished run (needs config.yaml and stack/summary.json); "
                              f"run `prefscale run --config ... --run-dir {run_dir}` first")
     config = load_config(layout.config).model_copy(update={"output_dir": run_dir})
-    verify(config)
+    verify(config, full=verify_all)
     return config, read_json(layout.stack_summary)["members"]
 
 
@@ -143,11 +144,12 @@ def prior_for_rejects(layout: RunLayout, rejects_uri: str, predicted: set[int], 
     return np.asarray(ids, dtype=np.int64), probs
 
 
-def predict(run_dir: str, input_uri: str, out_csv: str, log: Callable[[str], None] = print, ties: str | None = None) -> dict[str, Any]:
+def predict(run_dir: str, input_uri: str, out_csv: str, log: Callable[[str], None] = print, ties: str | None = None,
+            verify_all: bool = False) -> dict[str, Any]:
     """``ties`` states the label protocol of the new battles ('allowed' or 'none'; a ``ties``
     column wins); None keeps the run's data.ties mapping by source. Forced choice puts no mass on tie."""
     started = time.perf_counter()
-    config, members = load_run(run_dir)
+    config, members = load_run(run_dir, verify_all)
     layout = config.layout
     work_key = _work_key(input_uri)
     clean_uri, rejects_uri = layout.predict_work(work_key, "clean.parquet"), f"{out_csv}.rejects.parquet"

@@ -119,3 +119,43 @@ def test_validate_never_writes_into_or_over_its_input(tmp_path, capsys, monkeypa
     assert run(capsys, "data", "validate", str(source))[0] == 0
     assert sorted(os.listdir(data)) == ["battles.parquet"]  # nothing written beside the input
     assert sorted(os.listdir(work)) == ["battles.clean.parquet", "battles.clean.rejects.parquet"]
+
+
+@pytest.fixture(scope="module")
+def broken_files(tmp_path_factory, human_pairs):
+    """A Parquet file cut short, a CSV with an unclosed quote, a JSON Lines file cut mid-object."""
+    folder = tmp_path_factory.mktemp("broken")
+    (folder / "cut.parquet").write_bytes(human_pairs.read_bytes()[:3000])
+    (folder / "unclosed.csv").write_text('id,prompt,response_a,response_b\n1,"never closed,a,b\n')
+    (folder / "cut.jsonl").write_text('{"id": 1, "prompt": "[\\"q\\"]", "response_a": "[\\"a\\"]", "response_b": "[\\"b\\"]"}\n{"id": 2, "pro\n')
+    return folder
+
+
+@pytest.mark.parametrize("name", ["cut.parquet", "unclosed.csv", "cut.jsonl"])
+@pytest.mark.parametrize("command", ["data validate", "data stats", "data pairs", "leaderboard"])
+def test_a_corrupt_input_is_one_line_naming_it(tmp_path, capsys, broken_files, name, command):
+    path = str(broken_files / name)
+    argv = {"data validate": ["data", "validate", path, "--out", str(tmp_path / "o.parquet")], "data stats": ["data", "stats", path],
+            "data pairs": ["data", "pairs", path, "--out", str(tmp_path / "p.parquet")],
+            "leaderboard": ["leaderboard", "--battles", path, "--out", str(tmp_path / "lb")]}[command]
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    if code == 0:  # a JSON Lines file cut mid-line: that line is rejected (unparseable_line), the rest read
+        assert name == "cut.jsonl" and command in ("data validate", "data stats")
+        return
+    assert code == 2 and len([line for line in err if line.startswith("prefscale: error:")]) == 1 and "Traceback" not in "\n".join(err)
+    assert path in err[-1] or name in err[-1], err[-1]
+
+
+def test_a_corrupt_input_to_score_and_pseudolabel_is_one_line(tmp_path, broken_files, tiny_bert_path):
+    import subprocess
+    import sys
+
+    path = write_config(tmp_path, model={"path": tiny_bert_path}, score={"cpus_per_actor": 0.5, "format_cpus": 0.25}, ray={"num_cpus": 2},
+                        tracking={"enabled": False})
+    cut = str(broken_files / "cut.parquet")
+    for argv in (["score", "--config", path, "--input", cut], ["pseudolabel", "--config", path, "--input", cut, "--out", str(tmp_path / "pl.parquet")]):
+        result = subprocess.run([sys.executable, "-m", "prefscale.cli", *argv], capture_output=True, text=True, timeout=300,
+                                env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert cut in result.stderr.strip().splitlines()[-1]

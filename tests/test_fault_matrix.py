@@ -379,3 +379,22 @@ def test_a_scoring_change_rescores_and_a_training_change_asks_before_deleting_tr
     assert adapter.stat().st_mtime_ns == made
     run_stages(bigger, ["train"], log=lambda line: None, allow_retrain=True)
     assert adapter.stat().st_mtime_ns != made  # retrained because asked
+
+
+def test_the_manifest_check_hashes_only_files_whose_size_or_mtime_changed(tmp_path):
+    import hashlib
+
+    from prefscale.errors import PrefscaleError
+    from prefscale.io import write_json
+    from prefscale.manifest import verify
+
+    config = Config.model_validate({"name": "m", "output_dir": str(tmp_path), "data": {"train": ["x"]}})
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"\x01" * 4096)
+    info = weights.stat()
+    write_json({"files": {"weights.bin": hashlib.sha256(weights.read_bytes()).hexdigest()},
+                "identity": {"weights.bin": [info.st_size, info.st_mtime_ns]}}, config.layout.manifest)
+    assert verify(config) == 0 and verify(config, full=True) == 1  # predict: no re-hash; predict --verify: every file
+    weights.write_bytes(b"\x02" * 4096)  # same size, new mtime
+    with pytest.raises(PrefscaleError, match="changed: weights.bin"):
+        verify(config)
