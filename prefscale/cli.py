@@ -303,8 +303,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> dict[str, Any]:
 
         if args.scores:
             raise PrefscaleError("give --run-dir (score the battles through its cascade) or --scores (already scored), not both")
-        return rank_with_run(args.run_dir, args.battles, args.out, args.send_fraction, args.bootstrap, args.group_by, args.seed, _log(args))
-    return write_leaderboard(args.battles, args.scores or [], args.out, bootstrap=args.bootstrap, group_by=args.group_by, seed=args.seed)
+        return rank_with_run(args.run_dir, args.battles, args.out, args.send_fraction, args.bootstrap, args.group_by, args.seed, _log(args),
+                             args.style_control)
+    return write_leaderboard(args.battles, args.scores or [], args.out, bootstrap=args.bootstrap, group_by=args.group_by, seed=args.seed,
+                             style_control=args.style_control)
 
 
 def cmd_cascade(args: argparse.Namespace) -> dict[str, Any]:
@@ -482,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=_int_at_least(0), default=200, help="bootstrap resamples of the groups for the intervals")
     p.add_argument("--group-by", default="prompt", help="column whose values are resampled together (the instruction)")
     p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the bootstrap")
+    p.add_argument("--style-control", choices=["off", "on", "both"], default="both",
+                   help="also fit the strengths with style covariates (answer length, markdown headers, list items, bold; Chatbot Arena's "
+                        "style control): 'both' ranks by the plain fit with the style-controlled rating beside it, 'on' by the latter alone")
 
     config = _group(commands, "config", "check configs, print their schema and reference")
     p = _command(config, "check", "validate YAML configs against the typed schema", cmd_config_check)

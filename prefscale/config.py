@@ -114,6 +114,9 @@ class ScoreConfig(Section):
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs Ray reserves per replica")
     gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per replica (fractions share a GPU); >0 fails loudly where none is visible")
     accelerator_type: str | None = Field(None, description="GPU type the actors must land on, as Ray names it (H100, A100-80G, L40S, A10G)")
+    precision: PRECISION | None = Field(None, description="what train runs' models are scored at (held-out folds, pseudolabels, predict, "
+                                        "cascade); None: as trained. int8 on CPU actors: PyTorch's dynamic int8 of every Linear but the "
+                                        "head (fbgemm), on GPU bitsandbytes; a run trained quantized is always scored as trained")
     threads_per_actor: int | None = Field(None, gt=0, description="torch threads per actor; default: cores / actors")
     format_cpus: float = Field(0.5, gt=0, description="CPUs per tokenizing task that feeds GPU actors (CPU actors tokenize their own blocks), and per task that skips ids already scored")
     part_rows: int = Field(50_000, gt=0, description="rows per output Parquet part (each part is written atomically: the resume unit)")
@@ -284,6 +287,14 @@ class Config(Section):
                 raise ValueError(f"train.{name}.distill.weights needs one weight per teacher ({len(run.distill.teachers)})")
         if self.cascade and (unknown := sorted(set(self.cascade.stages) - set(self.members) - set(self.train) - {ENSEMBLE, CHEAP_ENSEMBLE})):
             raise ValueError(f"cascade.stages names {unknown}, which are neither members, train runs, '{CHEAP_ENSEMBLE}' nor '{ENSEMBLE}'")
+        if self.score.precision is not None:
+            for name, run in self.train.items():
+                trained = (run.model or self.model).precision
+                if trained in ("int8", "nf4") and self.score.precision != trained:
+                    raise ValueError(f"score.precision {self.score.precision}: train.{name} was trained at {trained}, and a fold is scored as "
+                                     f"it was trained (its base at {trained} plus its adapter); drop score.precision or train in fp32/bf16")
+            if self.score.precision == "fp16" and not self.score.gpus_per_actor:
+                raise ValueError("score.precision fp16 on CPU actors: this CPU has no fast fp16 matmul; use fp32 or int8 (dynamic int8 is faster)")
         if self.stack and self.stack.calibration != "none" and self.data.folds < 3:
             raise ValueError("stack.calibration is fitted by nested CV, which needs data.folds of 3 or more (or calibration: none)")
         if self.cascade and not self.stack:

@@ -77,7 +77,8 @@ def unit_parts(config: Config, unit: str) -> dict[str, str]:
         teachers = [_model_unit(config, t) for t in (run.distill.teachers if run.distill else [])]
         trained = {k: v for k, v in run.model_dump(mode="json").items() if k not in ("tta", "average", "batch_size", "grad_accum")}
         trained["effective_batch"] = run.workers * run.batch_size * run.grad_accum
-        return {f"config train.{name}": _section(trained), f"config train.{name} scoring": _digest({"tta": run.tta, "tta_space": config.score.tta_space}),
+        return {f"config train.{name}": _section(trained), f"config train.{name} scoring": _digest({"tta": run.tta, "tta_space": config.score.tta_space,
+                                                                                  "precision": config.score.precision}),
                 f"config train.{name} average": _digest(run.average), "config model": _section(run.model or config.model),
                 "config text": _section(config.text), **upstream(["data", *teachers, *(["pseudolabel"] if run.pseudolabels else [])]),
                 **files(run.extra_train)}
@@ -85,7 +86,8 @@ def unit_parts(config: Config, unit: str) -> dict[str, str]:
         settings = config.pseudolabel
         scorers = [_model_unit(config, s) for s in config.pseudolabel_scorers() if s not in {m.name for m in config.score.models}]
         battles = files([settings.input]) if settings.input else upstream(["pairs"])
-        scoring = {"tta": config.score.tta, "tta_space": config.score.tta_space, "models": config.score.model_dump(mode="json")["models"]}
+        scoring = {"tta": config.score.tta, "tta_space": config.score.tta_space, "models": config.score.model_dump(mode="json")["models"],
+                   **({"precision": config.score.precision} if config.score.precision else {})}
         return {"config pseudolabel": _section(settings), "config score": _digest(scoring), "config model": _section(config.model),
                 "config text": _section(config.text), **battles, **files(settings.scores), **upstream(scorers),
                 **(upstream(["data"]) if settings.dedup_labeled else {})}  # the labeled set it deduplicates against

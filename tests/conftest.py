@@ -229,20 +229,14 @@ def start(command: list[str], env: dict[str, str]) -> None:
         raise RuntimeError(f"{' '.join(command[1:3])} failed: {(result.stdout + result.stderr)[-2000:]}")
 
 
-CLUSTER_TOKEN = uuid.uuid4().hex  # one per test session: a Ray client process loads its token once
-
-
 @pytest.fixture
-def two_node_cluster(monkeypatch):
+def two_node_cluster():
     temp_dir = tempfile.mkdtemp(prefix="psmn-", dir="/tmp")  # short: Ray's socket paths have a length limit
     gcs, dashboard, *head_ports = free_ports(2 + len(NODE_PORTS))  # picked together, so all distinct
-    # Closed as cluster.yaml's clusters are: Ray token authentication, the token in the environment of
-    # the nodes and of this test (the clients it uses). `python` on the nodes is this environment's, as
-    # the image's is on a real cluster (jobs are submitted as `python ray_jobs/...`).
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": CLUSTER_TOKEN}
-    for name, value in auth.items():
-        monkeypatch.setenv(name, value)
-    env = {**os.environ, "RAY_ADDRESS": "", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    # `python` on the nodes is this environment's, as the image's is on a real cluster (jobs are submitted as
+    # `python ray_jobs/...`). Without token auth: this test process's Ray clients loaded their (disabled)
+    # auth mode with the session's own Ray; token_cluster below is the closed one, driven by subprocesses.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     try:
         start([RAY, "start", "--head", f"--port={gcs}", "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", *node_ports(head_ports)], env)
@@ -354,3 +348,19 @@ def s3_bucket(monkeypatch):
         yield "s3://prefscale-test"
     finally:
         server.stop()
+
+
+@pytest.fixture
+def token_cluster():
+    """A head started as cluster.yaml starts its nodes: Ray token authentication. Yields (GCS address, token);
+    talk to it from subprocesses (a Ray client process loads its auth mode once)."""
+    temp_dir = tempfile.mkdtemp(prefix="pstk-", dir="/tmp")
+    gcs, dashboard, *ports = free_ports(2 + len(NODE_PORTS))
+    token = uuid.uuid4().hex
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_ADDRESS": ""}
+    try:
+        start([RAY, "start", "--head", f"--port={gcs}", "--num-cpus=1", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+               f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", *node_ports(ports)], env)
+        yield f"127.0.0.1:{gcs}", token
+    finally:
+        stop_cluster(temp_dir, gcs)

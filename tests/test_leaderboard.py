@@ -52,9 +52,12 @@ def test_known_strengths_and_tie_rate_are_recovered_from_votes_and_from_probabil
 def test_command_writes_every_format_and_compares_with_the_human_leaderboard(tmp_path, capsys):
     first, second, probs, labels, groups = simulate(3_000, seed=2)
     names = np.array([f"bot-{k}" for k in range(len(TRUE))])
+    lengths = np.random.default_rng(3).integers(1, 400, (2, 3_000))  # answers' style: lengths only (the other features never vary)
     battles = pd.DataFrame({"id": np.arange(3_000), "model_a": names[first], "model_b": names[second], "prompt": groups.astype(str),
+                            "response_a": ["a" * n for n in lengths[0]], "response_b": ["b" * n for n in lengths[1]],
                             "winner_model_a": labels[:, 0], "winner_model_b": labels[:, 1], "winner_tie": labels[:, 2]})
     extra = pd.DataFrame({"id": [5000, 5001], "model_a": [None, "bot-1"], "model_b": ["bot-2", "bot-1"], "prompt": ["x", "y"],
+                          "response_a": ["", ""], "response_b": ["", ""],
                           "winner_model_a": [1.0, 1.0], "winner_model_b": [0.0, 0.0], "winner_tie": [0.0, 0.0]})
     pq.write_table(pa.Table.from_pandas(pd.concat([battles, extra]), preserve_index=False), tmp_path / "battles.parquet")
     scores = tmp_path / "scores"
@@ -72,7 +75,15 @@ def test_command_writes_every_format_and_compares_with_the_human_leaderboard(tmp
     table = pq.read_table(out / "leaderboard.parquet").to_pandas()
     assert list(table["rank"]) == [1, 2, 3, 4, 5] and {"human_rating", "rating_low", "rating_high"} <= set(table.columns)
     assert pd.read_csv(out / "leaderboard.csv")["model"].tolist() == table["model"].tolist()
-    assert (out / "leaderboard.md").read_text().startswith("| rank | model | rating")
+    assert (out / "leaderboard.md").read_text().startswith("| rank | style_rank | model | rating")
     assert (out / "leaderboard.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(pq.read_table(out / "rejects.parquet").column("reject_reason").to_pylist()) == ["no_model_names", "same_model"]
     assert pq.read_table(out / "win_rate.parquet").num_rows == 20
+    # Style control (both, the default): a style-controlled rating beside the plain one; length unrelated to the verdicts here.
+    assert {"style_rank", "style_rating", "style_rating_low", "style_rating_high"} <= set(table.columns)
+    coefficients = pd.read_csv(out / "style_coefficients.csv")
+    assert coefficients["feature"].tolist() == ["length"] and coefficients["coefficient"].abs().max() < 0.05  # verdicts ignore length here
+    assert sum("has no variance" in note for note in summary["notes"]) == 3 and summary["spearman_plain_vs_style"] > 0.9
+    assert main(["leaderboard", "--battles", str(tmp_path / "battles.parquet"), "--scores", str(scores), "--out", str(tmp_path / "off"),
+                 "--bootstrap", "0", "--style-control", "off"]) == 0
+    assert "style_rating" not in pq.read_table(tmp_path / "off" / "leaderboard.parquet").column_names

@@ -56,15 +56,21 @@ def test_a_training_job_runs_one_worker_on_each_node(two_node_cluster, battles_p
     assert sorted(oof.column("id").to_pylist()) == held_out  # the fold's OOF rows, each once
 
 
-def test_a_cluster_with_token_authentication_refuses_a_client_without_the_token(two_node_cluster, tmp_path):
-    """The clusters prefscale's files start are closed (Ray token auth); joining one without its token is one line."""
-    config = {"name": "closed", "output_dir": str(tmp_path / "run"), "data": {"train": [str(tmp_path / "none.parquet")]},
-              "ray": {"address": two_node_cluster.dashboard.replace("http://", "").rsplit(":", 1)[0] + f":{two_node_cluster.gcs}"}}
+def test_a_cluster_with_token_authentication_refuses_a_client_without_the_token(token_cluster, tmp_path, battles_path):
+    """The clusters prefscale's files start are closed (Ray token auth): joining with the token works,
+    without it is one line."""
+    address, token = token_cluster
+    config = {"name": "closed", "output_dir": str(tmp_path / "run"), "data": {"train": [battles_path]}, "ray": {"address": address}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_ADDRESS")}
-    env["RAY_AUTH_MODE"] = "token"  # asks for auth, has no token
-    result = subprocess.run([sys.executable, "-m", "prefscale.cli", "doctor", "--config", str(tmp_path / "c.yaml")],
-                            capture_output=True, text=True, cwd=REPO, timeout=180, env={**env, "HOME": str(tmp_path)})
-    assert result.returncode == 2, result.stderr[-2000:]
-    refused = [line for line in result.stderr.splitlines() if "requires token authentication" in line]
-    assert len(refused) == 1 and "set RAY_AUTH_MODE=token and its token" in refused[0], result.stderr[-2000:]
+    base = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_ADDRESS")}
+
+    def doctor(**env):
+        return subprocess.run([sys.executable, "-m", "prefscale.cli", "doctor", "--config", str(tmp_path / "c.yaml"), "--json"],
+                              capture_output=True, text=True, cwd=REPO, timeout=180, env={**base, "HOME": str(tmp_path), **env})
+
+    with_token = doctor(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    assert with_token.returncode == 0, with_token.stderr[-2000:]
+    assert json.loads(with_token.stdout.strip().splitlines()[-1])["cluster"]["joined"] is True
+    without = doctor(RAY_AUTH_MODE="token")  # asks for auth, has no token
+    refused = [line for line in without.stderr.splitlines() if "requires token authentication" in line]
+    assert without.returncode == 2 and len(refused) == 1 and "set RAY_AUTH_MODE=token and its token" in refused[0], without.stderr[-2000:]

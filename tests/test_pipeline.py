@@ -77,6 +77,10 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
     assert set(transfer["per_source"]) == sources and set(transfer["mean"]) == set(transfer["winner_given_not_tie"]["mean"]) == models
     assert 0 <= transfer["unseen_weight"] <= 1 and set(transfer["inner_weight"]) == sources
     assert "## Leave one source out" in (out / "report" / "report.md").read_text()
+    reliance = report["style_reliance"]  # humans, each stacked member and the ensemble, on the same battles and resamples
+    assert set(reliance["sets"]) == {"humans (labels)", "features", "tfidf", "ensemble (final)"}
+    assert reliance["sets"]["humans (labels)"]["length"]["ratio_to_reference"] == 1.0
+    assert "## Style reliance" in (out / "report" / "report.md").read_text()
     assert (out / "report" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
     _check_tracked(out, summary)
 

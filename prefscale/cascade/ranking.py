@@ -25,7 +25,7 @@ def is_long_table(uri: str) -> bool:
 
 
 def rank_with_run(run_dir: str, battles_uri: str, out_dir: str, send_fraction: float | None, bootstrap: int, group_by: str, seed: int,
-                  log: Callable[[str], None]) -> dict[str, Any]:
+                  log: Callable[[str], None], style_control: str = "both") -> dict[str, Any]:
     from prefscale.cascade.run import run_cascade
     from prefscale.config import PairsConfig
     from prefscale.data.files import make_pairs
@@ -45,6 +45,7 @@ def rank_with_run(run_dir: str, battles_uri: str, out_dir: str, send_fraction: f
     ensure_ray(config.ray)
     log(f"[cascade] {' -> '.join(config.cascade.stages) if config.cascade else '(none)'} over {battles_uri}")
     summary["cascade"] = run_cascade(config, stacked, battles_uri, os.path.join(out_dir, "cascade"), send_fraction, log=log)
-    log("[leaderboard] Davidson fit with bootstrap intervals")
-    summary["leaderboard"] = write_leaderboard(battles_uri, [os.path.join(out_dir, "cascade")], out_dir, bootstrap=bootstrap, group_by=group_by, seed=seed)
+    log(f"[leaderboard] Davidson fit with bootstrap intervals (style control: {style_control})")
+    summary["leaderboard"] = write_leaderboard(battles_uri, [os.path.join(out_dir, "cascade")], out_dir, bootstrap=bootstrap, group_by=group_by, seed=seed,
+                                               style_control=style_control)
     return summary

@@ -167,6 +167,23 @@ def attention_for(path: str, trust_remote_code: bool = False) -> str:
     return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
 
 
+def dynamic_int8(model):
+    """A CPU replica in int8: PyTorch's dynamic quantization (fbgemm on x86) of every Linear layer but
+    the head and LoRA's small factors. Weights are int8, activations quantized per batch; on CPU it is
+    faster than fp32, where bitsandbytes' int8 is slower (benchmarks/bench_score_throughput.py)."""
+    import torch
+    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+
+    heads = [name for name, _ in model.named_modules() if name.split(".")[-1] in HEAD_MODULES]
+
+    def kept(name: str) -> bool:
+        return ".lora_" in f".{name}" or any(name == h or name.startswith(f"{h}.") for h in heads)
+
+    layers = {name: default_dynamic_qconfig for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and not kept(name)}
+    torch.backends.quantized.engine = "fbgemm" if "fbgemm" in torch.backends.quantized.supported_engines else "qnnpack"
+    return quantize_dynamic(model, layers, dtype=torch.qint8, inplace=True)
+
+
 def load_classifier(spec: str, trust_remote_code: bool = False, **kwargs):
     """A 3-label AutoModelForSequenceClassification with an explicit attention kernel (``attention_for``);
     a new head is initialised if the checkpoint has none."""

@@ -28,6 +28,7 @@ class _Replica:
 
     def __init__(self, models: list[ScoringModel], device: str) -> None:
         from prefscale.models.loading import (
+            dynamic_int8,
             load_classifier,
             load_tokenizer,
             quantization_kwargs,
@@ -35,30 +36,47 @@ class _Replica:
         from prefscale.models.lora import load_base, with_adapters
 
         first = models[0]
-        kwargs = quantization_kwargs(first.precision)
+        # int8 on a CPU actor is PyTorch's dynamic int8 over the fp32 weights, not bitsandbytes
+        cpu_int8 = first.precision == "int8" and device == "cpu"
+        precision = "fp32" if cpu_int8 else first.precision
+        kwargs = quantization_kwargs(precision)
         quantized = "quantization_config" in kwargs
         device_map = {"": 0 if device == "cuda" else "cpu"}
         adapters = {m.name: m.adapter for m in models if m.adapter}
         if adapters:
-            self.model = with_adapters(load_base(first.path, first.precision, first.trust_remote_code, device_map), adapters)
+            self.model = with_adapters(load_base(first.path, precision, first.trust_remote_code, device_map), adapters)
+            if merged(first, device):  # one adapter, merged into its own fp32 copy: no LoRA branch in the forward
+                self.model = self.model.merge_and_unload()
+                self.merged = True
         else:
             self.model = load_classifier(first.path, first.trust_remote_code, **kwargs, **({"device_map": device_map} if quantized else {}))
         self.model.eval()
         if not quantized:
             self.model.to(device)
+        if cpu_int8:
+            self.model = dynamic_int8(self.model)
         self.pad_id = load_tokenizer(first.path, first.trust_remote_code).pad_token_id
+
+    merged = False
 
     def use(self, model: ScoringModel) -> None:
         """Make ``model``'s adapter the one the next forward runs."""
-        if model.adapter:
+        if model.adapter and not self.merged:
             self.model.set_adapter(model.name)
+
+
+def merged(model: ScoringModel, device: str) -> bool:
+    """Whether a fold adapter is merged into a copy of its base of its own: on CPU at fp32 (or int8, made
+    from fp32), where models are small and the unmerged LoRA branch cost about as much again per forward.
+    Elsewhere one base serves every adapter (a 70B base is not copied per fold)."""
+    return device == "cpu" and model.precision in ("fp32", "int8") and model.adapter is not None
 
 
 def _replicas(models: list[ScoringModel], device: str) -> dict[str, _Replica]:
     """{model name: its replica}; models over the same base at the same precision share one."""
     groups: dict[tuple, list[ScoringModel]] = {}
     for model in models:
-        key = (model.path, model.precision, model.trust_remote_code, model.adapter is not None)
+        key = (model.path, model.precision, model.trust_remote_code, model.adapter if merged(model, device) else model.adapter is not None)
         groups.setdefault(key, []).append(model)
     found = {}
     for group in groups.values():

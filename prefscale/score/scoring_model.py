@@ -54,8 +54,14 @@ def trained_model(config: Config, name: str, path: str, label: str | None = None
     run, model = config.train[name], train_run_model_config(config, name)
     path = absolute(path) if path else path  # actors on other nodes run in other directories
     adapter = path if path and is_adapter(path) else None
-    return ScoringModel(label or name, model.path if adapter else path, text_for(config, run.max_length), model.precision,
+    return ScoringModel(label or name, model.path if adapter else path, text_for(config, run.max_length), scoring_precision(config, model.precision),
                         model.trust_remote_code, fold, adapter)
+
+
+def scoring_precision(config: Config, trained: str) -> str:
+    """What a train run's models are scored at: score.precision when set (the config refuses it for runs
+    trained quantized), else as trained."""
+    return config.score.precision or trained
 
 
 def _run_model_paths(layout, name: str) -> list[tuple[str, str]]:
@@ -95,9 +101,14 @@ def _earlier_run_plan(config: Config, name: str) -> list[tuple[ScoringModel, Sco
     settings = config.score.model_copy(update={"tta": record["tta"], "rows": None})
     text = TextConfig.model_validate(record["text"])
     base = record["model"]["path"]
-    return [(ScoringModel(label, base if is_adapter(path) else absolute(path), text, record["precision"], record["trust_remote_code"],
+    return [(ScoringModel(label, base if is_adapter(path) else absolute(path), text, _earlier_precision(config, record), record["trust_remote_code"],
                           adapter=absolute(path) if is_adapter(path) else None), settings)
             for label, path in _run_model_paths(config.layout, name)]
+
+
+def _earlier_precision(config: Config, record: dict) -> str:
+    trained = record.get("model", {}).get("precision", record["precision"])
+    return record["precision"] if trained in ("int8", "nf4") else scoring_precision(config, trained)
 
 
 def train_run_score_settings(config: Config, name: str) -> ScoreConfig:

@@ -9,6 +9,7 @@ import io
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from prefscale.artifacts import swap_flip_share
 from prefscale.cascade.fit import cascade_markdown, cascade_plot, fit_cascade
@@ -129,10 +130,31 @@ def write_report(layout: RunLayout, members: list[str], cascade: CascadeConfig |
         "reliability_png": layout.report_file("reliability.png"),
         "leave_one_source_out": read_json(layout.stack_summary).get("leave_one_source_out") or None,
         "cascade": {k: v for k, v in cascade_fit.items() if k != "curve"} if cascade_fit else None,
+        "style_reliance": _style_reliance(layout, data, predictions),
     }
     write_json(report, layout.report_file("report.json"))
     _write_markdown(report, datasets, layout.report_file("report.md"), cascade_markdown(cascade_fit) if cascade_fit else [])
     return report
+
+
+HUMANS = "humans (labels)"
+
+
+def _style_reliance(layout: RunLayout, data: StackData, predictions: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Style coefficients fitted from the human labels and from each member's and the ensemble's OOF
+    predictions, on the same battles, side by side (prefscale/style.py)."""
+    import pyarrow.compute as pc
+
+    from prefscale.style import STYLE_FEATURES, answer_style, standardized, style_differences, style_reliance
+
+    battles = read_table(layout.battles, columns=[schema.ID, schema.PROMPT, schema.RESPONSE_A, schema.RESPONSE_B])
+    order = pc.index_in(pa.array(data.ids), battles.column(schema.ID)).to_numpy(zero_copy_only=False)
+    battles = battles.take(order)
+    covariates, kept, _ = standardized(style_differences(answer_style(battles.column(schema.RESPONSE_A).combine_chunks()),
+                                                         answer_style(battles.column(schema.RESPONSE_B).combine_chunks())), list(STYLE_FEATURES))
+    groups = pc.dictionary_encode(battles.column(schema.PROMPT).combine_chunks()).indices.to_numpy(zero_copy_only=False)
+    verdicts = {HUMANS: data.labels.astype(np.float64), **{m: predictions[m] for m in data.members}, "ensemble (final)": predictions["ensemble (final)"]}
+    return style_reliance(covariates, verdicts, groups, kept, HUMANS)
 
 
 def _write_markdown(report: dict[str, Any], datasets: list[str], path: str, cascade: list[str]) -> None:
@@ -151,8 +173,32 @@ def _write_markdown(report: dict[str, Any], datasets: list[str], path: str, casc
               "`swap flips`: per member, the share of battles whose verdict from one order alone (the most likely of A, B, tie) changes "
               "when A and B are exchanged: its position bias. The predictions themselves are the mean over both orders (cheap members "
               "always, neural runs with `tta` on), so the bias is averaged out of them; a run scored in one order shows no share.", "",
-              "![reliability](reliability.png)", "", *_transfer_markdown(report["leave_one_source_out"]), *cascade]
+              "![reliability](reliability.png)", "", *_transfer_markdown(report["leave_one_source_out"]), *_style_markdown(report["style_reliance"]),
+              *cascade]
     write_bytes("\n".join(lines).encode(), path)
+
+
+def _style_markdown(reliance: dict[str, Any] | None) -> list[str]:
+    if not reliance:
+        return []
+    sets = reliance["sets"]
+    features = list(next(iter(sets.values())))
+    lines = ["## Style reliance", "",
+             "How much a set of verdicts leans on style: Davidson's model with ties fitted on style covariates alone (per feature, A's value "
+             "minus B's over their sum, scaled to unit spread: answer length in characters, markdown headers, list items, bold spans), "
+             f"from the human labels and from each member's and the ensemble's OOF predictions, on the same {reliance['battles']} battles. "
+             f"95% intervals from {reliance['bootstrap']} bootstrap resamples of the {reliance['groups']} prompts, shared by every row, so "
+             "`x humans` (a coefficient over the humans' on the same resample) has an interval too. A member far above the humans on "
+             "length has learned that longer answers win more than people showed it.", "",
+             "| verdicts | " + " | ".join(f"{f} | {f} x humans" for f in features) + " |", "|---|" + "---|---|" * len(features)]
+    for name, row in sets.items():
+        cells = []
+        for feature in features:
+            c = row[feature]
+            ratio = "" if c["ratio_to_reference"] is None else f"{c['ratio_to_reference']} ({c['ratio_low']}, {c['ratio_high']})"
+            cells += [f"{c['coefficient']} ({c['low']}, {c['high']})", ratio]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _transfer_markdown(transfer: dict[str, Any] | None) -> list[str]:
