@@ -21,6 +21,12 @@ of the two medians, and each pair's ratio is kept beside it):
   Its packer keeps more of each battle than prefscale's formatter at the same max_length, so
   the fair comparison is real tokens per second.
 Padding efficiency (real tokens / computed tokens) is reported for each.
+
+Both precisions (issue 34): the bare loop and `prefscale score` run at fp32 and at int8 (PyTorch's
+dynamic int8 of every Linear but the head, `prefscale.models.loading.dynamic_int8`: the same
+quantized model and the same batching in both), so the record holds int8 against the fp32 bare
+loop (target 1.6x), each precision's prefscale against its own bare loop (target 0.95), and each
+against pairjudge's fp32 tokens/s (pairjudge has no int8 path).
 Usage: python benchmarks/bench_score_throughput.py [--rows 2000] [--max-length 512] [--repeats 2]
 """
 
@@ -78,15 +84,16 @@ def forward_passes(model, pad_id: int, sequences: list[list[int]], batches: list
     return logits
 
 
-def bare_loop(table: pa.Table, text, max_tokens: int) -> dict:
+def bare_loop(table: pa.Table, text, max_tokens: int, precision: str = "fp32") -> dict:
     """Load, tokenize, sort every sequence (both orders) by length, token-budget batches, forward."""
     from prefscale.batching import padded_tokens, token_budget_batches
-    from prefscale.models.loading import load_classifier, load_tokenizer
+    from prefscale.models.loading import dynamic_int8, load_classifier, load_tokenizer
     from prefscale.score.tta import combine_swapped
 
     started = time.perf_counter()
     tokenizer = load_tokenizer(MODEL)
     model = load_classifier(MODEL).eval()
+    model = dynamic_int8(model) if precision == "int8" else model
     sequences = both_orders(tokenizer, table, text)
     lengths = np.array([len(s) for s in sequences])
     batches = token_budget_batches(lengths, max_tokens)
@@ -151,7 +158,7 @@ def _split_time(log: str, started: float, seconds: float) -> dict:
             "actor_busy_real_tokens_per_s": round(sum(c["tokens"] for c in calls) / busy, 1)}
 
 
-def prefscale_score(table: pa.Table, text, tmp: str) -> dict:
+def prefscale_score(table: pa.Table, text, tmp: str, precision: str = "fp32") -> dict:
     """`prefscale score`'s engine with the config's score defaults, its actor timed."""
     import ray
 
@@ -168,7 +175,8 @@ def prefscale_score(table: pa.Table, text, tmp: str) -> dict:
     engine.ModelScorer = _timed_scorer(log)
     try:
         started = time.time()
-        summary = engine.score_battles(os.path.join(tmp, "battles.parquet"), os.path.join(tmp, "scores"), [ScoringModel("minilm", MODEL, text)], settings)
+        summary = engine.score_battles(os.path.join(tmp, "battles.parquet"), os.path.join(tmp, "scores"), [ScoringModel("minilm", MODEL, text, precision)],
+                                       settings)
     finally:
         engine.ModelScorer = plain
         ray.shutdown()
@@ -220,20 +228,25 @@ def main() -> None:
     text = TextConfig(max_length=args.max_length)
     probe = max_tokens_probe(table, text)
     print("max_tokens probe (real tokens/s)", probe, flush=True)
-    bares, scores, peers = [], [], []
+    bares, scores, peers, bares8, scores8 = [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
             bares.append(bare_loop(table, text, ScoreConfig().max_tokens))
             print("bare loop", bares[-1], flush=True)
             scores.append(prefscale_score(table, text, os.path.join(tmp, str(repeat))))
             print("prefscale score", scores[-1], flush=True)
+            bares8.append(bare_loop(table, text, ScoreConfig().max_tokens, "int8"))
+            print("bare loop int8", bares8[-1], flush=True)
+            scores8.append(prefscale_score(table, text, os.path.join(tmp, f"{repeat}-int8"), "int8"))
+            print("prefscale score int8", scores8[-1], flush=True)
             peers.append(pairjudge(table, args.max_length, tmp))
             print("pairjudge", peers[-1], flush=True)
     bare, ray_score = _median_run(bares), _median_run(scores)
+    bare8, ray_score8 = _median_run(bares8), _median_run(scores8)
     ran = [p for p in peers if isinstance(p, dict)]
     peer = _median_run(ran) if ran else peers[0]
     record = {
-        "benchmark": "prefscale score vs a fair bare loop and vs pairjudge 0.3.0 (MiniLM, 512 tokens, swap TTA, real battles)",
+        "benchmark": "prefscale score vs a fair bare loop and vs pairjudge 0.3.0 (MiniLM, 512 tokens, swap TTA, real battles), fp32 and int8",
         "command": f"python benchmarks/bench_score_throughput.py --rows {args.rows} --max-length {args.max_length} --repeats {args.repeats}",
         "rows": args.rows,
         "max_length": args.max_length,
@@ -252,12 +265,21 @@ def main() -> None:
         # the steady pass itself is slower; at 1, the gap is start-up and hand-offs.
         "actor_busy_tokens_per_s_to_bare": round(ray_score["time_split"]["actor_busy_real_tokens_per_s"] / bare["real_tokens_per_s"], 3),
         "target_ratio": 0.95,
+        "int8": {
+            "bare_loop": bare8, "prefscale_score": ray_score8, "bare_loop_runs": bares8, "prefscale_score_runs": scores8,
+            "ratio_prefscale_to_bare": round(ray_score8["rows_per_s"] / bare8["rows_per_s"], 3),
+            "ratio_per_pair": _ratios(scores8, bares8, "rows_per_s"),
+            "ratio_bare_int8_to_bare_fp32_tokens_per_s": round(bare8["real_tokens_per_s"] / bare["real_tokens_per_s"], 3),
+            "ratio_prefscale_int8_to_bare_fp32_tokens_per_s": round(ray_score8["real_tokens_per_s"] / bare["real_tokens_per_s"], 3),
+            "target_prefscale_int8_to_bare_fp32": 1.6,
+        },
     }
     if ran:
         record["tokens_per_s_prefscale_to_pairjudge"] = round(ray_score["real_tokens_per_s"] / peer["real_tokens_per_s"], 3)
         record["rows_per_s_prefscale_to_pairjudge"] = round(ray_score["rows_per_s"] / peer["rows_per_s"], 3)
         record["tokens_per_s_prefscale_to_pairjudge_per_repeat"] = _ratios(scores, ran, "real_tokens_per_s")
         record["tokens_per_s_bare_to_pairjudge_per_repeat"] = _ratios(bares, ran, "real_tokens_per_s")
+        record["int8"]["tokens_per_s_prefscale_to_pairjudge"] = round(ray_score8["real_tokens_per_s"] / peer["real_tokens_per_s"], 3)
     write_result("score_throughput", record)
 
 

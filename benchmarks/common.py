@@ -18,12 +18,30 @@ RESULTS = REPO / "benchmarks" / "results"
 
 
 def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, no GPU"
+    """What a speed depends on: the CPU's model and vector width differ between this project's machines."""
+    model, vector = platform.processor() or platform.machine(), "AVX2"
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        model = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
+        vector = "AVX-512" if " avx512f" in info else "AVX2" if " avx2" in info else "no AVX2"
+    except (OSError, StopIteration):
+        pass
+    return f"{platform.machine()}, {model}, {vector}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, no GPU"
+
+
+def commit() -> str:
+    """The commit the benchmark ran on, with '+changes' when the working tree differed from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{head}+changes" if dirty else head
 
 
 def write_result(name: str, record: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    record = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), **record}
+    record = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "commit": commit(), **record}
     (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
 

@@ -217,9 +217,23 @@ def cmd_submit(args: argparse.Namespace) -> dict[str, Any]:
     return submit(args.address, args.config, wait=args.wait, log=_log(args))
 
 
+SUBMISSION_HEADER = "id,winner_model_a,winner_model_b,winner_tie"
+
+
+def _replaceable(out: str) -> bool:
+    """Only a submission predict wrote may be replaced without --overwrite."""
+    if "://" in out or not os.path.exists(out):
+        return True
+    with open(out, encoding="utf-8", errors="replace") as handle:
+        return handle.readline().strip() == SUBMISSION_HEADER
+
+
 def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
     from prefscale.predict import predict
 
+    _never_an_input([args.out], [args.input])
+    if not args.overwrite and not _replaceable(args.out):
+        raise PrefscaleError(f"{args.out} exists and is not a submission predict wrote; choose another --out, or pass --overwrite to replace it")
     return predict(args.run_dir, args.input, args.out, log=_log(args), ties=args.ties, verify_all=args.verify)
 
 
@@ -228,11 +242,15 @@ def _log(args: argparse.Namespace):
     return lambda line: print(line, file=sys.stderr, flush=True)
 
 
-def cmd_config_check(args: argparse.Namespace) -> dict[str, Any]:
+def cmd_config_check(args: argparse.Namespace) -> dict[str, Any] | None:
     from prefscale.config import load_config
 
     checked = {path: load_config(path).name for path in args.configs}
-    return {"valid": checked}
+    if args.json:
+        return {"valid": checked}
+    for path, name in checked.items():
+        print(f"{path}: valid (run name {name})")
+    return None
 
 
 def cmd_config_schema(args: argparse.Namespace) -> None:
@@ -245,6 +263,12 @@ def cmd_config_reference(args: argparse.Namespace) -> None:
     from prefscale.config_reference import config_reference
 
     print(config_reference(), end="")
+
+
+def cmd_cli_reference(args: argparse.Namespace) -> None:
+    from prefscale.cli_reference import cli_reference
+
+    print(cli_reference(build_parser()), end="")
 
 
 def cmd_compare(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -374,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prefscale", description="Predict human preferences between chatbot answers, on Ray.",
                                      formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--verbose", action="store_true", help="show Ray's own log lines (INFO from the driver, warnings from its "
+                                                              "workers, C++ errors); by default only prefscale's progress and errors")
     parser.set_defaults(func=_prints_help(parser))
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
@@ -453,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: the run's data.ties by source, else allowed")
     p.add_argument("--verify", action="store_true", help="hash every file of the finished run against its manifest (default: only the "
                                                          "files whose size or modification time changed since it was sealed)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out even when it is not a submission predict wrote")
 
     p = _command(commands, "cascade", "score battles through a finished run's uncertainty cascade: cheap stages for confident "
                                       "battles, expensive ones only for the rest", cmd_cascade)
@@ -493,12 +520,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("configs", nargs="+", help="YAML config files")
     _command(config, "schema", "print the JSON Schema of the typed config", cmd_config_schema)
     _command(config, "reference", "print the config reference (docs/CONFIG.md) generated from the typed config", cmd_config_reference)
+    _command(config, "cli-reference", "print the command reference (docs/cli.md) generated from these parsers", cmd_cli_reference)
 
     p = _command(commands, "completion", "print a shell completion script: eval \"$(prefscale completion bash)\"", cmd_completion)
     p.add_argument("shell", choices=["bash", "zsh"], help="the shell to complete in")
 
     for sub in _all_subparsers(parser):
-        if sub.get_default("func") not in (cmd_config_schema, cmd_config_reference, cmd_completion):
+        if sub.get_default("func") not in (cmd_config_schema, cmd_config_reference, cmd_cli_reference, cmd_completion):
             _add_json(sub)
     return parser
 
@@ -516,6 +544,10 @@ def _all_subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentPa
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        from prefscale.ray_runtime import VERBOSE
+
+        os.environ[VERBOSE] = "1"
     started = time.perf_counter()
     try:
         result = args.func(args)

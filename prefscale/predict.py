@@ -85,15 +85,37 @@ def neural_probs(config: Config, names: list[str], battles_uri: str, scratch: st
     return {name: frame.drop(columns="run").groupby(schema.ID).mean() for name, frame in scores.groupby("run")}
 
 
+def in_process_probs(config: Config, names: list[str], battles: pa.Table) -> dict[str, pd.DataFrame]:
+    """neural_probs for a handful of battles, in this process: the same resolver, encoding and
+    scorer, without the seconds a Ray cluster and its actors take to start (``compare``)."""
+    from prefscale.score.encode import encode_battles
+    from prefscale.score.scorer import ModelScorer
+    from prefscale.score.scoring_model import scoring_plan
+    from prefscale.score.tta import softmax
+
+    found = {}
+    for name in names:
+        plan = scoring_plan(config, name)
+        models, settings = [m for m, _ in plan], plan[0][1]
+        scored = ModelScorer(models, settings.max_tokens, threads=os.cpu_count() or 1, tta_space=settings.tta_space)(
+            encode_battles(battles, models, settings.tta))
+        probs = np.mean([softmax(np.stack([scored.column(m.column(c)).to_numpy() for c in schema.LOGITS], axis=1).astype(np.float64))
+                         for m in models], axis=0)
+        found[name] = pd.DataFrame(probs, index=scored.column(schema.ID).to_numpy(), columns=list(schema.PROBS))
+    return found
+
+
 def ensemble_probs(config: Config, members: list[str], battles: pa.Table, battles_uri: str, scratch: str,
-                   log: Callable[[str], None]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+                   log: Callable[[str], None], in_process: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Each member's probabilities (by name) and the ensemble's (stacker, calibrator, rules, then
-    each battle's tie protocol) for validated battles."""
+    each battle's tie protocol) for validated battles (``in_process``: neural members without Ray)."""
     layout = config.layout
     ids = battles.column(schema.ID).to_numpy()
     runs = [m for m in members if m not in config.members]
     by_run: dict[str, pd.DataFrame] = {}
-    if runs:
+    if runs and in_process:
+        by_run = in_process_probs(config, runs, battles)
+    elif runs:
         from prefscale.ray_runtime import ensure_ray
 
         ensure_ray(config.ray)
@@ -154,7 +176,7 @@ def predict(run_dir: str, input_uri: str, out_csv: str, log: Callable[[str], Non
     work_key = _work_key(input_uri)
     clean_uri, rejects_uri = layout.predict_work(work_key, "clean.parquet"), f"{out_csv}.rejects.parquet"
     validation_options = config.data.model_copy(update={"lenient_json": True, **({} if ties is None else {"ties": {}, "default_ties": ties})})
-    validation = validate_file(input_uri, clean_uri, rejects_uri, validation_options)
+    validation = validate_file(input_uri, clean_uri, rejects_uri, validation_options, predicting=True)
     battles = read_table(clean_uri)
     if battles.num_rows == 0:
         raise PrefscaleError(f"no valid battles in {input_uri} ({validation['rejected']} rejected, see {rejects_uri})")
@@ -170,9 +192,14 @@ def predict(run_dir: str, input_uri: str, out_csv: str, log: Callable[[str], Non
     summary: dict[str, Any] = {"run_dir": run_dir, "input": input_uri, "output": out_csv, "predicted": len(ids),
                                "salvaged_json": validation["flags"].get("json_salvaged", 0), "rejected": validation["rejected"],
                                "predicted_at_prior": len(fallback_ids), "submission_rows": submission.num_rows, "rejects_path": rejects_uri,
-                               "members": members, "forced_choice": int((~allowed).sum())}
-    if schema.is_labeled(battles):
-        summary["log_loss"] = round(log_loss(schema.label_matrix(battles), probs, allowed), 4)
+                               "members": members, "forced_choice": int((~allowed).sum()),
+                               "too_long": validation["flags"].get("too_long", 0),  # predicted on the token budget's cut, as in training
+                               "unscored_labels": validation["flags"].get("unscored_label", 0)}  # tie labels their protocol forbids
+    labels = schema.label_matrix(battles)
+    scored = ~np.isnan(labels).any(axis=1)
+    if scored.any():
+        summary["log_loss"] = round(log_loss(labels[scored], probs[scored], allowed[scored]), 4)
+        summary["scored_rows"] = int(scored.sum())
     summary["seconds"] = round(time.perf_counter() - started, 1)
     return summary
 
@@ -184,6 +211,9 @@ def _as_turns(value: Any, field: str) -> str:
     if isinstance(value, list) and all(isinstance(turn, str) for turn in value):
         return json.dumps(value)
     raise PrefscaleError(f"battle field '{field}' must be text or a list of texts (turns), got {type(value).__name__}")
+
+
+IN_PROCESS_BATTLES = 64  # compare scores up to this many battles without starting Ray
 
 
 def compare(run_dir: str, battles: list[dict[str, Any]], log: Callable[[str], None] = print) -> list[dict[str, Any]]:
@@ -201,9 +231,11 @@ def compare(run_dir: str, battles: list[dict[str, Any]], log: Callable[[str], No
         source, clean_uri, rejects_uri = (os.path.join(scratch, f"{n}.parquet") for n in ("input", "clean", "rejects"))
         table = pa.Table.from_pylist(rows)
         pq.write_table(table.select([c for c in table.column_names if table.column(c).null_count < len(rows)]), source)
-        validate_file(source, clean_uri, rejects_uri, config.data.model_copy(update={"lenient_json": True}))
+        validate_file(source, clean_uri, rejects_uri, config.data.model_copy(update={"lenient_json": True}), predicting=True)
         clean, rejected = read_table(clean_uri), read_table(rejects_uri)
-        by_member, probs = ensemble_probs(config, members, clean, clean_uri, scratch, log) if clean.num_rows else ({}, np.empty((0, 3)))
+        # A few battles are scored in this process: a Ray cluster's start would be most of the answer's time.
+        small = clean.num_rows <= IN_PROCESS_BATTLES
+        by_member, probs = ensemble_probs(config, members, clean, clean_uri, scratch, log, in_process=small) if clean.num_rows else ({}, np.empty((0, 3)))
     position = {int(i): k for k, i in enumerate(clean.column(schema.ID).to_pylist())}
     reasons = dict(zip(rejected.column(schema.ID).to_pylist(), rejected.column("reject_reason").to_pylist(), strict=True)) if rejected.num_rows else {}
     results = []

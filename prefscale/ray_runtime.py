@@ -46,6 +46,13 @@ _SESSION = {"joined": False, "scale_up_timeout_s": RayConfig().scale_up_timeout_
 FORWARDED_ENV = ["HF_TOKEN"]
 
 
+VERBOSE = "PREFSCALE_VERBOSE"  # `prefscale --verbose`: Ray's own log lines too
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE, "") not in ("", "0")
+
+
 def session() -> dict:
     """Whether this process joined a running cluster (which may grow) and how long a stage waits for it to."""
     return dict(_SESSION)
@@ -95,9 +102,16 @@ def ensure_ray(settings: RayConfig = RayConfig()) -> None:
     address = cluster_address(settings)
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not verbose():
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's C++ "E core_worker.cc" lines: Python raises what matters
+        import logging
+
+        logging.getLogger("ray").setLevel(logging.WARNING)  # the driver's INFO lines (connecting, dataset plans, Tune tables)
     if address is not None and not _reachable(address):
         raise PrefscaleError(f"cannot reach Ray at {address}: nothing listens there; start the cluster (ray up / ray start --head) or fix ray.address")
     kwargs = {"include_dashboard": False, "log_to_driver": True} if address is None else {}
+    if not verbose():  # workers' own Ray warnings (a placement-group cleaner that cannot reach a dashboard we never start);
+        kwargs["logging_config"] = ray.LoggingConfig(log_level="ERROR")  # our progress lines are prints: they still come through
     forwarded = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
     if address is not None and forwarded and "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:  # not a job's driver: its env is the job's
         kwargs["runtime_env"] = {"env_vars": forwarded}

@@ -124,8 +124,10 @@ class Tracker:
             self.client.log_batch(run_id, params=[Param(k, v) for k, v in chunk])
 
     def _child(self, parent: str, name: str, metrics: dict[str, float]) -> str:
+        """A finished nested run (a fold of a train run): its numbers, and an end, like its parent's."""
         run = self.client.create_run(self.experiment_id, run_name=name, tags={"mlflow.parentRunId": parent})
         self.log_values(run.info.run_id, metrics=metrics)
+        self.client.set_terminated(run.info.run_id, "FINISHED")
         return run.info.run_id
 
     @contextlib.contextmanager

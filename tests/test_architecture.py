@@ -37,9 +37,9 @@ def test_every_run_directory_path_is_a_listed_top_level_entry():
         assert top in TOP_LEVEL, f"{path} is outside layout.TOP_LEVEL"
 
 
-def test_readme_run_directory_table_matches_the_layout():
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("<!-- run-layout -->")[1]
+def test_the_guides_run_directory_table_matches_the_layout():
+    page = (REPO / "docs" / "recipe.md").read_text()
+    section = page.split("<!-- run-layout -->")[1]
     listed = re.findall(r"^\| `([^`]+)` \|", section, flags=re.M)
     assert listed == list(TOP_LEVEL)
 

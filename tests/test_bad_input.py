@@ -159,3 +159,31 @@ def test_a_corrupt_input_to_score_and_pseudolabel_is_one_line(tmp_path, broken_f
                                 env={**os.environ, "RAY_AUTH_MODE": "disabled"})
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
         assert cut in result.stderr.strip().splitlines()[-1]
+
+
+def test_predict_never_overwrites_its_input_or_a_file_it_did_not_write(tmp_path, capsys):
+    source = tmp_path / "battles.csv"
+    source.write_text("id,prompt,response_a,response_b\n1,q,a,b\n")
+    code, err = run(capsys, "predict", "--run-dir", str(tmp_path), "--input", str(source), "--out", str(source))
+    assert code == 2 and "is an input of this command" in err and source.read_text().startswith("id,prompt")
+    notes = tmp_path / "notes.csv"
+    notes.write_text("my,own,work\n")
+    code, err = run(capsys, "predict", "--run-dir", str(tmp_path), "--input", str(source), "--out", str(notes))
+    assert code == 2 and "is not a submission predict wrote" in err and "--overwrite" in err and notes.read_text() == "my,own,work\n"
+
+
+def test_a_battle_to_predict_is_never_rejected_for_its_label_or_length():
+    from prefscale.config import ValidationConfig
+    from prefscale.data.validate import Rejected, check_row
+
+    long = {"id": 1, "prompt": '["q"]', "response_a": '["' + "a" * 300 + '"]', "response_b": '["b"]'}
+    options = ValidationConfig(max_chars=100)
+    with pytest.raises(Rejected, match="characters > limit"):
+        check_row(long, options)  # training data: rejected (too_long)
+    assert "too_long" in check_row(long, options, predicting=True)["flags"]  # to predict: kept, flagged, cut by the token budget
+    tie = {"id": 2, "prompt": '["q"]', "response_a": '["a"]', "response_b": '["b"]', "winner_model_a": 0, "winner_model_b": 0,
+           "winner_tie": 1, "ties": "none"}
+    with pytest.raises(Rejected, match="labeled tie"):
+        check_row(tie, ValidationConfig())
+    kept = check_row(tie, ValidationConfig(), predicting=True)
+    assert kept["winner_tie"] is None and "unscored_label" in kept["flags"]  # predicted by the model; only its score left out

@@ -152,3 +152,17 @@ def test_shell_completion_knows_the_commands(capsys, shell):
     assert main(["completion", shell]) == 0
     script = capsys.readouterr().out
     assert "prefscale" in script and "pseudolabel" in script and "--run-dir" in script
+
+
+def test_a_newcomers_first_commands_say_what_they_mean(tmp_path, capsys, alpacaeval, kaggle_sample):
+    """config check in words, data validate on a long table pointing at data pairs, data stats naming
+    the arena rows as the report does, data pairs counting the instructions it paired."""
+    assert main(["config", "check", "configs/local.yaml"]) == 0
+    assert capsys.readouterr().out.strip() == "configs/local.yaml: valid (run name local)"
+    assert main(["data", "validate", str(alpacaeval), "--out", str(tmp_path / "v.parquet")]) == 2
+    assert f"prefscale data pairs {alpacaeval} --out battles.parquet" in capsys.readouterr().err
+    assert main(["data", "stats", str(kaggle_sample), "--json"]) == 0
+    assert list(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["datasets"]) == ["arena"]
+    assert main(["data", "pairs", str(alpacaeval), "--out", str(tmp_path / "p.parquet"), "--max-instructions", "2", "--json"]) == 0
+    paired = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert paired["instructions"] == 2 and paired["instructions_in_input"] > 2

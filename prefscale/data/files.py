@@ -25,10 +25,11 @@ from prefscale.io import ParquetSink, read_table, write_table
 from prefscale.progress import bar
 
 
-def validate_file(input_uri: str, out_uri: str, rejects_uri: str, options: ValidationConfig = ValidationConfig()) -> dict[str, Any]:
-    """Validate one input into clean and rejects files; clean + rejected = input rows."""
+def validate_file(input_uri: str, out_uri: str, rejects_uri: str, options: ValidationConfig = ValidationConfig(),
+                  predicting: bool = False) -> dict[str, Any]:
+    """Validate one input into clean and rejects files; clean + rejected = input rows (``predicting``: see check_row)."""
     source = open_battles(input_uri)
-    validator = Validator(options)
+    validator = Validator(options, predicting)
     started = time.perf_counter()
     with ParquetSink(out_uri, empty_schema=schema.BATTLE_SCHEMA) as clean_sink, ParquetSink(rejects_uri, empty_schema=_reject_schema(source.schema)) as reject_sink, bar(source.num_rows, f"validate {os.path.basename(input_uri)}") as progress:
         for clean, rejects in validator.validate(source.batches()):
@@ -102,7 +103,8 @@ def make_pairs(input_uri: str, out_uri: str, options: PairsConfig = PairsConfig(
     seconds = time.perf_counter() - started
     return {
         "input": input_uri,
-        "instructions": len(pc.unique(long.column("instruction"))),
+        "instructions": min(len(pc.unique(long.column("instruction"))), options.max_instructions or len(long)),  # the ones paired
+        "instructions_in_input": len(pc.unique(long.column("instruction"))),
         "outputs": long.num_rows,
         "distinct_pairs": distinct,
         "pairs_written": sink.rows,
@@ -127,10 +129,12 @@ def stats(input_uri: str) -> dict[str, Any]:
             known = ~np.isnan(matrix).any(axis=1)
             labels += matrix[known].sum(axis=0)
             unlabeled += int((~known).sum())
-            for column, counter in ((schema.FOLD, folds), ("dataset", datasets)):
-                if column in clean.column_names:
-                    for value, count in zip(*np.unique(np.asarray(clean.column(column).to_pylist(), dtype=object).astype(str), return_counts=True), strict=True):
-                        counter[value] = counter.get(value, 0) + int(count)
+            if schema.FOLD in clean.column_names:
+                for value, count in zip(*np.unique(np.asarray(clean.column(schema.FOLD).to_pylist(), dtype=object).astype(str), return_counts=True), strict=True):
+                    folds[value] = folds.get(value, 0) + int(count)
+            # Each row's source as the report names it: a row without a dataset is the arena's (schema.DEFAULT_SOURCE)
+            for value, count in zip(*np.unique(schema.battle_sources(clean).astype(str), return_counts=True), strict=True):
+                datasets[value] = datasets.get(value, 0) + int(count)
             progress.update(clean.num_rows + rejects.num_rows)
     labeled = float(labels.sum())
     shares = (labels / labeled) if labeled else np.full(3, np.nan)

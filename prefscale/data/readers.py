@@ -94,6 +94,9 @@ def open_battles(uri: str | os.PathLike[str]) -> BattleSource:
         raise PrefscaleError(f"cannot read {uri} as {fmt}: {str(exc).splitlines()[0]}; check the file is complete and in that format") from None
     needed = ("question_id", *ARENA_COLUMNS) if source.is_arena else schema.REQUIRED_COLUMNS
     missing = [c for c in needed if c not in source.schema.names]
+    if missing and {"instruction", "generator", "output"} <= set(source.schema.names):
+        raise PrefscaleError(f"{uri} is a long table (instruction, generator, output), not battles; make battles from it first: "
+                             f"prefscale data pairs {uri} --out battles.parquet")
     if missing:
         raise PrefscaleError(
             f"{uri} lacks column(s) {', '.join(missing)}; a battle needs {', '.join(schema.REQUIRED_COLUMNS)} "

@@ -150,8 +150,11 @@ def row_protocol(row: dict[str, Any], options: ValidationConfig) -> Any:
     return row.get(schema.TIES) or options.protocol(row.get(schema.SOURCE) or schema.DEFAULT_SOURCE)
 
 
-def check_row(row: dict[str, Any], options: ValidationConfig) -> dict[str, Any]:
-    """Return the clean core fields of one raw row, or raise Rejected."""
+def check_row(row: dict[str, Any], options: ValidationConfig, predicting: bool = False) -> dict[str, Any]:
+    """Return the clean core fields of one raw row, or raise Rejected. ``predicting``: a battle to
+    predict is never rejected for its label or its length: an over-long one is flagged ``too_long``
+    (the formatter cuts it to the token budget, as in training), and a tie label its protocol
+    forbids is dropped and flagged ``unscored_label`` (a label never changes a prediction)."""
     if error := row.get(schema.READ_ERROR):
         reason, _, detail = error.partition("|")
         raise Rejected(reason, detail)
@@ -174,7 +177,9 @@ def check_row(row: dict[str, Any], options: ValidationConfig) -> dict[str, Any]:
         raise Rejected("empty_text", "prompt and both responses are empty")
     size = sum(len(cells[c]) for c in schema.TEXT_COLUMNS)
     if size > options.max_chars:
-        raise Rejected("too_long", f"{size} characters > limit {options.max_chars}; raise data.max_chars to keep it")
+        if not predicting:
+            raise Rejected("too_long", f"{size} characters > limit {options.max_chars}; raise data.max_chars to keep it")
+        flags.append("too_long")
     for column in (schema.MODEL_A, schema.MODEL_B):
         if row.get(column) is not None and not isinstance(row[column], str):
             raise Rejected("wrong_type", f"{column} must be a string, got {type(row[column]).__name__}")
@@ -187,7 +192,10 @@ def check_row(row: dict[str, Any], options: ValidationConfig) -> dict[str, Any]:
     if ties not in schema.TIE_PROTOCOLS:
         raise Rejected("bad_ties", f"ties must be one of {', '.join(schema.TIE_PROTOCOLS)}, got {str(ties)[:40]!r}")
     if ties == "none" and label is not None and label[2] > LABEL_TOLERANCE:
-        raise Rejected("tie_in_forced_choice", f"labeled tie ({label[2]:.2f}) under protocol 'none'; fix the label or data.ties")
+        if not predicting:
+            raise Rejected("tie_in_forced_choice", f"labeled tie ({label[2]:.2f}) under protocol 'none'; fix the label or data.ties")
+        label = None
+        flags.append("unscored_label")
     a_text, b_text = "".join(texts[schema.RESPONSE_A]).strip(), "".join(texts[schema.RESPONSE_B]).strip()
     flags += [name for name, on in (("empty_a", not a_text), ("empty_b", not b_text), ("identical", a_text == b_text)) if on]
     return {
@@ -209,8 +217,9 @@ def _earlier_flags(value: Any) -> list[str]:
 class Validator:
     """Validates a stream of raw batches; remembers ids across batches to catch duplicates."""
 
-    def __init__(self, options: ValidationConfig = ValidationConfig()) -> None:
+    def __init__(self, options: ValidationConfig = ValidationConfig(), predicting: bool = False) -> None:
         self.options = options
+        self.predicting = predicting
         self.stats = ValidationStats()
         self._seen_ids: set[int] = set()
 
@@ -221,7 +230,7 @@ class Validator:
         clean_rows, clean_index, reject_index, reasons, details = [], [], [], [], []
         for index, row in enumerate(rows):
             try:
-                clean = check_row(row, self.options)
+                clean = check_row(row, self.options, self.predicting)
                 if clean[schema.ID] in self._seen_ids:
                     raise Rejected("duplicate_id", f"id {clean[schema.ID]} already seen")
             except Rejected as rejected:
