@@ -12,7 +12,7 @@ MLFLOW_UI_VENV ?= .venv-mlflow-ui
 PAIRJUDGE_VENV ?= .venv-pairjudge
 RUN ?= runs/local
 
-.PHONY: setup demo test bench bench-pairjudge-venv clean mlflow-ui
+.PHONY: setup demo test bench bench-pairjudge-venv clean mlflow-ui docs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,6 +31,15 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/bench_pairs.py
+
+# The user guide's generated pages and pictures (tests/test_docs.py fails when they are stale), then the site.
+docs: setup
+	$(VENV)/bin/prefscale config reference > docs/CONFIG.md
+	$(VENV)/bin/prefscale config cli-reference > docs/cli.md
+	$(PY) benchmarks/render_page.py > docs/benchmarks.md
+	$(PY) benchmarks/render_page.py --rankings > docs/dump-leaderboard.md
+	mkdir -p docs/img && cp benchmarks/results/*.png docs/img/
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 # The peer library bench_score_throughput.py compares against, kept out of prefscale's environment.
 bench-pairjudge-venv:

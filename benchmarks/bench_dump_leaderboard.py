@@ -54,8 +54,23 @@ def length_baseline(dump: Path, board: pd.DataFrame) -> dict:
     lengths = pd.read_parquet(dump, columns=["generator", "output"])
     mean_length = lengths.assign(chars=lengths["output"].str.len()).groupby("generator")["chars"].mean()
     joined = board.set_index("model").join(mean_length.rename("mean_chars"))
-    return {"spearman_rating_vs_mean_length": round(float(joined["rating"].rank().corr(joined["mean_chars"].rank())), 4),
-            "length_ranking_top5": mean_length.sort_values(ascending=False).index[:5].tolist()}
+    found = {"spearman_rating_vs_mean_length": round(float(joined["rating"].rank().corr(joined["mean_chars"].rank())), 4),
+             "length_ranking_top5": mean_length.sort_values(ascending=False).index[:5].tolist()}
+    if "style_rating" in joined:
+        found["spearman_style_rating_vs_mean_length"] = round(float(joined["style_rating"].rank().corr(joined["mean_chars"].rank())), 4)
+    return found
+
+
+def style_control(board: pd.DataFrame, summary: dict) -> dict:
+    """The two rankings' top 10 side by side, with ratings and intervals, and the style coefficients."""
+    def top(key: str) -> list[dict]:
+        ranked = board.sort_values(key, ascending=False).head(10)
+        return [{"model": r["model"], "rating": round(r[key], 1), "low": round(r[f"{key}_low"], 1), "high": round(r[f"{key}_high"], 1)}
+                for _, r in ranked.iterrows()]
+
+    return {"top10_plain": top("rating"), "top10_style_controlled": top("style_rating"),
+            "coefficients": summary["style_coefficients"], "spearman_plain_vs_style": summary["spearman_plain_vs_style"],
+            "notes": summary["notes"]}
 
 
 def main() -> None:
@@ -113,6 +128,7 @@ def main() -> None:
         "top5": board["model"].head(5).tolist(), "bottom5": board["model"].tail(5).tolist(),
         "tie_parameter": summary["leaderboard"]["tie_parameter"],
         **length_baseline(source, board),
+        "style_control": style_control(board, summary["leaderboard"]),
     }
     write_result("dump_leaderboard" + suffix, record)
 

@@ -21,7 +21,9 @@ import sys
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from common import REPO, write_result  # noqa: E402
+import shutil  # noqa: E402
+
+from common import REPO, RESULTS, write_result  # noqa: E402
 
 
 def main() -> None:
@@ -63,6 +65,7 @@ def main() -> None:
                 for source, prior in table["source prior (out of fold)"]["per_dataset"].items()},
         },
         "leave_one_source_out": report["leave_one_source_out"],
+        "style_reliance": report.get("style_reliance"),
     }
     transfer = report["leave_one_source_out"]
     if transfer:
@@ -80,6 +83,9 @@ def main() -> None:
                            for k, v in summary["stages"].items() if k.startswith("train:")},
         }
     write_result("stacking", record)
+    for picture in ("reliability.png", "cascade.png"):  # the user guide shows them (make docs copies results/*.png to docs/img)
+        if os.path.exists(layout.report_file(picture)):
+            shutil.copy(layout.report_file(picture), RESULTS / f"local_{picture}")
     print(record["targets"])
 
 

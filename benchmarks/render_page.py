@@ -55,5 +55,32 @@ def render() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def render_rankings() -> str:
+    """docs/dump-leaderboard.md: the AlpacaEval dump's two rankings side by side and the style coefficients."""
+    record = json.loads((RESULTS / "dump_leaderboard.json").read_text())
+    style = record.get("style_control")
+    lines = ["# The AlpacaEval dump, ranked two ways", "",
+             f"Rendered from `benchmarks/results/dump_leaderboard.json` by `{REGENERATE_RANKINGS}`; measured by `{record['command']}` "
+             f"on {record['date']} (commit {record.get('commit', 'not recorded')}, {record['machine']}).", ""]
+    if not style:
+        return "\n".join([*lines, "This result predates style control; rerun the benchmark."]) + "\n"
+    lines += [f"{record['battles']:,} battles of {record['models']} chatbots, scored through the cascade, ranked by Davidson's "
+              f"Bradley-Terry model with ties, once plain and once with style covariates (see [the leaderboard](leaderboard.md)). "
+              f"Rank correlation with mean answer length: plain {record['spearman_rating_vs_mean_length']}, style-controlled "
+              f"{record.get('spearman_style_rating_vs_mean_length')}; between the two rankings {style['spearman_plain_vs_style']}.", "",
+              "| rank | plain | rating (95% interval) | style-controlled | rating (95% interval) |", "|---|---|---|---|---|"]
+    for k, (plain, styled) in enumerate(zip(style["top10_plain"], style["top10_style_controlled"], strict=True), start=1):
+        lines.append(f"| {k} | {plain['model']} | {plain['rating']} ({plain['low']}, {plain['high']}) | {styled['model']} | "
+                     f"{styled['rating']} ({styled['low']}, {styled['high']}) |")
+    lines += ["", "Style coefficients (per unit of each covariate's spread; positive: more of it wins):", "",
+              "| feature | coefficient | 95% interval |", "|---|---|---|"]
+    lines += [f"| {c['feature']} | {c['coefficient']} | ({c['low']}, {c['high']}) |" for c in style["coefficients"]]
+    lines += ["", *(f"- {note}" for note in style["notes"]), "", "![both rankings](img/dump_leaderboard.png)"]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+REGENERATE_RANKINGS = "python benchmarks/render_page.py --rankings > docs/dump-leaderboard.md"
+
+
 if __name__ == "__main__":
-    sys.stdout.write(render())
+    sys.stdout.write(render_rankings() if "--rankings" in sys.argv else render())

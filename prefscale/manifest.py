@@ -62,8 +62,10 @@ def sha256(uri: str) -> str:
 
 def _key(config: Config, uri: str) -> str:
     """Paths inside the run directory are stored relative to it, so a moved run still verifies."""
-    root = config.run_dir.rstrip("/") + "/"
-    return uri[len(root):] if uri.startswith(root) else uri
+    roots = [config.run_dir.rstrip("/") + "/"]
+    if "://" not in config.run_dir:
+        roots.append(os.path.abspath(config.run_dir) + "/")  # models are named by their absolute path
+    return next((uri[len(root):] for root in roots if uri.startswith(root)), uri)
 
 
 def _identity(uri: str) -> list[int]:

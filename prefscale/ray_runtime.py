@@ -103,7 +103,7 @@ def ensure_ray(settings: RayConfig = RayConfig()) -> None:
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if not verbose():
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's C++ "E core_worker.cc" lines: Python raises what matters
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray Tune's boxed tables: the legacy reporter honours verbose=0
         import logging
 
         logging.getLogger("ray").setLevel(logging.WARNING)  # the driver's INFO lines (connecting, dataset plans, Tune tables)

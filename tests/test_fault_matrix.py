@@ -398,3 +398,22 @@ def test_the_manifest_check_hashes_only_files_whose_size_or_mtime_changed(tmp_pa
     weights.write_bytes(b"\x02" * 4096)  # same size, new mtime
     with pytest.raises(PrefscaleError, match="changed: weights.bin"):
         verify(config)
+
+
+def test_a_sealed_run_still_verifies_after_its_directory_moves(tmp_path, monkeypatch):
+    """Models are named by absolute path; the manifest keys them relative to the run directory."""
+    from prefscale.manifest import _key, verify
+
+    monkeypatch.chdir(tmp_path)
+    config = Config.model_validate({"name": "m", "output_dir": "runs/a", "data": {"train": ["x"]}})
+    (tmp_path / "runs" / "a" / "models").mkdir(parents=True)
+    weights = tmp_path / "runs" / "a" / "models" / "weights.bin"
+    weights.write_bytes(b"\x01" * 64)
+    assert _key(config, str(weights)) == _key(config, "runs/a/models/weights.bin") == "models/weights.bin"
+    from prefscale.io import write_json
+    from prefscale.manifest import sha256
+
+    write_json({"files": {"models/weights.bin": sha256(str(weights))}, "identity": {}}, config.layout.manifest)
+    (tmp_path / "runs" / "a").rename(tmp_path / "runs" / "b")
+    moved = Config.model_validate({"name": "m", "output_dir": "runs/b", "data": {"train": ["x"]}})
+    assert verify(moved) == 1
