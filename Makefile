@@ -36,9 +36,7 @@ bench: setup
 docs: setup
 	$(VENV)/bin/prefscale config reference > docs/CONFIG.md
 	$(VENV)/bin/prefscale config cli-reference > docs/cli.md
-	$(PY) benchmarks/render_page.py > docs/benchmarks.md
-	$(PY) benchmarks/render_page.py --rankings > docs/dump-leaderboard.md
-	mkdir -p docs/img && cp benchmarks/results/*.png docs/img/
+	$(PY) benchmarks/render_page.py
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 # The peer library bench_score_throughput.py compares against, kept out of prefscale's environment.
