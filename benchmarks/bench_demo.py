@@ -3,7 +3,7 @@ config with `score.precision: fp32`), one after the other on one machine, each i
 directory. Wall time is the driver's, from start to the sealed report; stage times and the OOF
 figures come from each run's summary.json.
 Usage: python benchmarks/bench_demo.py [--precisions int8 fp32]
-Leaves runs/local (int8, what the other benchmarks read) and runs/local-fp32.
+Leaves runs/local (the shipped config's run, what the other benchmarks read) and runs/local-<other precision>.
 """
 
 from __future__ import annotations
@@ -21,7 +21,12 @@ import yaml
 from common import REPO, write_result
 
 CONFIG = "configs/local.yaml"
-RUN_DIRS = {"int8": "runs/local", "fp32": "runs/local-fp32"}
+PRECISIONS = ("int8", "fp32")
+
+
+def run_dir_for(precision: str) -> str:
+    shipped = yaml.safe_load(open(REPO / CONFIG))["score"].get("precision")
+    return "runs/local" if precision == shipped else f"runs/local-{precision}"
 
 
 def config_at(precision: str, scratch: str) -> str:
@@ -38,14 +43,14 @@ def config_at(precision: str, scratch: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--precisions", nargs="+", default=["int8", "fp32"], choices=sorted(RUN_DIRS))
+    parser.add_argument("--precisions", nargs="+", default=["int8", "fp32"], choices=PRECISIONS)
     args = parser.parse_args()
     scratch = tempfile.mkdtemp(prefix="prefscale-bench-demo-")
     record = {"benchmark": "make demo end to end: the local recipe scoring at int8 vs fp32, one after the other",
               "command": "python benchmarks/bench_demo.py --precisions " + " ".join(args.precisions), "runs": {}}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     for precision in args.precisions:
-        run_dir = REPO / RUN_DIRS[precision]
+        run_dir = REPO / run_dir_for(precision)
         shutil.rmtree(run_dir, ignore_errors=True)
         started = time.perf_counter()
         subprocess.run([os.path.join(os.path.dirname(sys.executable), "prefscale"), "run", "--config", config_at(precision, scratch),
@@ -54,7 +59,7 @@ def main() -> None:
         summary = json.load(open(run_dir / "summary.json"))
         report = json.load(open(run_dir / "report" / "report.json"))
         record["runs"][precision] = {
-            "run_dir": RUN_DIRS[precision], "wall_s": wall, "stage_seconds": {k: round(v, 1) for k, v in summary["timings_s"].items()},
+            "run_dir": run_dir_for(precision), "wall_s": wall, "stage_seconds": {k: round(v, 1) for k, v in summary["timings_s"].items()},
             "oof_log_loss": {k.split(":", 1)[1]: v["oof_log_loss"] for k, v in summary["stages"].items() if k.startswith("train:")},
             "ensemble_log_loss": report["table"]["ensemble (final)"]["log_loss"]}
         print(precision, record["runs"][precision], flush=True)

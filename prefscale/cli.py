@@ -365,8 +365,9 @@ def _stage_parser(commands: Any, name: str, help_text: str, func: Any, several: 
     """A stage command: reads --config (``several``: configs run in turn on one run directory), may move the run directory with --run-dir."""
     parser = commands.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
     if several:
-        parser.add_argument("--config", required=True, nargs="+", help="YAML recipes, in order: each config's runs may use the runs of the "
-                                                                       "configs before it (teachers, then their student)")
+        parser.add_argument("--config", required=True, nargs="+", action="extend", help="YAML recipes, in order (`--config A B` or "
+                                                                       "`--config A --config B`): each config's runs may use the runs of the configs "
+                                                                       "before it (teachers, then their student)")
     else:
         parser.add_argument("--config", required=True, help="YAML recipe (see configs/ and docs/CONFIG.md)")
     parser.add_argument("--run-dir", help="run directory (default: the config's output_dir, else runs/<name>)")
@@ -467,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(commands, "submit", "submit configs, in order (teachers, then their student), as one Ray job to a running cluster: "
                                      "the repository as its working directory, HF_TOKEN from your environment", cmd_submit)
     p.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265 (`ray dashboard cluster.yaml` tunnels it)")
-    p.add_argument("--config", required=True, nargs="+", help="YAML recipes under configs/, in order")
+    p.add_argument("--config", required=True, nargs="+", action="extend", help="YAML recipes under configs/, in order")
     p.add_argument("--wait", action="store_true", help="follow the job's log until it ends; exit 2 unless it succeeded")
 
     p = _command(commands, "predict", "apply a finished run's ensemble to new battles; writes a Kaggle submission CSV", cmd_predict)
@@ -544,10 +545,11 @@ def _all_subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentPa
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
-    if args.verbose:
-        from prefscale.ray_runtime import VERBOSE
+    from prefscale.ray_runtime import VERBOSE, quiet_libraries
 
+    if args.verbose:
         os.environ[VERBOSE] = "1"
+    quiet_libraries()
     started = time.perf_counter()
     try:
         result = args.func(args)

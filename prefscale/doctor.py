@@ -175,7 +175,7 @@ def _needed_runs(config: Config, earlier: set[str]) -> list[str]:
 
     layout, problems = config.layout, []
     here = set(config.train) | set(config.members)
-    advice = f"run its config first on {config.run_dir}, or name it before this one (prefscale run --config TEACHER.yaml --config THIS.yaml)"
+    advice = f"run its config first on {config.run_dir}, or name it before this one (prefscale run --config TEACHER.yaml THIS.yaml)"
     for name, run in config.train.items():
         for teacher in run.distill.teachers if run.distill else []:
             if teacher not in here and teacher not in earlier and not _readable(layout.oof(teacher)):

@@ -93,16 +93,31 @@ def battle_style(battles_uri: str) -> np.ndarray:
     import pyarrow.dataset as pads
 
     from prefscale.io import resolve
-    from prefscale.style import STYLE_FEATURES, answer_style, style_differences
+    from prefscale.style import STYLE_FEATURES, style_differences
 
     fs, path = resolve(battles_uri)
-    dataset = pads.dataset(path, filesystem=fs, format="parquet")
-    if missing := [c for c in (schema.RESPONSE_A, schema.RESPONSE_B) if c not in dataset.schema.names]:
+    answers = [schema.RESPONSE_A, schema.RESPONSE_B]
+    # Dictionary-encoded: a dump's answer recurs in every battle of its instruction, so each distinct
+    # answer is counted once per batch; no readahead: a few batches of text in memory, not gigabytes.
+    parquet = pads.ParquetFileFormat(read_options=pads.ParquetReadOptions(dictionary_columns=answers))
+    dataset = pads.dataset(path, filesystem=fs, format=parquet)
+    if missing := [c for c in answers if c not in dataset.schema.names]:
         raise PrefscaleError(f"{battles_uri} lacks {', '.join(missing)}, which style control reads; give battles with their answers, "
                              f"or --style-control off")
-    parts = [style_differences(answer_style(b.column(schema.RESPONSE_A)), answer_style(b.column(schema.RESPONSE_B)))
-             for b in dataset.to_batches(columns=[schema.RESPONSE_A, schema.RESPONSE_B], batch_size=65_536)]
+    parts = [style_differences(*(_answer_style(b.column(c)) for c in answers))
+             for b in dataset.to_batches(columns=answers, batch_size=65_536, batch_readahead=1, fragment_readahead=1)]
     return np.concatenate(parts) if parts else np.zeros((0, len(STYLE_FEATURES)))
+
+
+def _answer_style(answers: pa.Array) -> np.ndarray:
+    """answer_style per row, computed once per distinct answer of a dictionary-encoded column."""
+    from prefscale.style import answer_style
+
+    if not pa.types.is_dictionary(answers.type):
+        return answer_style(answers)
+    if answers.null_count:  # a missing answer counts as empty, as answer_style reads it
+        return answer_style(answers.dictionary_decode())
+    return answer_style(answers.dictionary)[np.asarray(answers.indices.to_numpy(zero_copy_only=False), dtype=np.int64)]
 
 
 def _style_table(battles_uri: str, keep: np.ndarray, first: np.ndarray, second: np.ndarray, outcomes: np.ndarray, names: list[str],

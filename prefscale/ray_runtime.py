@@ -53,6 +53,24 @@ def verbose() -> bool:
     return os.environ.get(VERBOSE, "") not in ("", "0")
 
 
+def quiet_libraries() -> None:
+    """Unless --verbose, keep the libraries' notices that say nothing about this run (deprecations,
+    bitsandbytes' optional kernel package, MLflow's schema set-up) out of the user's terminal.
+    Called by the CLI and at the start of every training worker and scoring actor (own processes)."""
+    if verbose():
+        return
+    import logging
+    import warnings
+
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")  # Ray Data's execution plans; it reads this when it configures its loggers
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # its schema set-up; read when mlflow is imported
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    for name in ("bitsandbytes", "mlflow", "alembic", "optuna", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # each report and checkpoint of every worker
+
+
 def session() -> dict:
     """Whether this process joined a running cluster (which may grow) and how long a stage waits for it to."""
     return dict(_SESSION)
@@ -102,11 +120,15 @@ def ensure_ray(settings: RayConfig = RayConfig()) -> None:
     address = cluster_address(settings)
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # Ray Train's per-worker log files and console handler: with them every print of a worker reached
+        # the terminal twice and each report was announced; its processes inherit this environment.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING", "0")
     if not verbose():
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray Tune's boxed tables: the legacy reporter honours verbose=0
         import logging
 
         logging.getLogger("ray").setLevel(logging.WARNING)  # the driver's INFO lines (connecting, dataset plans, Tune tables)
+        quiet_libraries()
     if address is not None and not _reachable(address):
         raise PrefscaleError(f"cannot reach Ray at {address}: nothing listens there; start the cluster (ray up / ray start --head) or fix ray.address")
     kwargs = {"include_dashboard": False, "log_to_driver": True} if address is None else {}

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from prefscale.cascade.fit import fit_cascade, route, uncertainty
+from prefscale.cascade.fit import fit_cascade, most_uncertain, route, uncertainty
 from prefscale.config import CascadeConfig
 from prefscale.metrics import log_loss
 
@@ -34,6 +34,15 @@ def test_route_sends_the_most_uncertain_share_at_every_boundary_and_thresholds_r
     replayed = route(stages, kind, thresholds=thresholds)
     np.testing.assert_array_equal(replayed[1], decided)
     assert (route(stages, kind, fraction=0.0)[1] == 0).all() and route(stages, kind, thresholds=[None, None])[2] == [None, None]
+
+
+def test_a_budget_holds_when_a_stage_gives_every_battle_the_same_uncertainty():
+    """A collapsed model (one prediction for all, as int8 made a tiny one-fold student): the share
+    sent on is still the budget, not everything tied at the cut."""
+    flat = np.full((100, 3), [0.4, 0.35, 0.25])
+    _, decided, _ = route([flat, flat, flat], "entropy", fraction=0.3)
+    assert np.bincount(decided, minlength=3).tolist() == [70, 21, 9]
+    assert most_uncertain(np.array([0.2, 0.9, 0.9, 0.9, 0.1]), 0.4).tolist() == [False, True, True, False, False]
 
 
 def test_fit_chooses_the_cheapest_share_within_tolerance_of_the_last_stage():

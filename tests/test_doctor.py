@@ -58,3 +58,27 @@ def test_gpus_that_cuda_cannot_see_are_found_before_the_job(tmp_path, tiny_bert_
     code, problems, _ = doctor(tmp_path, config)
     assert code == 2 and len(problems) == 1, problems
     assert "was given a GPU but node " in problems[0] and "sees no CUDA device" in problems[0]
+
+
+def test_a_student_whose_teachers_do_not_exist_yet_fails_doctor_smoke_included(tmp_path):
+    """The Gemma-2 student alone (no teacher config before it, no teacher in its run directory):
+    doctor names both teachers it distills from and both pseudolabel scorers, with the command
+    that runs the teachers first; the smoke doctor refuses it too."""
+    student = str(REPO / "configs" / "gemma2_9b_student.yaml")
+    for smoke in ([], ["--smoke"]):
+        result = subprocess.run([sys.executable, "-m", "prefscale.cli", "doctor", "--config", student, "--run-dir", str(tmp_path / "run"),
+                                 *smoke], capture_output=True, text=True, cwd=REPO, timeout=300,
+                                env={**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"})
+        assert result.returncode == 2, result.stderr[-2000:]
+        for teacher in ("llama3_70b", "qwen2_72b"):
+            assert f"train.gemma2_9b distills from '{teacher}', which this config does not train" in result.stderr, smoke
+            assert f"pseudolabel.scorers names '{teacher}'" in result.stderr, smoke
+        assert "prefscale run --config TEACHER.yaml THIS.yaml" in result.stderr
+
+
+def test_several_configs_may_be_given_as_one_list_or_one_flag_each():
+    from prefscale.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["run", "--config", "a.yaml", "b.yaml"], ["run", "--config", "a.yaml", "--config", "b.yaml"]):
+        assert parser.parse_args(argv).config == ["a.yaml", "b.yaml"]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
         run.update({"model": {"path": tiny_bert_path}, "folds": [0], "max_rows": 64, "checkpoint_every": 100, "max_length": 48})
     config["train"]["teacher"]["workers"] = 1
     config["pseudolabel"]["rows"] = 64
+    config["score"]["precision"] = "int8"  # int8 replicas through held-out folds, pseudolabels, predict, compare and the cascade
     config["stack"]["tune_samples"] = 30
     del config["stack"]["members"]  # the default: members and runs over every fold
     config["members"]["features"]["params"] = {"max_iter": 60}  # the recipe's members, lighter
@@ -40,6 +42,10 @@ def test_main_job_runs_every_stage(tmp_path, kaggle_sample, human_pairs, alpacae
     result = subprocess.run([sys.executable, "-m", "prefscale.cli", "run", "--config", str(path), "--run-dir", str(out), "--json"],
                             capture_output=True, text=True, cwd=REPO, timeout=900, env=_without_tracking_server())
     assert result.returncode == 0, result.stderr[-3000:]
+    # Quiet by default (--verbose shows them): no Ray INFO lines, Train notices or library deprecations among the progress lines.
+    noise = re.compile(r"\bINFO\b|Warning: |Attempting to start training worker group|Checkpoint successfully created|Reporting training result|kernels-community")
+    noisy = [line[:200] for line in result.stderr.splitlines() if noise.search(line)]
+    assert noisy == [], "\n".join(noisy)
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     stages = summary["stages"]
     sample_rows = pq.read_metadata(kaggle_sample).num_rows
@@ -145,7 +151,7 @@ def _check_cascade(out: Path, tmp_path: Path, alpacaeval: Path, pairs: int) -> N
          "--out", str(tmp_path / "via_score"), "--rows", "200", "--send-fraction", "0.3"],
         ["leaderboard", "--run-dir", str(out), "--battles", str(dump), "--out", str(tmp_path / "ranked"), "--bootstrap", "20"],
     ])
-    assert first["scored"] == 500 and all(first["decided_by_stage"][s] > 0 for s in stages)
+    assert first["scored"] == 500 and all(first["decided_by_stage"][s] > 0 for s in stages), first["decided_by_stage"]
     assert rest["already_done"] == 500 and rest["scored"] == pairs - 500 and rest["output_rows"] == rest["unique_ids"] == pairs
     table = pd.read_parquet(scored)
     assert sorted(table["id"]) == sorted(pq.read_table(out / "unlabeled_pairs.parquet", columns=["id"]).column("id").to_pylist())

@@ -91,3 +91,21 @@ def test_a_member_that_leans_on_length_twice_as_hard_as_the_humans_shows_a_ratio
     ratio = found["member"]["length"]
     assert found["humans"]["length"]["ratio_to_reference"] == 1.0
     assert 1.5 < ratio["ratio_to_reference"] < 2.7 and ratio["ratio_low"] > 1.0, ratio
+
+
+def test_a_dumps_style_is_read_per_distinct_answer_and_equals_the_per_battle_count(tmp_path):
+    """battle_style reads the answers dictionary-encoded (each distinct answer counted once, no
+    readahead: the whole dump peaked at 0.6 GiB instead of 5.5); a null answer counts as empty."""
+    import pyarrow.parquet as pq
+
+    from prefscale.leaderboard_files import battle_style
+
+    answers = ["short", "## Title\n- one\n- two **bold**", "a much longer plain answer " * 5, ""]
+    rng = np.random.default_rng(0)
+    a = [answers[i] for i in rng.integers(0, 4, 300)]
+    b = [answers[i] for i in rng.integers(0, 4, 300)]
+    b[7] = None
+    table = pa.table({"response_a": a, "response_b": b})
+    pq.write_table(table, tmp_path / "battles.parquet", row_group_size=64)
+    expected = style_differences(answer_style(table.column("response_a").combine_chunks()), answer_style(table.column("response_b").combine_chunks()))
+    np.testing.assert_array_equal(battle_style(str(tmp_path / "battles.parquet")), expected)

@@ -38,6 +38,15 @@ def fraction_cut(u: np.ndarray, fraction: float) -> float:
     return float(np.sort(u)[::-1][k - 1]) if k > 0 else np.inf
 
 
+def most_uncertain(u: np.ndarray, fraction: float) -> np.ndarray:
+    """Mask of the most uncertain share ``fraction`` of ``u``: exactly round(fraction * len(u)) battles,
+    ties broken by position, so a budget holds even where a stage gives many battles one uncertainty
+    (a collapsed model: a cut at that value would send them all)."""
+    mask = np.zeros(len(u), dtype=bool)
+    mask[np.argsort(-u, kind="stable")[: int(round(fraction * len(u)))]] = True
+    return mask
+
+
 def route(stage_probs: list[np.ndarray], kind: str, fraction: float | None = None,
           thresholds: list[float | None] | None = None) -> tuple[np.ndarray, np.ndarray, list[float | None]]:
     """(final probabilities, index of the deciding stage, thresholds used) for battles routed by
@@ -50,9 +59,11 @@ def route(stage_probs: list[np.ndarray], kind: str, fraction: float | None = Non
         u = uncertainty(stage_probs[b], kind)
         if thresholds is not None:
             cut = np.inf if thresholds[b] is None else thresholds[b]
+            sent = reached & (u >= cut) if np.isfinite(cut) else np.zeros(n, dtype=bool)
         else:
             cut = fraction_cut(u[reached], fraction)
-        sent = reached & (u >= cut) if np.isfinite(cut) else np.zeros(n, dtype=bool)
+            sent = np.zeros(n, dtype=bool)
+            sent[np.flatnonzero(reached)[most_uncertain(u[reached], fraction)]] = True
         final[sent] = stage_probs[b + 1][sent]
         decided[sent] = b + 1
         reached = sent

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from prefscale.cascade.fit import fraction_cut, uncertainty
+from prefscale.cascade.fit import most_uncertain, uncertainty
 from prefscale.config import Config
 from prefscale.data import schema
 from prefscale.errors import PrefscaleError
@@ -135,10 +135,9 @@ class StageDecider:
         if not plan.last and len(decided):
             u = uncertainty(probs[scored], self.uncertainty)
             if plan.fraction is not None:
-                cut = fraction_cut(u, plan.fraction)
-            else:
-                cut = np.inf if plan.threshold is None else plan.threshold
-            route[decided[u >= cut]] = plan.index + 1
+                route[decided[most_uncertain(u, plan.fraction)]] = plan.index + 1
+            elif plan.threshold is not None:
+                route[decided[u >= plan.threshold]] = plan.index + 1
         batch = _set_rows(batch, stage_columns(plan.name), rows, probs, pa.float32())
         batch = _set_rows(batch, list(schema.PROBS), decided, probs[scored], pa.float32())
         batch = _set_rows(batch, [STAGE], decided, np.full((len(decided), 1), plan.name, dtype=object), pa.string())

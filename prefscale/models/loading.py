@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import warnings
 import re
 from collections.abc import Iterator
 
@@ -181,7 +182,9 @@ def dynamic_int8(model):
 
     layers = {name: default_dynamic_qconfig for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and not kept(name)}
     torch.backends.quantized.engine = "fbgemm" if "fbgemm" in torch.backends.quantized.supported_engines else "qnnpack"
-    return quantize_dynamic(model, layers, dtype=torch.qint8, inplace=True)
+    with warnings.catch_warnings():  # torch.ao's deprecation notices, once per replica; its successor (torchao) is not a dependency
+        warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
+        return quantize_dynamic(model, layers, dtype=torch.qint8, inplace=True)
 
 
 def load_classifier(spec: str, trust_remote_code: bool = False, **kwargs):

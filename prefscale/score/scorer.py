@@ -97,6 +97,9 @@ class ModelScorer:
         separate tokenizer stage runs (CPU scoring)."""
         import torch
 
+        from prefscale.ray_runtime import quiet_libraries
+
+        quiet_libraries()
         torch.set_num_threads(threads)
         self.torch = torch
         self.device = torch_device(use_gpu, "a scorer actor (score.gpus_per_actor > 0)", rehearse=rehearse).type

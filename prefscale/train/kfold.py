@@ -32,6 +32,7 @@ from prefscale.io import (
     read_table,
     write_table,
 )
+from prefscale.ray_runtime import verbose
 from prefscale.scaling import accelerator, await_resources
 from prefscale.score.engine import score_plan
 from prefscale.score.scoring_model import (
@@ -96,6 +97,7 @@ def fit_folds(config: Config, name: str, jobs: list[FoldJob]) -> None:
             storage_path=layout.checkpoints,
             failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose() else "WARNING"),  # worker-group and checkpoint notices
         ),
     )
     try:

@@ -320,7 +320,9 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
 
     from prefscale.io import finished
+    from prefscale.ray_runtime import quiet_libraries
 
+    quiet_libraries()
     ctx = ray.train.get_context()
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as restore:
