@@ -68,7 +68,6 @@ def quiet_libraries() -> None:
         warnings.filterwarnings("ignore", category=category)
     for name in ("bitsandbytes", "mlflow", "alembic", "optuna", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # each report and checkpoint of every worker
 
 
 def session() -> dict:
